@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both install what they need).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= runs/demo
+DATASET ?=
+DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
+PYTEST_ARGS ?=
+
+.PHONY: help venv java demo etl test bench-etl clean
+
+help:
+	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
+	@echo "make test                                              run the test suite"
+	@echo "make bench-etl                                         ETL throughput benchmark"
+
+java:
+	@command -v java >/dev/null 2>&1 || { echo "error: Java 17 is required (Spark, TorchServe)." \
+	  "Install it: sudo apt-get install -y openjdk-17-jre-headless (or run .ci/run, which does)"; exit 1; }
+	@java -version 2>&1 | grep -qE 'version "(17|1[89]|2[0-9])' || { echo "error: Java 17+ is required;" \
+	  "found: $$(java -version 2>&1 | head -1)"; exit 1; }
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv java
+	$(PY) -m etl run $(DATASET_ARG) --out $(OUT)
+
+etl: demo
+
+test: venv java
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-etl: venv java
+	$(PY) -m benchmarks.etl_bench
+
+clean:
+	rm -rf runs spark-warehouse metastore_db derby.log

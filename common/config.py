@@ -1,0 +1,131 @@
+"""Every tunable of the pipeline in one typed place.
+
+Each stage's CLI exposes the fields of its dataclass as ``--flag-name`` options (see
+:func:`add_dataclass_args`), so defaults live here and nowhere else.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the local (or cluster) SparkSession is built."""
+
+    master: str = "local[2]"
+    app_name: str = "recsys-etl"
+    shuffle_partitions: int = 8
+    driver_memory: str = "4g"
+    log_level: str = "WARN"
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Synthetic interaction logs with real content signal (see etl/generate.py)."""
+
+    users: int = 2_000
+    items: int = 1_000
+    events: int = 100_000
+    clusters: int = 12
+    zipf_exponent: float = 1.05
+    cluster_affinity: float = 0.8
+    """Probability that an event goes to an item of the user's own taste cluster."""
+    start_date: str = "2024-01-01"
+    days: int = 90
+    drift: float = 0.5
+    """How strongly each cluster's share of traffic moves over the date range (0 = none)."""
+    event_weights: str = "view:0.70,click:0.20,add_to_cart:0.07,purchase:0.03"
+    """Relative frequency of each event type, ``type:weight`` comma separated."""
+    partitions: int = 8
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Raw events -> validated, weighted, indexed, split training data."""
+
+    event_weights: str = "view:1,click:2,add_to_cart:4,purchase:8,rating:1"
+    """Implicit-feedback weight of each event type; unknown types are quarantined."""
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    rating_threshold: float = 4.0
+    """Explicit ratings below this are not interactions (filtered, not quarantined)."""
+    min_user_positives: int = 5
+    test_fraction: float = 0.2
+    valid_fraction: float = 0.1
+    """Share of each user's *training* positives (the latest ones) held out for early stopping."""
+    random_ratios: str = "0.8,0.1,0.1"
+    seed: int = 42
+    min_timestamp: str = "1990-01-01"
+    max_future_days: int = 2
+    """Events later than run time + this many days are quarantined as bad timestamps."""
+    vocab_size: int = 20_000
+    min_doc_freq: int = 2
+    min_token_length: int = 2
+
+
+@dataclass(frozen=True)
+class EmrConfig:
+    """Where and how the prepare job is submitted to EMR."""
+
+    bucket: str = ""
+    prefix: str = "recsys"
+    region: str = "us-east-1"
+    cluster_id: str = ""
+    release_label: str = "emr-7.9.0"
+    instance_type: str = "m6i.4xlarge"
+    core_instances: int = 4
+    log_uri: str = ""
+
+
+def parse_weights(spec: str) -> dict[str, float]:
+    """``"view:1,click:2"`` -> ``{"view": 1.0, "click": 2.0}`` with a clear error on bad input."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"bad weight entry {part!r}: expected name:number")
+        weights[name.strip()] = float(value)
+    if not weights:
+        raise ValueError(f"no weights in {spec!r}")
+    return weights
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(cls)
+    return hints[f.name]
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Expose each field of ``cls`` as ``--<prefix><field-name>`` with its default and type."""
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        typ = _field_type(cls, f)
+        flag = "--" + prefix + f.name.replace("_", "-")
+        if typ is bool:
+            group.add_argument(flag, dest=prefix.replace("-", "_") + f.name,
+                               action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            group.add_argument(flag, dest=prefix.replace("-", "_") + f.name, type=typ,
+                               default=f.default, help=f"(default: {f.default})")
+
+
+def from_args(cls: type[T], args: argparse.Namespace, prefix: str = "") -> T:
+    """Build ``cls`` from the options :func:`add_dataclass_args` added."""
+    values = {f.name: getattr(args, prefix.replace("-", "_") + f.name) for f in dataclasses.fields(cls)}
+    return cls(**values)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+__all__ = ["SparkConfig", "GenerateConfig", "PrepareConfig", "EmrConfig", "parse_weights",
+           "add_dataclass_args", "from_args", "to_dict", "field"]

@@ -1,0 +1,1 @@
+"""Stage 1: Spark jobs that turn raw interaction logs into training data (see README)."""
