@@ -129,3 +129,58 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 __all__ = ["SparkConfig", "GenerateConfig", "PrepareConfig", "EmrConfig", "parse_weights",
            "add_dataclass_args", "from_args", "to_dict", "field"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The hybrid model (training/model.py) and how it is trained (training/train.py).
+
+    Defaults are the variant chosen on the P1 *validation* split of ml-latest-small
+    (``python -m training.experiments``); the test split is only for reporting.
+    """
+
+    loss: str = "softmax"
+    """``softmax`` (full, over the items seen in training), ``sampled_softmax`` (in-batch
+    negatives with logQ correction) or ``bpr`` (one uniform negative per positive)."""
+    objective: str = "future"
+    """``denoise``: predict the (dropped-out) history itself (Mult-DAE); ``future``: predict the
+    user's later training items from a random time-ordered prefix, as P1 tests."""
+    future_min_frac: float = 0.5
+    """``future``: the prefix keeps at least this share of the user's items."""
+    future_mix: float = 0.5
+    """``future``: share of users per batch that get a prefix/future target (rest: denoise)."""
+    dim: int = 256
+    """User/item vector size (the last encoder layer)."""
+    hidden: str = ""
+    """Comma-separated hidden layer sizes of the history encoder before ``dim`` ('' = none)."""
+    dropout: float = 0.5
+    """Dropout on the (L2-normalised) history bag."""
+    user_ids: bool = False
+    """Add a user id embedding to the history encoding (then users are no longer served from
+    the history alone)."""
+    item_ids: bool = True
+    content: bool = True
+    category_weight: float = 1.0
+    id_dropout: float = 0.1
+    """Probability of zeroing an item's id part in a training step (content must stand alone)."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    """Users per step (softmax) or positive pairs per step / 8 (sampled_softmax, bpr)."""
+    temperature: float = 1.0
+    """sampled_softmax: logits are divided by this."""
+    logq: bool = True
+    """sampled_softmax: subtract log(item frequency) from in-batch logits."""
+    max_epochs: int = 200
+    eval_every: int = 2
+    patience: int = 6
+    """Evaluations without a better validation NDCG@10 before stopping."""
+    refit_full: bool = False
+    """After early stopping, refit on train + valid for the best number of epochs."""
+    seed: int = 42
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    progress: bool = True
+
+
+__all__ += ["TrainConfig"]

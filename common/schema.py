@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.storage import AnyPath, as_path
+
 SCHEMA_VERSION = "1.0"
 
 # Raw event log: one row per event, as logged.
@@ -47,63 +49,66 @@ class Reason:
 class EtlLayout:
     """Where the ETL stage writes under ``OUT/etl`` (and where later stages read)."""
 
-    root: Path
+    root: AnyPath
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", as_path(self.root))
 
     @classmethod
-    def under(cls, out: str | Path) -> "EtlLayout":
-        return cls(Path(out) / "etl")
+    def under(cls, out: "str | AnyPath") -> "EtlLayout":
+        return cls(as_path(out) / "etl")
 
     @property
-    def raw_events(self) -> Path:
+    def raw_events(self) -> AnyPath:
         return self.root / "raw" / "events"
 
     @property
-    def raw_catalog(self) -> Path:
+    def raw_catalog(self) -> AnyPath:
         return self.root / "raw" / "catalog"
 
     @property
-    def interactions(self) -> Path:
+    def interactions(self) -> AnyPath:
         """All kept (user, item) interactions with weights, before splitting."""
         return self.root / "interactions"
 
-    def split(self, scheme: str) -> Path:
+    def split(self, scheme: str) -> AnyPath:
         """``temporal`` (protocol P1) or ``random`` (8:1:1); partitioned by ``split``."""
         return self.root / "splits" / scheme
 
     @property
-    def user_map(self) -> Path:
+    def user_map(self) -> AnyPath:
         return self.root / "maps" / "users"
 
     @property
-    def item_map(self) -> Path:
+    def item_map(self) -> AnyPath:
         return self.root / "maps" / "items"
 
     @property
-    def items(self) -> Path:
+    def items(self) -> AnyPath:
         """Validated catalog with item_idx, title, categories, tags, created_at."""
         return self.root / "items"
 
     @property
-    def item_features(self) -> Path:
+    def item_features(self) -> AnyPath:
         return self.root / "features" / "items"
 
     @property
-    def vectorizer(self) -> Path:
+    def vectorizer(self) -> AnyPath:
         """Plain-JSON TF-IDF vocabulary/IDF that serving uses without Spark."""
         return self.root / "features" / "vectorizer.json"
 
     @property
-    def spark_pipeline(self) -> Path:
+    def spark_pipeline(self) -> AnyPath:
         return self.root / "features" / "spark_pipeline"
 
     @property
-    def quarantine_events(self) -> Path:
+    def quarantine_events(self) -> AnyPath:
         return self.root / "quarantine" / "events"
 
     @property
-    def quarantine_catalog(self) -> Path:
+    def quarantine_catalog(self) -> AnyPath:
         return self.root / "quarantine" / "catalog"
 
     @property
-    def manifest(self) -> Path:
+    def manifest(self) -> AnyPath:
         return self.root / "manifest.json"

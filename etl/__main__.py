@@ -11,6 +11,7 @@ from common.config import (GenerateConfig, PrepareConfig, SparkConfig, add_datac
                            from_args)
 from common.report import setup_logging, table
 from common.schema import EtlLayout
+from common.storage import as_path, is_local
 from etl.readers import InputError
 
 
@@ -58,12 +59,13 @@ def _prepare(spark, args: argparse.Namespace, inputs_meta: dict) -> int:
     from etl.prepare import prepare
 
     layout = EtlLayout.under(args.out)
-    events = Path(args.events) if args.events else layout.raw_events
-    catalog = Path(args.catalog) if args.catalog else layout.raw_catalog
-    previous = EtlLayout(Path(args.previous_maps)) if args.previous_maps else None
+    events = as_path(args.events) if args.events else layout.raw_events
+    catalog = as_path(args.catalog) if args.catalog else layout.raw_catalog
+    previous = EtlLayout(as_path(args.previous_maps)) if args.previous_maps else None
     meta = {"events": str(events), "catalog": str(catalog), **inputs_meta}
-    if not str(events).startswith("s3"):
-        meta["files"] = describe_inputs(*(p for p in (events, catalog) if p.exists()))
+    local = [p for p in (events, catalog) if is_local(p) and p.exists()]
+    if local:
+        meta["files"] = describe_inputs(*local)
     result = prepare(spark, events, catalog, layout, from_args(PrepareConfig, args), previous, meta)
     _print_summary(result)
     print(f"\nmanifest: {layout.manifest}")

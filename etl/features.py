@@ -7,8 +7,6 @@ fitted pipeline is saved for Spark, and vocabulary/IDF/tokenizer as JSON for ser
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import (IDF, CountVectorizerModel, Normalizer, RegexTokenizer,
@@ -19,6 +17,8 @@ from pyspark.sql.types import (ArrayType, ByteType, DoubleType, IntegerType, Str
                                StructType)
 
 from common.config import PrepareConfig
+from common.storage import AnyPath
+from etl import fs
 from common.vectorizer import JAVA_TOKEN_GAPS
 
 TEXT_FIELDS = ("title", "description", "categories", "tags")
@@ -30,8 +30,8 @@ def _text(items: DataFrame) -> DataFrame:
     return items.withColumn("text", text)
 
 
-def fit_content_features(items: DataFrame, cfg: PrepareConfig, out_dir: Path,
-                         vectorizer_path: Path) -> DataFrame:
+def fit_content_features(items: DataFrame, cfg: PrepareConfig, out_dir: AnyPath,
+                         vectorizer_path: AnyPath) -> DataFrame:
     """Fit on the catalog, save the pipeline and the JSON spec; return per-item sparse features."""
     tokenizer = RegexTokenizer(inputCol="text", outputCol="tokens", pattern=JAVA_TOKEN_GAPS,
                                gaps=True, toLowercase=True, minTokenLength=cfg.min_token_length)
@@ -62,8 +62,7 @@ def fit_content_features(items: DataFrame, cfg: PrepareConfig, out_dir: Path,
         "normalize": "l2",
         "categories": categories,
     }
-    vectorizer_path.parent.mkdir(parents=True, exist_ok=True)
-    vectorizer_path.write_text(json.dumps(spec))
+    fs.write_text(items.sparkSession, vectorizer_path, json.dumps(spec))
 
     cat_index = F.create_map(*[x for i, c in enumerate(categories) for x in (F.lit(c), F.lit(i))])
     vectors = model.transform(_text(items)).select(
@@ -72,7 +71,7 @@ def fit_content_features(items: DataFrame, cfg: PrepareConfig, out_dir: Path,
     return vectors
 
 
-def write_features(vectors: DataFrame, path: Path) -> None:
+def write_features(vectors: DataFrame, path: AnyPath) -> None:
     """Store each item's sparse vector as plain arrays (text_indices, text_values).
 
     A Spark ML vector is stored in Parquet as struct<type,size,indices,values>; reading the
@@ -93,4 +92,4 @@ def write_features(vectors: DataFrame, path: Path) -> None:
         F.coalesce("features.values", F.array().cast("array<double>")).cast("array<float>").alias("text_values"),
         "category_indices")
     plain.coalesce(1).write.mode("overwrite").parquet(str(path))
-    shutil.rmtree(tmp, ignore_errors=True)
+    fs.remove(spark, tmp)

@@ -7,20 +7,21 @@ partitioning or input order.
 """
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
+
+from common.storage import AnyPath
+from etl import fs
 
 
 def _id_order(c: str) -> list:
     return [F.length(c), F.col(c)]
 
 
-def read_map(spark: SparkSession, path: Path, key: str) -> DataFrame | None:
-    if not (path / "_SUCCESS").exists():
+def read_map(spark: SparkSession, path: AnyPath, key: str) -> DataFrame | None:
+    if not fs.exists(spark, path / "_SUCCESS"):
         return None
     return spark.read.parquet(str(path)).select(key, key.replace("_id", "_idx"))
 
@@ -59,11 +60,11 @@ def _number(ids: DataFrame, key: str, idx: str, start: int) -> DataFrame:
             .select(key, (F.col("_offset") + within).alias(idx)))
 
 
-def write_map(df: DataFrame, path: Path) -> DataFrame:
+def write_map(df: DataFrame, path: AnyPath) -> DataFrame:
     """Write through a temporary folder, so a map being read is never overwritten in place."""
+    spark = df.sparkSession
     tmp = path.with_name(path.name + ".tmp")
     df.orderBy(df.columns[1]).coalesce(1).write.mode("overwrite").parquet(str(tmp))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    return df.sparkSession.read.parquet(str(path))
+    fs.remove(spark, path)
+    fs.rename(spark, tmp, path)
+    return spark.read.parquet(str(path))

@@ -10,6 +10,9 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from common.storage import AnyPath
+from etl import fs
+
 _HASH_LIMIT_BYTES = 512 * 1024 * 1024
 
 
@@ -52,6 +55,5 @@ def content_hash(fingerprints: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def write_manifest(spark, path: AnyPath, manifest: dict[str, Any]) -> None:
+    fs.write_text(spark, path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -25,6 +24,7 @@ from common.config import PrepareConfig, to_dict
 from common.schema import (RATING_EVENT, RAW_CATALOG_COLUMNS, RAW_EVENT_COLUMNS,
                            REQUIRED_CATALOG_COLUMNS, REQUIRED_EVENT_COLUMNS, SCHEMA_VERSION,
                            EtlLayout)
+from common.storage import AnyPath, is_local
 from etl import idmaps, manifest, splits
 from etl.features import fit_content_features, write_features
 from etl.readers import InputError, read_raw
@@ -45,7 +45,7 @@ class PrepareResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def _write(df: DataFrame, path: Path, partition_by: str | None = None, files: int | None = None) -> None:
+def _write(df: DataFrame, path: AnyPath, partition_by: str | None = None, files: int | None = None) -> None:
     if files:
         df = df.coalesce(files)
     writer = df.write.mode("overwrite")
@@ -60,12 +60,13 @@ def _reason_counts(quarantined: DataFrame) -> dict[str, int]:
     return {r["r"]: int(r["count"]) for r in sorted(rows, key=lambda r: r["r"])}
 
 
-def prepare(spark: SparkSession, events_path: Path, catalog_path: Path, layout: EtlLayout,
+def prepare(spark: SparkSession, events_path: AnyPath, catalog_path: AnyPath, layout: EtlLayout,
             cfg: PrepareConfig, previous_maps: EtlLayout | None = None,
             inputs_meta: dict[str, Any] | None = None) -> PrepareResult:
     """Run the whole prepare job; outputs land under ``layout.root``."""
     started = time.time()
-    layout.root.mkdir(parents=True, exist_ok=True)
+    if is_local(layout.root):
+        layout.root.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
     prev = previous_maps or layout
 
     log.info("reading catalog %s", catalog_path)
@@ -193,7 +194,7 @@ def prepare(spark: SparkSession, events_path: Path, catalog_path: Path, layout: 
         "table_fingerprints": fingerprints,
         "content_hash": manifest.content_hash(fingerprints),
     }
-    manifest.write_manifest(layout.manifest, result.manifest)
+    manifest.write_manifest(spark, layout.manifest, result.manifest)
     for df in (catalog_valid, valid, unique, kept_pairs):
         df.unpersist()
     return result

@@ -8,12 +8,15 @@ same rules.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
+
+from common.storage import AnyPath, as_path
+from etl import fs
 
 CORRUPT = "_corrupt_record"
 SOURCE = "_source_file"
@@ -25,26 +28,23 @@ class InputError(ValueError):
     """An input that cannot be read at all (as opposed to bad rows, which are quarantined)."""
 
 
-def _data_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file()
-                  and not p.name.startswith((".", "_")) and not p.name.endswith(".crc"))
+def _data_files(spark: SparkSession, path: AnyPath) -> list[tuple[str, int]]:
+    return fs.list_files(spark, path)
 
 
-def detect_format(path: str | Path) -> str:
+def detect_format(spark: SparkSession, path: "str | AnyPath") -> str:
     """``csv``, ``json`` or ``parquet``, from the data files' extensions."""
-    path = Path(path)
-    if not path.exists():
+    path = as_path(path)
+    if not fs.exists(spark, path):
         raise InputError(f"input not found: {path}")
-    files = _data_files(path)
+    files = _data_files(spark, path)
     if not files:
         raise InputError(f"input is empty: no data files under {path}")
-    kinds = Counter(_FORMATS.get(p.suffix.lower()) for p in files)
+    kinds = Counter(_FORMATS.get(PurePosixPath(name).suffix.lower()) for name, _ in files)
     kinds.pop(None, None)
     if not kinds:
         raise InputError(f"cannot tell the format of {path}: expected .csv, .tsv, .json(l) or "
-                         f".parquet files, found e.g. {files[0].name}")
+                         f".parquet files, found e.g. {files[0][0]}")
     if len(kinds) > 1:
         raise InputError(f"mixed formats under {path}: {dict(kinds)}")
     return next(iter(kinds))
@@ -54,24 +54,26 @@ def _string_schema(names: Sequence[str], *extra: str) -> StructType:
     return StructType([StructField(n, StringType(), True) for n in (*names, *extra)])
 
 
-def _check_required(path: Path, found: Sequence[str], required: Sequence[str]) -> None:
+def _check_required(path: AnyPath, found: Sequence[str], required: Sequence[str]) -> None:
     missing = [c for c in required if c not in found]
     if missing:
         raise InputError(f"{path}: missing required column(s) {missing}; found {list(found)}")
 
 
-def _csv_header(path: Path, sep: str, encoding: str) -> list[str]:
+def _csv_header(spark: SparkSession, path: AnyPath, sep: str, encoding: str) -> list[str]:
     """The header of the first data file, read directly (cheap, and clear on an empty file)."""
-    first = _data_files(path)[0]
-    with open(first, "rb") as fh:
-        line = fh.readline()
+    files = _data_files(spark, path)
+    if not files:
+        raise InputError(f"input not found or empty: {path}")
+    first = files[0][0]
+    line = fs.first_line(spark, first)
     if not line.strip():
         raise InputError(f"{first}: empty file (expected a header line)")
     text = line.decode(encoding, errors="replace").rstrip("\r\n").lstrip("\ufeff")
     return [c.strip().strip('"') for c in text.split(sep)]
 
 
-def read_delimited(spark: SparkSession, path: str | Path, *, columns: Sequence[str] | None = None,
+def read_delimited(spark: SparkSession, path: "str | AnyPath", *, columns: Sequence[str] | None = None,
                    rename: dict[str, str] | None = None, sep: str = ",", header: bool = True,
                    encoding: str = "UTF-8", quote: str | None = '"') -> DataFrame:
     """Read delimited text as strings; ``columns`` names the fields when there is no header.
@@ -79,14 +81,14 @@ def read_delimited(spark: SparkSession, path: str | Path, *, columns: Sequence[s
     In PERMISSIVE mode Spark puts any line with too few or too many fields, or that it cannot
     parse, into the corrupt-record column, so nothing is lost silently.
     """
-    path = Path(path)
+    path = as_path(path)
     if header:
-        names = _csv_header(path, sep, encoding)
+        names = _csv_header(spark, path, sep, encoding)
     elif columns is None:
         raise InputError("columns are required for a file without a header")
     else:
         names = list(columns)
-        if not _data_files(path) or all(p.stat().st_size == 0 for p in _data_files(path)):
+        if all(size == 0 for _, size in _data_files(spark, path)):
             raise InputError(f"{path}: empty input")
     reader = (spark.read.schema(_string_schema(names, CORRUPT))
               .option("header", str(header).lower()).option("sep", sep)
@@ -101,11 +103,11 @@ def read_delimited(spark: SparkSession, path: str | Path, *, columns: Sequence[s
     return df.withColumn(SOURCE, F.input_file_name())
 
 
-def read_raw(spark: SparkSession, path: str | Path, columns: Sequence[str],
+def read_raw(spark: SparkSession, path: "str | AnyPath", columns: Sequence[str],
              required: Sequence[str], fmt: str | None = None) -> DataFrame:
     """Read our raw event or catalog layout (CSV with header, JSON lines or Parquet)."""
-    path = Path(path)
-    fmt = fmt or detect_format(path)
+    path = as_path(path)
+    fmt = fmt or detect_format(spark, path)
     if fmt == "csv":
         df = read_delimited(spark, path)
         _check_required(path, df.columns, required)

@@ -1,0 +1,503 @@
+"""INT8 serving path: module quantization and quantized catalog scoring, behind one small API.
+
+Self-contained on purpose (imports only ``torch`` and the standard library): the TorchServe
+handler ships this file inside the model archive and builds a scorer from plain tensors read
+from the serving artifact, with no training code and no pickling.
+
+* :func:`quantize_module` -- dynamic INT8 quantization of a module's ``nn.Linear`` layers (the
+  user tower). One function so the backend can change (NOTES.md: ``torch.ao`` is deprecated but
+  its successor ran slower on our CPUs).
+* :func:`make_scorer` -- scores user vectors ``[b, d]`` against the item matrix ``[n_items, d]``
+  (plus an optional per-item bias) with one of three backends:
+
+  ``fp32``
+      ``q @ W.T + b`` in float32; the reference.
+  ``torch_ao``
+      a dynamically quantized ``Linear(d, n_items)`` whose weight is the item matrix (INT8
+      weights with one scale per item, INT8 activations quantized per call, fbgemm kernels).
+  ``sq8``
+      per-dimension 8-bit scalar quantization of the item matrix, like FAISS
+      ``IndexScalarQuantizer(QT_8bit)``: ``x[i, j] ~= vmin[j] + scale[j] * codes[i, j]`` with
+      uint8 ``codes``. Scoring folds the per-dimension scale into the query,
+      ``q . x_i = (q * scale) . codes_i + q . vmin``, so the catalog is read as 8-bit codes once
+      per call: an int8 x int8 -> int32 matrix product (``torch._int_mm``, the query quantized
+      per row to int8) or, where that kernel is unavailable or fails a self-check, an exact
+      float product over dequantized chunks.
+
+* :func:`quantization_report` -- how far quantized scores are from the fp32 ones (top-k
+  overlap, absolute error).
+
+Scores are always float32 ``[b, n_items]``; higher is better.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+BACKENDS = ("fp32", "torch_ao", "sq8")
+INT8_BACKENDS = ("torch_ao", "sq8")
+MODULE_BACKENDS = ("torch_ao",)
+
+
+# --------------------------------------------------------------------------------------------
+# Module quantization (the user tower)
+# --------------------------------------------------------------------------------------------
+
+def _torch_ao_quantize_dynamic(module: nn.Module, per_channel: bool) -> nn.Module:
+    from torch.ao.quantization import (default_dynamic_qconfig, per_channel_dynamic_qconfig,
+                                       quantize_dynamic)
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        # torch.ao.quantization warns that it is deprecated ("removed in 2.10"; it was not) and
+        # that quantized tensor creation is deprecated. Silence exactly those two, nothing else.
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, "
+                                r"torch\.quantize_per_channel", category=UserWarning)
+        return quantize_dynamic(module, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=False)
+
+
+def quantize_module(module: nn.Module, backend: str = "torch_ao", *,
+                    per_channel: bool = True) -> nn.Module:
+    """A dynamically INT8-quantized copy of ``module`` for CPU inference (``module`` is untouched).
+
+    Every ``nn.Linear`` (including ``module`` itself when it is one) becomes a dynamic
+    quantized linear: qint8 weights (one scale per output row when ``per_channel``, else one
+    per tensor), activations quantized on the fly per call. Other layers stay float. The copy
+    is in eval mode.
+
+    Args:
+        module: a float module (e.g. the user tower).
+        backend: ``"torch_ao"`` (``torch.ao.quantization.quantize_dynamic``); the one place to
+            add another backend later.
+        per_channel: per-output-row weight scales (more accurate, same speed on fbgemm).
+    """
+    if backend not in MODULE_BACKENDS:
+        raise ValueError(f"unknown quantization backend {backend!r}; expected one of {MODULE_BACKENDS}")
+    if isinstance(module, nn.Linear):
+        # quantize_dynamic swaps children only: wrap a bare Linear so it is converted too.
+        return _torch_ao_quantize_dynamic(nn.Sequential(module), per_channel)[0]
+    return _torch_ao_quantize_dynamic(module, per_channel)
+
+
+# --------------------------------------------------------------------------------------------
+# Catalog scorers
+# --------------------------------------------------------------------------------------------
+
+def _as_float_matrix(x: Any, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+    if t.is_complex():
+        raise ValueError(f"{name} must be real-valued, got {t.dtype}")
+    return t.detach().to("cpu", torch.float32).contiguous()
+
+
+def _check_catalog(item_matrix: Any, bias: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    items = _as_float_matrix(item_matrix, "item_matrix")
+    if items.shape[0] < 1 or items.shape[1] < 1:
+        raise ValueError(f"item_matrix must be non-empty, got shape {tuple(items.shape)}")
+    if not torch.isfinite(items).all():
+        raise ValueError("item_matrix contains NaN or infinite values")
+    b = None
+    if bias is not None:
+        b = torch.as_tensor(bias).detach().to("cpu", torch.float32).reshape(-1).contiguous()
+        if b.shape[0] != items.shape[0]:
+            raise ValueError(f"bias has {b.shape[0]} entries for {items.shape[0]} items")
+        if not torch.isfinite(b).all():
+            raise ValueError("bias contains NaN or infinite values")
+    return items, b
+
+
+class Scorer:
+    """Scores user vectors against a fixed catalog. Subclasses implement :meth:`_score`."""
+
+    backend: str = ""
+    n_items: int
+    dim: int
+
+    def _score(self, users: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _users(self, user_vectors: Any) -> torch.Tensor:
+        u = torch.as_tensor(user_vectors).detach().to("cpu", torch.float32)
+        if u.dim() == 1:
+            u = u.unsqueeze(0)
+        if u.dim() != 2 or u.shape[1] != self.dim:
+            raise ValueError(f"user_vectors must have shape [b, {self.dim}], got {tuple(u.shape)}")
+        return u.contiguous()
+
+    def score(self, user_vectors: Any) -> torch.Tensor:
+        """float32 scores ``[b, n_items]`` for user vectors ``[b, d]`` (a 1-D vector is one user)."""
+        u = self._users(user_vectors)
+        with torch.inference_mode():
+            if u.shape[0] == 0:
+                return torch.empty((0, self.n_items), dtype=torch.float32)
+            return self._score(u)
+
+    def topk(self, user_vectors: Any, k: int,
+             exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, item indices) of the ``k`` best items per user, best first.
+
+        ``exclude``: optional bool mask ``[b, n_items]`` (or ``[n_items]``) of items never to
+        return (e.g. the user's history); excluded items are dropped from the result, so rows
+        with fewer than ``k`` allowed items come back padded with ``-inf`` scores.
+        """
+        scores = self.score(user_vectors)
+        if exclude is not None:
+            scores = scores.masked_fill(torch.as_tensor(exclude, dtype=torch.bool), float("-inf"))
+        return torch.topk(scores, min(int(k), self.n_items), dim=1, sorted=True)
+
+    def nbytes(self) -> int:
+        """Bytes of catalog data this scorer holds (what each serving worker keeps in memory)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(backend={self.backend!r}, n_items={self.n_items}, dim={self.dim})"
+
+
+class Fp32Scorer(Scorer):
+    """Reference float32 scoring: ``users @ item_matrix.T + bias``."""
+
+    backend = "fp32"
+
+    def __init__(self, item_matrix: Any, bias: Any = None):
+        self.items, self.bias = _check_catalog(item_matrix, bias)
+        self.n_items, self.dim = self.items.shape
+
+    def _score(self, users: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return users @ self.items.T
+        return torch.addmm(self.bias, users, self.items.T)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {"item_matrix": self.items}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
+
+
+# -------- sq8: per-dimension 8-bit scalar quantization ---------------------------------------
+
+def sq8_encode(item_matrix: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-dimension 8-bit scalar quantization (FAISS ``QT_8bit`` style, round to nearest).
+
+    Returns ``(codes uint8 [n, d], vmin float32 [d], scale float32 [d])`` with
+    ``x[i, j] ~= vmin[j] + scale[j] * codes[i, j]``; the error per entry is at most
+    ``scale[j] / 2`` = (range of dimension j) / 510. A constant dimension gets scale 0 and is
+    reconstructed exactly.
+    """
+    x = _as_float_matrix(item_matrix, "item_matrix")
+    x64 = x.double()
+    vmin = x64.amin(dim=0)
+    scale = (x64.amax(dim=0) - vmin) / 255.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round((x64 - vmin) / safe).clamp_(0, 255)
+    codes = torch.where(scale > 0, codes, torch.zeros_like(codes)).to(torch.uint8)
+    return codes.contiguous(), vmin.float(), scale.float()
+
+
+def sq8_decode(codes: torch.Tensor, vmin: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32 reconstruction ``vmin + scale * codes`` (for checks; scoring never builds it)."""
+    return vmin + scale * codes.float()
+
+
+_INT_MM_OK: bool | None = None
+
+
+def _int_mm_available() -> bool:
+    """Whether ``torch._int_mm`` exists here and gives exact int8 products in our layout."""
+    global _INT_MM_OK
+    if _INT_MM_OK is None:
+        try:
+            g = torch.Generator().manual_seed(0)
+            ok = True
+            for m, k in ((1, 64), (3, 32), (2, 5)):
+                a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+                b = torch.randint(-128, 128, (257, k), dtype=torch.int8, generator=g)
+                ok &= torch.equal(torch._int_mm(a, b.T), (a.long() @ b.long().T).int())
+            _INT_MM_OK = bool(ok)
+        except Exception:  # noqa: BLE001 - any failure means "use the float path"
+            _INT_MM_OK = False
+    return _INT_MM_OK
+
+
+def _int_mm_checked(codes_s8: torch.Tensor) -> bool:
+    """Per-catalog check (the kernel mis-computed some tiny inner dimensions in tests)."""
+    if not _int_mm_available():
+        return False
+    try:
+        rows = codes_s8[: min(64, codes_s8.shape[0])]
+        g = torch.Generator().manual_seed(1)
+        a = torch.randint(-127, 128, (2, codes_s8.shape[1]), dtype=torch.int8, generator=g)
+        return torch.equal(torch._int_mm(a, rows.T), (a.long() @ rows.long().T).int())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class _SQ8:
+    """Scoring over signed codes ``c' = codes - 128`` with the query's scale folded in.
+
+    ``q . x_i = q . (vmin + scale * (c'_i + 128)) = (q * scale) . c'_i + q . offset`` with
+    ``offset = vmin + 128 * scale``.
+    """
+
+    def __init__(self, codes: torch.Tensor, vmin: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None, use_int_mm: bool | None, chunk: int):
+        # uint8 c -> int8 (c - 128) is a flip of the top bit, done without a widened copy.
+        self.codes_s8 = (codes ^ 0x80).view(torch.int8).contiguous()
+        self.vmin, self.scale, self.bias = vmin, scale, bias
+        self.offset = vmin + 128.0 * scale
+        self.chunk = int(chunk)
+        if use_int_mm is None:
+            use_int_mm = _int_mm_checked(self.codes_s8)
+        self.use_int_mm = bool(use_int_mm)
+
+    def codes(self) -> torch.Tensor:
+        return self.codes_s8.view(torch.uint8) ^ 0x80
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        u = users * self.scale  # [b, d]
+        const = users @ self.offset.unsqueeze(1)  # [b, 1]
+        if self.use_int_mm:
+            # Quantize the scaled query per row (symmetric int8), one int8 GEMM over the codes.
+            s_u = (u.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+            u8 = torch.round(u / s_u).clamp_(-127, 127).to(torch.int8)
+            out = torch._int_mm(u8, self.codes_s8.T).to(torch.float32)
+            out.mul_(s_u)
+        else:
+            n = self.codes_s8.shape[0]
+            out = torch.empty((users.shape[0], n), dtype=torch.float32)
+            buf = torch.empty((min(self.chunk, n), self.codes_s8.shape[1]), dtype=torch.float32)
+            for s in range(0, n, self.chunk):
+                e = min(n, s + self.chunk)
+                blk = buf[: e - s]
+                blk.copy_(self.codes_s8[s:e])
+                torch.mm(u, blk.T, out=out[:, s:e])
+        out.add_(const)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out
+
+
+class Int8Scorer(Scorer):
+    """INT8 catalog scoring with backend ``"torch_ao"`` or ``"sq8"`` (see the module docstring).
+
+    Build from the float item matrix ``[n_items, d]`` (+ optional ``bias [n_items]``), or for
+    ``sq8`` from already encoded codes with :meth:`from_sq8`. :meth:`state_dict` returns plain
+    tensors (safetensors-friendly) that rebuild the same scorer with :meth:`from_state_dict`.
+
+    Args:
+        use_int_mm: ``sq8`` only; None = use ``torch._int_mm`` when it passes a self-check,
+            False = always the exact float path over dequantized chunks.
+        chunk: ``sq8`` float path: items dequantized per block.
+        per_channel: ``torch_ao`` only; one weight scale per item (default) or per tensor.
+    """
+
+    def __init__(self, item_matrix: Any, bias: Any = None, backend: str = "sq8", *,
+                 use_int_mm: bool | None = None, chunk: int = 8192, per_channel: bool = True):
+        if backend not in INT8_BACKENDS:
+            raise ValueError(f"unknown INT8 backend {backend!r}; expected one of {INT8_BACKENDS}")
+        items, b = _check_catalog(item_matrix, bias)
+        self.backend = backend
+        self.n_items, self.dim = items.shape
+        self.bias = b
+        self._sq8: _SQ8 | None = None
+        self._linear: nn.Module | None = None
+        if backend == "sq8":
+            codes, vmin, scale = sq8_encode(items)
+            self._sq8 = _SQ8(codes, vmin, scale, b, use_int_mm, chunk)
+        else:
+            lin = nn.Linear(self.dim, self.n_items, bias=b is not None)
+            with torch.no_grad():
+                lin.weight.copy_(items)
+                if b is not None:
+                    lin.bias.copy_(b)
+            self._linear = quantize_module(lin, "torch_ao", per_channel=per_channel)
+            del lin, items  # only the packed INT8 weights stay in memory
+
+    @classmethod
+    def from_sq8(cls, codes: torch.Tensor, vmin: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None = None, *, use_int_mm: bool | None = None,
+                 chunk: int = 8192) -> "Int8Scorer":
+        """An ``sq8`` scorer from stored codes (uint8 ``[n, d]``), ``vmin`` and ``scale`` (``[d]``)."""
+        codes = torch.as_tensor(codes)
+        if codes.dtype != torch.uint8 or codes.dim() != 2 or codes.shape[0] < 1 or codes.shape[1] < 1:
+            raise ValueError(f"codes must be a non-empty uint8 [n, d] tensor, got {codes.dtype} "
+                             f"{tuple(codes.shape)}")
+        n, d = codes.shape
+        vmin = torch.as_tensor(vmin).to(torch.float32).reshape(-1).contiguous()
+        scale = torch.as_tensor(scale).to(torch.float32).reshape(-1).contiguous()
+        if vmin.shape[0] != d or scale.shape[0] != d:
+            raise ValueError(f"vmin/scale must have {d} entries, got {vmin.shape[0]}/{scale.shape[0]}")
+        if (scale < 0).any() or not (torch.isfinite(vmin).all() and torch.isfinite(scale).all()):
+            raise ValueError("vmin/scale must be finite and scale non-negative")
+        if bias is not None:
+            bias = torch.as_tensor(bias).to(torch.float32).reshape(-1).contiguous()
+            if bias.shape[0] != n:
+                raise ValueError(f"bias has {bias.shape[0]} entries for {n} items")
+        self = cls.__new__(cls)
+        self.backend = "sq8"
+        self.n_items, self.dim = n, d
+        self.bias = bias
+        self._linear = None
+        self._sq8 = _SQ8(codes.contiguous(), vmin, scale, bias, use_int_mm, chunk)
+        return self
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], backend: str, **kwargs: Any) -> "Int8Scorer":
+        """Rebuild from :meth:`state_dict` output (e.g. loaded with ``safetensors.torch.load_file``)."""
+        if backend == "sq8":
+            return cls.from_sq8(state["codes"], state["vmin"], state["scale"], state.get("bias"), **kwargs)
+        return cls(state["item_matrix"], state.get("bias"), backend, **kwargs)
+
+    @property
+    def uses_int_mm(self) -> bool:
+        return bool(self._sq8 is not None and self._sq8.use_int_mm)
+
+    def _score(self, users: torch.Tensor) -> torch.Tensor:
+        if self._sq8 is not None:
+            return self._sq8.score(users)
+        assert self._linear is not None
+        return self._linear(users).to(torch.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self._sq8 is not None:
+            out = {"codes": self._sq8.codes(), "vmin": self._sq8.vmin, "scale": self._sq8.scale}
+        else:
+            # The packed fbgemm weights are not portable: hand out the INT8-rounded item matrix
+            # (re-quantizing it reproduces the same codes up to rounding ties).
+            assert self._linear is not None
+            out = {"item_matrix": self._linear.weight().dequantize().contiguous()}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
+
+    def nbytes(self) -> int:
+        if self._sq8 is not None:  # what scoring holds: int8 codes + per-dim vectors + bias
+            s = self._sq8
+            tensors = [s.codes_s8, s.vmin, s.scale, s.offset] + ([self.bias] if self.bias is not None else [])
+            return sum(t.numel() * t.element_size() for t in tensors)
+        assert self._linear is not None  # torch_ao: int8 weights + per-item scale/zero point
+        w = self._linear.weight()
+        per_row = 16 if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else 0
+        return w.numel() + self.n_items * per_row + (4 * self.n_items if self.bias is not None else 0)
+
+
+def make_scorer(item_matrix: Any, bias: Any = None, backend: str = "fp32", **kwargs: Any) -> Scorer:
+    """A scorer over ``item_matrix [n_items, d]`` (+ ``bias [n_items]``): ``fp32 | torch_ao | sq8``."""
+    if backend == "fp32":
+        if kwargs:
+            raise TypeError(f"fp32 scorer takes no options, got {sorted(kwargs)}")
+        return Fp32Scorer(item_matrix, bias)
+    if backend in INT8_BACKENDS:
+        return Int8Scorer(item_matrix, bias, backend, **kwargs)
+    raise ValueError(f"unknown scoring backend {backend!r}; expected one of {BACKENDS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Quality of the quantized scores
+# --------------------------------------------------------------------------------------------
+
+def quantization_report(fp32_scores: Any, int8_scores: Any, k: int = 10) -> dict[str, float]:
+    """How close quantized scores are to the float ones, per user row.
+
+    Returns ``{"k", "rows", "mean_topk_overlap", "min_topk_overlap", "max_abs_error",
+    "mean_abs_error", "score_range"}``: overlap = |top-k(fp32) & top-k(int8)| / k per row;
+    ``score_range`` (max - min of the fp32 scores) puts the absolute errors in scale.
+    """
+    a = torch.as_tensor(fp32_scores).detach().to("cpu", torch.float32)
+    b = torch.as_tensor(int8_scores).detach().to("cpu", torch.float32)
+    if a.dim() == 1:
+        a, b = a.unsqueeze(0), b.unsqueeze(0)
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"score shapes differ or are not [b, n_items]: {tuple(a.shape)} vs {tuple(b.shape)}")
+    rows, n = a.shape
+    kk = min(int(k), n)
+    if kk < 1:
+        raise ValueError("k must be >= 1")
+    if rows == 0:
+        nan = float("nan")
+        return {"k": kk, "rows": 0, "mean_topk_overlap": nan, "min_topk_overlap": nan,
+                "max_abs_error": nan, "mean_abs_error": nan, "score_range": nan}
+    ia = torch.topk(a, kk, dim=1).indices
+    ib = torch.topk(b, kk, dim=1).indices
+    overlap = (ia.unsqueeze(2) == ib.unsqueeze(1)).any(dim=2).sum(dim=1).double() / kk
+    err = (a - b).abs()
+    return {
+        "k": kk,
+        "rows": rows,
+        "mean_topk_overlap": float(overlap.mean()),
+        "min_topk_overlap": float(overlap.min()),
+        "max_abs_error": float(err.max()),
+        "mean_abs_error": float(err.double().mean()),
+        "score_range": float(a.max() - a.min()),
+    }
+
+
+__all__ = ["BACKENDS", "Scorer", "Fp32Scorer", "Int8Scorer", "make_scorer", "quantize_module",
+           "quantization_report", "sq8_encode", "sq8_decode"]
+
+
+# --------------------------------------------------------------------------------------------
+# Microbenchmark: python -m training.quantize [--items N] [--dim D] [--batch B] [--threads T]
+# --------------------------------------------------------------------------------------------
+
+def _bench(argv: list[str] | None = None) -> None:
+    import argparse
+    import time
+
+    p = argparse.ArgumentParser(description="p50/p99 of catalog scoring + top-k per backend")
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1, help="users per call")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(args.seed)
+    centers = torch.randn(64, args.dim, generator=g)
+    items = centers[torch.randint(0, 64, (args.items,), generator=g)]
+    items = items + 0.5 * torch.randn(args.items, args.dim, generator=g)
+    bias = 0.1 * torch.randn(args.items, generator=g)
+    users = centers[torch.randint(0, 64, (args.batch,), generator=g)]
+    users = users + 0.5 * torch.randn(args.batch, args.dim, generator=g)
+    eval_users = torch.randn(200, args.dim, generator=g) + centers[torch.randint(0, 64, (200,), generator=g)]
+
+    variants = [("fp32", {}), ("torch_ao", {}), ("sq8", {}), ("sq8", {"use_int_mm": False})]
+    ref = make_scorer(items, bias, "fp32").score(eval_users)
+    print(f"catalog {args.items:,} x {args.dim}, batch {args.batch}, top-{args.k}, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, {args.reps} reps")
+    print(f"| backend | p50 ms | p99 ms | catalog MB | top-{args.k} overlap vs fp32 |")
+    print("|---|---:|---:|---:|---:|")
+    for backend, kw in variants:
+        scorer = make_scorer(items, bias, backend, **kw)
+        name = backend + ("" if not kw else " (float path)")
+        if backend == "sq8" and not kw and not getattr(scorer, "uses_int_mm", False):
+            name += " (float path: _int_mm unavailable)"
+        for _ in range(20):
+            scorer.topk(users, args.k)
+        times = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            scorer.topk(users, args.k)
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        p50 = times[len(times) // 2] * 1e3
+        p99 = times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))] * 1e3
+        overlap = quantization_report(ref, scorer.score(eval_users), args.k)["mean_topk_overlap"]
+        print(f"| {name} | {p50:.3f} | {p99:.3f} | {scorer.nbytes() / 1e6:.1f} | {overlap:.3f} |")
+
+
+if __name__ == "__main__":
+    _bench()

@@ -1,0 +1,288 @@
+"""Train the hybrid model with early stopping on validation NDCG@10 (protocol P1).
+
+``fit(data, cfg)`` trains on ``data.train``, evaluates on ``data.valid`` every ``eval_every``
+epochs (ranking all items seen in train, masking each user's train items) and keeps the best
+weights; with ``cfg.refit_full`` it then refits on train + valid for the best number of epochs.
+``evaluate_p1(model, data)`` reports the P1 test metrics: the main slice over items seen in
+train_full, and the cold-item slice over items without any train_full interaction.
+
+Losses (``cfg.loss``):
+
+* ``softmax``: multinomial log-likelihood over every item seen in training (Mult-DAE);
+* ``sampled_softmax``: in-batch negatives with logQ correction over (user, item) pairs;
+* ``bpr``: one uniform negative per (user, item) pair.
+
+The user input of the pair losses leaves the target item out of its history bag.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from common.config import TrainConfig
+from training.data import SplitData
+from training.evaluation import evaluate, split_cold_items
+from training.model import Bags, HybridModel, content_matrix
+
+LOSSES = ("softmax", "sampled_softmax", "bpr")
+
+
+@dataclass
+class TrainResult:
+    model: HybridModel
+    config: TrainConfig
+    history: list[dict] = field(default_factory=list)
+    """One dict per epoch: epoch, loss, seconds and (on evaluated epochs) val_ndcg@10,
+    val_recall@10 -- ready for ``mlflow.log_metrics(..., step=epoch)``."""
+    best_epoch: int = 0
+    best_val_ndcg: float = float("nan")
+    seconds: float = 0.0
+    fit_on: str = "train"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _hidden(spec: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in str(spec).replace(" ", "").split(",") if x)
+
+
+def build_model(data: SplitData, cfg: TrainConfig, fit_matrix: sp.csr_matrix) -> HybridModel:
+    warm = np.diff(sp.csc_matrix(fit_matrix).indptr) > 0
+    content = content_matrix(data.item_features, data.item_categories, cfg.category_weight) \
+        if cfg.content else None
+    return HybridModel(data.n_users, data.n_items, content, warm, dim=cfg.dim,
+                       hidden=_hidden(cfg.hidden), dropout=cfg.dropout, user_ids=cfg.user_ids,
+                       item_ids=cfg.item_ids, use_content=cfg.content,
+                       n_text_features=data.n_features)
+
+
+def _time_ranks(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
+    """Same pattern as X; value = 1 + position of the item in the user's time order (ties by
+    item index; items without a timestamp sort first)."""
+    X = sp.csr_matrix(X, copy=True)
+    X.sort_indices()
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    t = np.zeros(X.nnz, dtype=np.int64)
+    if ts is not None:
+        T = sp.csr_matrix(ts)
+        t = np.asarray(T[rows, X.indices]).ravel().astype(np.int64)
+    order = np.lexsort((X.indices, t, rows))  # CSR order is already grouped by row
+    ranks = np.empty(X.nnz, dtype=np.float64)
+    ranks[order] = np.arange(X.nnz) - X.indptr[rows[order]] + 1
+    return sp.csr_matrix((ranks, X.indices.copy(), X.indptr.copy()), shape=X.shape)
+
+
+class _Trainer:
+    def __init__(self, model: HybridModel, X: sp.csr_matrix, ts: sp.csr_matrix | None,
+                 cfg: TrainConfig, device: torch.device, rng: np.random.Generator) -> None:
+        self.model, self.cfg, self.device, self.rng = model, cfg, device, rng
+        X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        X.data[:] = 1.0
+        X.sort_indices()
+        self.X = X
+        self.ranks = _time_ranks(X, ts) if cfg.objective == "future" else None
+        self.n_per_user = np.diff(X.indptr)
+        self.users = np.flatnonzero(self.n_per_user > 0)
+        self.warm_idx = np.flatnonzero(np.diff(X.tocsc().indptr) > 0)
+        self.warm_t = torch.from_numpy(self.warm_idx).to(device)
+        coo = X.tocoo()
+        self.pair_users, self.pair_items = coo.row.astype(np.int64), coo.col.astype(np.int64)
+        counts = np.bincount(self.pair_items, minlength=X.shape[1]).astype(np.float64)
+        self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(X.nnz, 1))
+                                      .astype(np.float32)).to(device)
+        self.col_of = np.full(X.shape[1], -1, dtype=np.int64)
+        self.col_of[self.warm_idx] = np.arange(len(self.warm_idx))
+
+    def _id_keep(self, n: int) -> torch.Tensor | None:
+        p = self.cfg.id_dropout
+        if p <= 0 or not self.model.use_item_ids:
+            return None
+        return (torch.rand(n, device=self.device) >= p).float()
+
+    # -- softmax over all warm items ------------------------------------------------------------
+    def _softmax_batch(self, rows: np.ndarray) -> torch.Tensor:
+        cfg, m = self.cfg, self.model
+        sub = self.X[rows]
+        inp, tgt = sub, sub
+        if cfg.objective == "future":
+            r = self.ranks[rows]
+            n = self.n_per_user[rows]
+            lo = np.maximum(1, np.ceil(cfg.future_min_frac * n)).astype(np.int64)
+            cut = lo + np.floor(self.rng.random(len(rows)) * np.maximum(n - lo, 0)).astype(np.int64)
+            use = (self.rng.random(len(rows)) < cfg.future_mix) & (n >= 2)
+            cut = np.where(use, np.minimum(cut, n - 1), n)  # n: keep everything (denoise)
+            cut_e = np.repeat(cut, np.diff(r.indptr))
+            before = r.data <= cut_e
+            after = ~before | ~np.repeat(use, np.diff(r.indptr))
+            inp = sp.csr_matrix((before.astype(np.float32), r.indices, r.indptr), shape=r.shape)
+            inp.eliminate_zeros()
+            tgt = sp.csr_matrix((after.astype(np.float32), r.indices, r.indptr), shape=r.shape)
+            tgt.eliminate_zeros()
+        bags = Bags(torch.from_numpy(inp.indices.astype(np.int64)),
+                    torch.from_numpy(inp.indptr[:-1].astype(np.int64)),
+                    torch.from_numpy(inp.data.astype(np.float32))).to(self.device)
+        u = m.user_vectors(bags, torch.from_numpy(rows).to(self.device), drop=True)
+        v, b = m.item_vectors(self.warm_t, self._id_keep(len(self.warm_idx)))
+        logits = u @ v.T + b
+        logp = F.log_softmax(logits, dim=1)
+        tcoo = tgt.tocoo()
+        cols = torch.from_numpy(self.col_of[tcoo.col]).to(self.device)
+        rws = torch.from_numpy(tcoo.row.astype(np.int64)).to(self.device)
+        return -(logp[rws, cols].sum() / len(rows))
+
+    # -- pair losses ----------------------------------------------------------------------------
+    def _loo_bags(self, users: np.ndarray, items: np.ndarray) -> Bags:
+        sub = self.X[users]
+        lengths = np.diff(sub.indptr)
+        keep = sub.indices != np.repeat(items, lengths)
+        rows = np.repeat(np.arange(len(users)), lengths)[keep]
+        new_len = np.bincount(rows, minlength=len(users))
+        offsets = np.concatenate([[0], np.cumsum(new_len)[:-1]]).astype(np.int64)
+        return Bags(torch.from_numpy(sub.indices[keep].astype(np.int64)),
+                    torch.from_numpy(offsets),
+                    torch.from_numpy(np.ones(int(keep.sum()), dtype=np.float32))).to(self.device)
+
+    def _pair_batch(self, sel: np.ndarray) -> torch.Tensor:
+        cfg, m = self.cfg, self.model
+        users, items = self.pair_users[sel], self.pair_items[sel]
+        u_t = torch.from_numpy(users).to(self.device)
+        u = m.user_vectors(self._loo_bags(users, items), u_t, drop=True)
+        if cfg.loss == "bpr":
+            neg = self.warm_idx[self.rng.integers(0, len(self.warm_idx), len(sel))]
+            both = torch.from_numpy(np.concatenate([items, neg])).to(self.device)
+            v, b = m.item_vectors(both, self._id_keep(both.numel()))
+            s = (u.repeat(2, 1) * v).sum(1) + b
+            pos, negs = s[:len(sel)], s[len(sel):]
+            return -F.logsigmoid(pos - negs).mean()
+        it = torch.from_numpy(items).to(self.device)
+        v, b = m.item_vectors(it, self._id_keep(it.numel()))
+        logits = (u @ v.T + b) / cfg.temperature
+        if cfg.logq:
+            logits = logits - self.log_q[it].unsqueeze(0)
+        same = it.unsqueeze(0) == it.unsqueeze(1)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+        target = torch.arange(len(sel), device=self.device)
+        return F.cross_entropy(logits, target)
+
+    def epoch(self, opt: torch.optim.Optimizer) -> float:
+        self.model.train()
+        cfg = self.cfg
+        total, steps = 0.0, 0
+        if cfg.loss == "softmax":
+            order = self.rng.permutation(self.users)
+            batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+            fn = self._softmax_batch
+        else:
+            order = self.rng.permutation(len(self.pair_users))
+            bs = cfg.batch_size * 8
+            batches = [order[s:s + bs] for s in range(0, len(order), bs)]
+            fn = self._pair_batch
+        for batch in batches:
+            opt.zero_grad(set_to_none=True)
+            loss = fn(batch)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+        return total / max(steps, 1)
+
+
+def _validate(model: HybridModel, history: sp.csr_matrix, target: sp.csr_matrix,
+              candidates: np.ndarray) -> dict:
+    return evaluate(lambda users: model.score_users(history, users), history, target,
+                    ks=(10,), candidate_items=candidates)
+
+
+def train(data: SplitData, cfg: TrainConfig, *, fit_on: str = "train",
+          epochs: int | None = None) -> TrainResult:
+    """Train one model. ``fit_on="train"``: early stopping on valid (at most ``cfg.max_epochs``);
+    ``fit_on="train_full"``: exactly ``epochs`` epochs on train + valid, no validation."""
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
+    if cfg.objective not in ("denoise", "future"):
+        raise ValueError(f"objective must be 'denoise' or 'future', got {cfg.objective!r}")
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = resolve_device(cfg.device)
+    X = data.train if fit_on == "train" else data.train_full
+    model = build_model(data, cfg, X).to(device)
+    trainer = _Trainer(model, X, data.timestamps, cfg, device, rng)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    validate = fit_on == "train"
+    n_epochs = cfg.max_epochs if epochs is None else int(epochs)
+    cand = data.warm_items(full=False)
+    result = TrainResult(model=model, config=cfg, fit_on=fit_on)
+    best_state, best, bad = None, -1.0, 0
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_epochs, desc=f"train[{cfg.loss}]", unit="epoch", leave=False)
+    for ep in range(1, n_epochs + 1):
+        te = time.perf_counter()
+        loss = trainer.epoch(opt)
+        row = {"epoch": ep, "loss": loss}
+        if validate and (ep % cfg.eval_every == 0 or ep == n_epochs):
+            res = _validate(model, data.train, data.valid, cand)
+            row["val_ndcg@10"], row["val_recall@10"] = res["ndcg@10"], res["recall@10"]
+            if res["ndcg@10"] > best:
+                best, bad = res["ndcg@10"], 0
+                best_state = copy.deepcopy(model.state_dict())
+                result.best_epoch = ep
+            else:
+                bad += 1
+        row["seconds"] = time.perf_counter() - te
+        result.history.append(row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{row.get('val_ndcg@10', float('nan')):.4f}")
+        if validate and bad >= cfg.patience:
+            break
+    if bar is not None:
+        bar.close()
+    if validate and best_state is not None:
+        model.load_state_dict(best_state)
+        result.best_val_ndcg = best
+    else:
+        result.best_epoch = n_epochs
+    model.eval()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def fit(data: SplitData, cfg: TrainConfig | None = None) -> TrainResult:
+    """Early-stopped training on train; with ``cfg.refit_full`` a refit on train + valid for the
+    best number of epochs (the refit's history is appended, ``fit_on`` says which model this is)."""
+    cfg = cfg or TrainConfig()
+    res = train(data, cfg, fit_on="train")
+    if not cfg.refit_full:
+        return res
+    full = train(data, cfg, fit_on="train_full", epochs=max(res.best_epoch, 1))
+    full.history = res.history + [dict(r, refit=True) for r in full.history]
+    full.best_val_ndcg = res.best_val_ndcg
+    full.seconds += res.seconds
+    full.best_epoch = res.best_epoch
+    return full
+
+
+def evaluate_p1(model: HybridModel, data: SplitData, ks=(10, 20)) -> dict:
+    """P1 test metrics: main slice (candidates = items in train_full, train_full masked) and
+    the cold-item slice (``cold_`` prefix; candidates = items without train_full interactions).
+    The user input is each user's train_full history."""
+    test_warm, test_cold, cold = split_cold_items(data.train_full, data.test)
+    fn = lambda users: model.score_users(data.train_full, users)  # noqa: E731
+    out = evaluate(fn, data.train_full, test_warm, ks=ks, candidate_items=~cold)
+    c = evaluate(fn, data.train_full, test_cold, ks=ks, candidate_items=cold)
+    out.update({f"cold_{k}": v for k, v in c.items()})
+    return out
