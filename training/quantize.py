@@ -24,6 +24,10 @@ from the serving artifact, with no training code and no pickling.
       per row to int8) or, where that kernel is unavailable or fails a self-check, an exact
       float product over dequantized chunks.
 
+  Which INT8 backend: ``sq8`` is the fastest for one user per call (the serving path) and holds
+  the smallest catalog; ``torch_ao``'s blocked fbgemm GEMM wins from ~16 users per call
+  (offline scoring, large TorchServe batches). Measure with ``python -m training.quantize``.
+
 * :func:`quantization_report` -- how far quantized scores are from the fp32 ones (top-k
   overlap, absolute error).
 
@@ -46,19 +50,47 @@ MODULE_BACKENDS = ("torch_ao",)
 # Module quantization (the user tower)
 # --------------------------------------------------------------------------------------------
 
+def _ignore_torch_ao_deprecation() -> None:
+    """Inside ``warnings.catch_warnings()``: drop torch.ao's two deprecation notices, nothing else.
+
+    torch.ao.quantization warns that it is deprecated ("removed in 2.10"; it was not) and that
+    quantized tensor creation is deprecated.
+    """
+    warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
+                            category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, "
+                            r"torch\.quantize_per_channel", category=UserWarning)
+
+
 def _torch_ao_quantize_dynamic(module: nn.Module, per_channel: bool) -> nn.Module:
     from torch.ao.quantization import (default_dynamic_qconfig, per_channel_dynamic_qconfig,
                                        quantize_dynamic)
 
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     with warnings.catch_warnings():
-        # torch.ao.quantization warns that it is deprecated ("removed in 2.10"; it was not) and
-        # that quantized tensor creation is deprecated. Silence exactly those two, nothing else.
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, "
-                                r"torch\.quantize_per_channel", category=UserWarning)
+        _ignore_torch_ao_deprecation()
         return quantize_dynamic(module, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=False)
+
+
+def _torch_ao_linear_from_int8(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                               bias: torch.Tensor | None) -> nn.Module:
+    """A dynamic quantized Linear rebuilt exactly from plain tensors (see ``Int8Scorer.state_dict``).
+
+    ``weight`` int8 [n, d]; ``scale``/``zero_point`` of shape [n] (per row) or [1] (per tensor).
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    n, d = weight.shape
+    with warnings.catch_warnings():
+        _ignore_torch_ao_deprecation()
+        if scale.numel() == 1:
+            qw = torch._make_per_tensor_quantized_tensor(weight, float(scale), int(zero_point))
+        else:
+            qw = torch._make_per_channel_quantized_tensor(
+                weight, scale.to(torch.float64), zero_point.to(torch.int64), 0)
+        lin = DynamicQuantizedLinear(d, n, bias_=bias is not None, dtype=torch.qint8)
+        lin.set_weight_bias(qw, bias)
+    return lin.eval()
 
 
 def quantize_module(module: nn.Module, backend: str = "torch_ao", *,
@@ -290,9 +322,12 @@ class _SQ8:
 class Int8Scorer(Scorer):
     """INT8 catalog scoring with backend ``"torch_ao"`` or ``"sq8"`` (see the module docstring).
 
-    Build from the float item matrix ``[n_items, d]`` (+ optional ``bias [n_items]``), or for
-    ``sq8`` from already encoded codes with :meth:`from_sq8`. :meth:`state_dict` returns plain
-    tensors (safetensors-friendly) that rebuild the same scorer with :meth:`from_state_dict`.
+    Build from the float item matrix ``[n_items, d]`` (+ optional ``bias [n_items]``).
+    :meth:`state_dict` returns plain 8-bit tensors (safetensors-friendly, about a quarter of the
+    fp32 matrix) that rebuild the identical scorer with :meth:`from_state_dict`:
+    ``sq8``: ``codes`` uint8 [n, d], ``vmin``/``scale`` [d]; ``torch_ao``: ``weight_int8`` int8
+    [n, d], ``weight_scale``/``weight_zero_point`` [n] (or [1] per tensor); plus ``bias`` [n].
+    ``from_state_dict`` also accepts ``{"item_matrix", "bias"}`` (quantizes at load).
 
     Args:
         use_int_mm: ``sq8`` only; None = use ``torch._int_mm`` when it passes a self-check,
@@ -356,7 +391,37 @@ class Int8Scorer(Scorer):
         """Rebuild from :meth:`state_dict` output (e.g. loaded with ``safetensors.torch.load_file``)."""
         if backend == "sq8":
             return cls.from_sq8(state["codes"], state["vmin"], state["scale"], state.get("bias"), **kwargs)
+        if backend == "torch_ao" and "weight_int8" in state:
+            return cls.from_torch_ao_int8(state["weight_int8"], state["weight_scale"],
+                                          state["weight_zero_point"], state.get("bias"))
         return cls(state["item_matrix"], state.get("bias"), backend, **kwargs)
+
+    @classmethod
+    def from_torch_ao_int8(cls, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                           bias: torch.Tensor | None = None) -> "Int8Scorer":
+        """A ``torch_ao`` scorer rebuilt exactly from int8 weights ``[n, d]`` and their per-row
+        (``[n]``) or per-tensor (``[1]``) scale and zero point."""
+        weight = torch.as_tensor(weight)
+        if weight.dtype != torch.int8 or weight.dim() != 2 or weight.shape[0] < 1 or weight.shape[1] < 1:
+            raise ValueError(f"weight must be a non-empty int8 [n, d] tensor, got {weight.dtype} "
+                             f"{tuple(weight.shape)}")
+        n, d = weight.shape
+        scale = torch.as_tensor(scale).reshape(-1)
+        zero_point = torch.as_tensor(zero_point).reshape(-1)
+        if scale.numel() not in (1, n) or zero_point.numel() != scale.numel():
+            raise ValueError(f"weight_scale/zero_point must have 1 or {n} entries, got "
+                             f"{scale.numel()}/{zero_point.numel()}")
+        if bias is not None:
+            bias = torch.as_tensor(bias).to(torch.float32).reshape(-1).contiguous()
+            if bias.shape[0] != n:
+                raise ValueError(f"bias has {bias.shape[0]} entries for {n} items")
+        self = cls.__new__(cls)
+        self.backend = "torch_ao"
+        self.n_items, self.dim = n, d
+        self.bias = bias
+        self._sq8 = None
+        self._linear = _torch_ao_linear_from_int8(weight.contiguous(), scale, zero_point, bias)
+        return self
 
     @property
     def uses_int_mm(self) -> bool:
@@ -372,10 +437,17 @@ class Int8Scorer(Scorer):
         if self._sq8 is not None:
             out = {"codes": self._sq8.codes(), "vmin": self._sq8.vmin, "scale": self._sq8.scale}
         else:
-            # The packed fbgemm weights are not portable: hand out the INT8-rounded item matrix
-            # (re-quantizing it reproduces the same codes up to rounding ties).
+            # The packed fbgemm weights are not portable; their int8 values and scales are.
             assert self._linear is not None
-            out = {"item_matrix": self._linear.weight().dequantize().contiguous()}
+            w = self._linear.weight()
+            if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                scale, zp = w.q_per_channel_scales(), w.q_per_channel_zero_points()
+            else:
+                scale = torch.tensor([w.q_scale()], dtype=torch.float64)
+                zp = torch.tensor([w.q_zero_point()], dtype=torch.int64)
+            out = {"weight_int8": w.int_repr().contiguous(),
+                   "weight_scale": scale.to(torch.float64).contiguous(),
+                   "weight_zero_point": zp.to(torch.int64).contiguous()}
         if self.bias is not None:
             out["bias"] = self.bias
         return out
