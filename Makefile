@@ -8,7 +8,7 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv java demo etl test bench-etl clean
+.PHONY: help venv java demo etl train promote test bench-etl clean
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
@@ -31,8 +31,16 @@ venv: $(VENV)/.installed
 
 demo: venv java
 	$(PY) -m etl run $(DATASET_ARG) --out $(OUT)
+	$(PY) -m training run --out $(OUT)
 
-etl: demo
+etl: venv java
+	$(PY) -m etl run $(DATASET_ARG) --out $(OUT)
+
+train: venv java
+	$(PY) -m training run --out $(OUT)
+
+promote: venv
+	$(PY) -m training promote --out $(OUT)
 
 test: venv java
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -149,6 +149,12 @@ class TrainConfig:
     """``future``: the prefix keeps at least this share of the user's items."""
     future_mix: float = 0.5
     """``future``: share of users per batch that get a prefix/future target (rest: denoise)."""
+    recency_boost: float = 2.0
+    """History input weight 1 + boost * exp(-(items after this one) / tau): recent items count
+    more (0 = plain binary bag, as Mult-DAE)."""
+    recency_tau: float = 10.0
+    target_recency: float = 0.0
+    """softmax: weight each target item 1 + this * exp(-(items after it) / tau)."""
     dim: int = 256
     """User/item vector size (the last encoder layer)."""
     hidden: str = ""
@@ -165,6 +171,9 @@ class TrainConfig:
     """Probability of zeroing an item's id part in a training step (content must stand alone)."""
     lr: float = 1e-3
     weight_decay: float = 0.0
+    ema: float = 0.0
+    """Per-step decay of an exponential moving average of the weights, which is what is
+    validated and returned (0 = off)."""
     batch_size: int = 128
     """Users per step (softmax) or positive pairs per step / 8 (sampled_softmax, bpr)."""
     temperature: float = 1.0

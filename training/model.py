@@ -71,6 +71,38 @@ def bags_from_lists(items: list, weights: list | None = None, device=None) -> Ba
     return Bags(torch.from_numpy(idx), torch.from_numpy(off), torch.from_numpy(w)).to(device or "cpu")
 
 
+def time_ranks(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
+    """X's pattern (indices sorted); value = 1 + position of the item in its user's time order
+    (ties by item index; entries without a timestamp count as time 0)."""
+    X = sp.csr_matrix(X, copy=True)
+    X.sort_indices()
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    t = np.zeros(X.nnz, dtype=np.int64)
+    if ts is not None and X.nnz:
+        t = np.asarray(sp.csr_matrix(ts)[rows, X.indices]).ravel().astype(np.int64)
+    order = np.lexsort((X.indices, t, rows))
+    ranks = np.empty(X.nnz, dtype=np.float64)
+    ranks[order] = np.arange(X.nnz) - X.indptr[rows[order]] + 1
+    return sp.csr_matrix((ranks, X.indices.copy(), X.indptr.copy()), shape=X.shape)
+
+
+def recency_weights(ranks: np.ndarray, n: np.ndarray, boost: float, tau: float) -> np.ndarray:
+    """Input weight of the item at time rank ``ranks`` (1 = oldest) in a bag of ``n`` items:
+    1 + boost * exp(-(n - rank) / tau); the latest item gets 1 + boost."""
+    if boost == 0:
+        return np.ones(len(ranks), dtype=np.float32)
+    return (1.0 + boost * np.exp(-(n - ranks) / max(tau, 1e-9))).astype(np.float32)
+
+
+def history_matrix(X: sp.csr_matrix, ts: sp.csr_matrix | None, boost: float,
+                   tau: float) -> sp.csr_matrix:
+    """X's pattern with each user's recency weights as values: the encoder input."""
+    R = time_ranks(X, ts)
+    n = np.repeat(np.diff(R.indptr), np.diff(R.indptr)).astype(np.float64)
+    return sp.csr_matrix((recency_weights(R.data, n, boost, tau), R.indices, R.indptr),
+                         shape=R.shape)
+
+
 def content_matrix(item_features: sp.csr_matrix, item_categories: sp.csr_matrix,
                    category_weight: float = 1.0) -> sp.csr_matrix:
     """[TF-IDF | categories] per item; the category block is L2-normalised per item and scaled
@@ -90,8 +122,12 @@ class HybridModel(nn.Module):
     def __init__(self, n_users: int, n_items: int, content: sp.csr_matrix | None,
                  warm_items: np.ndarray, *, dim: int = 256, hidden: tuple[int, ...] = (),
                  dropout: float = 0.5, user_ids: bool = False, item_ids: bool = True,
-                 use_content: bool = True, n_text_features: int | None = None) -> None:
+                 use_content: bool = True, n_text_features: int | None = None,
+                 recency_boost: float = 0.0, recency_tau: float = 10.0,
+                 category_weight: float = 1.0) -> None:
         super().__init__()
+        self.recency_boost, self.recency_tau = float(recency_boost), float(recency_tau)
+        self.category_weight = float(category_weight)
         self.n_users, self.n_items, self.dim = int(n_users), int(n_items), int(dim)
         self.dims = tuple(int(h) for h in hidden) + (self.dim,)
         self.dropout = float(dropout)
@@ -106,6 +142,9 @@ class HybridModel(nn.Module):
         self.enc_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.dims[:-1], self.dims[1:]))
         bound = (6.0 / (self.n_items + self.dims[0])) ** 0.5  # Xavier-uniform, as a dense Linear
         nn.init.uniform_(self.enc_in.weight, -bound, bound)
+        with torch.no_grad():  # items absent from training never get a gradient: keep them
+            cold = torch.from_numpy(~np.asarray(warm_items, dtype=bool))  # out of the input
+            self.enc_in.weight[cold] = 0.0
         for lin in self.enc_layers:
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -203,9 +242,14 @@ class HybridModel(nn.Module):
         return user_vecs @ v.T + b
 
     # ---- convenience ------------------------------------------------------------------------
+    def history_matrix(self, X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
+        """The encoder input for interaction matrix X (recency weights as configured)."""
+        return history_matrix(X, ts, self.recency_boost, self.recency_tau)
+
     @torch.no_grad()
     def score_users(self, history: sp.csr_matrix, users, batch_size: int = 1024) -> torch.Tensor:
-        """Scores [len(users), n_items] from each user's history row (eval mode, no dropout)."""
+        """Scores [len(users), n_items] from each user's history row (eval mode, no dropout);
+        ``history`` holds the input weights (see :meth:`history_matrix`)."""
         was = self.training
         self.eval()
         dev = self.warm.device
@@ -225,4 +269,5 @@ class HybridModel(nn.Module):
                 "encoder_dims": list(self.dims), "dropout": self.dropout,
                 "user_ids": self.use_user_ids, "item_ids": self.use_item_ids,
                 "content": self.use_content, "n_content_features": self.n_content,
-                "n_text_features": self.n_text_features}
+                "n_text_features": self.n_text_features, "recency_boost": self.recency_boost,
+                "recency_tau": self.recency_tau, "category_weight": self.category_weight}

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from common.config import TrainConfig
 from training.data import SplitData
 from training.evaluation import evaluate, split_cold_items
-from training.model import Bags, HybridModel, content_matrix
+from training.model import Bags, HybridModel, content_matrix, recency_weights, time_ranks
 
 LOSSES = ("softmax", "sampled_softmax", "bpr")
 
@@ -63,23 +63,8 @@ def build_model(data: SplitData, cfg: TrainConfig, fit_matrix: sp.csr_matrix) ->
     return HybridModel(data.n_users, data.n_items, content, warm, dim=cfg.dim,
                        hidden=_hidden(cfg.hidden), dropout=cfg.dropout, user_ids=cfg.user_ids,
                        item_ids=cfg.item_ids, use_content=cfg.content,
-                       n_text_features=data.n_features)
-
-
-def _time_ranks(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
-    """Same pattern as X; value = 1 + position of the item in the user's time order (ties by
-    item index; items without a timestamp sort first)."""
-    X = sp.csr_matrix(X, copy=True)
-    X.sort_indices()
-    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-    t = np.zeros(X.nnz, dtype=np.int64)
-    if ts is not None:
-        T = sp.csr_matrix(ts)
-        t = np.asarray(T[rows, X.indices]).ravel().astype(np.int64)
-    order = np.lexsort((X.indices, t, rows))  # CSR order is already grouped by row
-    ranks = np.empty(X.nnz, dtype=np.float64)
-    ranks[order] = np.arange(X.nnz) - X.indptr[rows[order]] + 1
-    return sp.csr_matrix((ranks, X.indices.copy(), X.indptr.copy()), shape=X.shape)
+                       n_text_features=data.n_features, recency_boost=cfg.recency_boost,
+                       recency_tau=cfg.recency_tau, category_weight=cfg.category_weight)
 
 
 class _Trainer:
@@ -90,7 +75,7 @@ class _Trainer:
         X.data[:] = 1.0
         X.sort_indices()
         self.X = X
-        self.ranks = _time_ranks(X, ts) if cfg.objective == "future" else None
+        self.ranks = time_ranks(X, ts)
         self.n_per_user = np.diff(X.indptr)
         self.users = np.flatnonzero(self.n_per_user > 0)
         self.warm_idx = np.flatnonzero(np.diff(X.tocsc().indptr) > 0)
@@ -112,22 +97,28 @@ class _Trainer:
     # -- softmax over all warm items ------------------------------------------------------------
     def _softmax_batch(self, rows: np.ndarray) -> torch.Tensor:
         cfg, m = self.cfg, self.model
-        sub = self.X[rows]
-        inp, tgt = sub, sub
+        r = self.ranks[rows]
+        n = self.n_per_user[rows]
+        lengths = np.diff(r.indptr)
+        cut = n.copy()  # items with rank <= cut are input; denoise: everything
+        use = np.zeros(len(rows), dtype=bool)
         if cfg.objective == "future":
-            r = self.ranks[rows]
-            n = self.n_per_user[rows]
             lo = np.maximum(1, np.ceil(cfg.future_min_frac * n)).astype(np.int64)
-            cut = lo + np.floor(self.rng.random(len(rows)) * np.maximum(n - lo, 0)).astype(np.int64)
+            c = lo + np.floor(self.rng.random(len(rows)) * np.maximum(n - lo, 0)).astype(np.int64)
             use = (self.rng.random(len(rows)) < cfg.future_mix) & (n >= 2)
-            cut = np.where(use, np.minimum(cut, n - 1), n)  # n: keep everything (denoise)
-            cut_e = np.repeat(cut, np.diff(r.indptr))
-            before = r.data <= cut_e
-            after = ~before | ~np.repeat(use, np.diff(r.indptr))
-            inp = sp.csr_matrix((before.astype(np.float32), r.indices, r.indptr), shape=r.shape)
-            inp.eliminate_zeros()
-            tgt = sp.csr_matrix((after.astype(np.float32), r.indices, r.indptr), shape=r.shape)
-            tgt.eliminate_zeros()
+            cut = np.where(use, np.minimum(c, n - 1), n)
+        cut_e = np.repeat(cut, lengths)
+        before = r.data <= cut_e
+        after = ~before | ~np.repeat(use, lengths)
+        w = recency_weights(r.data, cut_e, cfg.recency_boost, cfg.recency_tau) * before
+        inp = sp.csr_matrix((w.astype(np.float32), r.indices, r.indptr), shape=r.shape)
+        inp.eliminate_zeros()
+        tv = after.astype(np.float32)
+        if cfg.target_recency > 0:
+            n_e = np.repeat(n, lengths)
+            tv = tv * (1.0 + cfg.target_recency * np.exp(-(n_e - r.data) / cfg.recency_tau))
+        tgt = sp.csr_matrix((tv.astype(np.float32), r.indices, r.indptr), shape=r.shape)
+        tgt.eliminate_zeros()
         bags = Bags(torch.from_numpy(inp.indices.astype(np.int64)),
                     torch.from_numpy(inp.indptr[:-1].astype(np.int64)),
                     torch.from_numpy(inp.data.astype(np.float32))).to(self.device)
@@ -138,19 +129,22 @@ class _Trainer:
         tcoo = tgt.tocoo()
         cols = torch.from_numpy(self.col_of[tcoo.col]).to(self.device)
         rws = torch.from_numpy(tcoo.row.astype(np.int64)).to(self.device)
-        return -(logp[rws, cols].sum() / len(rows))
+        tw = torch.from_numpy(tcoo.data.astype(np.float32)).to(self.device)
+        return -((logp[rws, cols] * tw).sum() / len(rows))
 
     # -- pair losses ----------------------------------------------------------------------------
     def _loo_bags(self, users: np.ndarray, items: np.ndarray) -> Bags:
-        sub = self.X[users]
+        sub = self.ranks[users]
         lengths = np.diff(sub.indptr)
         keep = sub.indices != np.repeat(items, lengths)
+        w = recency_weights(sub.data, np.repeat(self.n_per_user[users], lengths),
+                            self.cfg.recency_boost, self.cfg.recency_tau)
         rows = np.repeat(np.arange(len(users)), lengths)[keep]
         new_len = np.bincount(rows, minlength=len(users))
         offsets = np.concatenate([[0], np.cumsum(new_len)[:-1]]).astype(np.int64)
         return Bags(torch.from_numpy(sub.indices[keep].astype(np.int64)),
                     torch.from_numpy(offsets),
-                    torch.from_numpy(np.ones(int(keep.sum()), dtype=np.float32))).to(self.device)
+                    torch.from_numpy(w[keep])).to(self.device)
 
     def _pair_batch(self, sel: np.ndarray) -> torch.Tensor:
         cfg, m = self.cfg, self.model
@@ -175,8 +169,12 @@ class _Trainer:
         target = torch.arange(len(sel), device=self.device)
         return F.cross_entropy(logits, target)
 
-    def epoch(self, opt: torch.optim.Optimizer) -> float:
+    def epoch(self, opt: torch.optim.Optimizer, ema: HybridModel | None = None) -> float:
+        """One pass over the users (softmax) or positive pairs; ``ema`` (a copy of the model)
+        gets an exponential moving average of the weights after every step."""
         self.model.train()
+        if ema is not None:
+            ema_p, src_p = list(ema.parameters()), list(self.model.parameters())
         cfg = self.cfg
         total, steps = 0.0, 0
         if cfg.loss == "softmax":
@@ -193,14 +191,17 @@ class _Trainer:
             loss = fn(batch)
             loss.backward()
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema_p, [p.detach() for p in src_p], 1.0 - cfg.ema)
             total += float(loss.detach())
             steps += 1
         return total / max(steps, 1)
 
 
-def _validate(model: HybridModel, history: sp.csr_matrix, target: sp.csr_matrix,
+def _validate(model: HybridModel, X: sp.csr_matrix, hist: sp.csr_matrix, target: sp.csr_matrix,
               candidates: np.ndarray) -> dict:
-    return evaluate(lambda users: model.score_users(history, users), history, target,
+    return evaluate(lambda users: model.score_users(hist, users), X, target,
                     ks=(10,), candidate_items=candidates)
 
 
@@ -219,10 +220,14 @@ def train(data: SplitData, cfg: TrainConfig, *, fit_on: str = "train",
     X = data.train if fit_on == "train" else data.train_full
     model = build_model(data, cfg, X).to(device)
     trainer = _Trainer(model, X, data.timestamps, cfg, device, rng)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           fused=True)  # fused: ~6x faster steps on CPU than foreach
+    ema = copy.deepcopy(model) if cfg.ema > 0 else None
+    final = ema if ema is not None else model  # what is validated and returned
     validate = fit_on == "train"
     n_epochs = cfg.max_epochs if epochs is None else int(epochs)
     cand = data.warm_items(full=False)
+    val_hist = model.history_matrix(data.train, data.timestamps) if validate else None
     result = TrainResult(model=model, config=cfg, fit_on=fit_on)
     best_state, best, bad = None, -1.0, 0
     bar = None
@@ -231,14 +236,14 @@ def train(data: SplitData, cfg: TrainConfig, *, fit_on: str = "train",
         bar = tqdm(total=n_epochs, desc=f"train[{cfg.loss}]", unit="epoch", leave=False)
     for ep in range(1, n_epochs + 1):
         te = time.perf_counter()
-        loss = trainer.epoch(opt)
+        loss = trainer.epoch(opt, ema)
         row = {"epoch": ep, "loss": loss}
         if validate and (ep % cfg.eval_every == 0 or ep == n_epochs):
-            res = _validate(model, data.train, data.valid, cand)
+            res = _validate(final, data.train, val_hist, data.valid, cand)
             row["val_ndcg@10"], row["val_recall@10"] = res["ndcg@10"], res["recall@10"]
             if res["ndcg@10"] > best:
                 best, bad = res["ndcg@10"], 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(final.state_dict())
                 result.best_epoch = ep
             else:
                 bad += 1
@@ -251,6 +256,7 @@ def train(data: SplitData, cfg: TrainConfig, *, fit_on: str = "train",
             break
     if bar is not None:
         bar.close()
+    model = result.model = final
     if validate and best_state is not None:
         model.load_state_dict(best_state)
         result.best_val_ndcg = best
@@ -281,7 +287,8 @@ def evaluate_p1(model: HybridModel, data: SplitData, ks=(10, 20)) -> dict:
     the cold-item slice (``cold_`` prefix; candidates = items without train_full interactions).
     The user input is each user's train_full history."""
     test_warm, test_cold, cold = split_cold_items(data.train_full, data.test)
-    fn = lambda users: model.score_users(data.train_full, users)  # noqa: E731
+    hist = model.history_matrix(data.train_full, data.timestamps)
+    fn = lambda users: model.score_users(hist, users)  # noqa: E731
     out = evaluate(fn, data.train_full, test_warm, ks=ks, candidate_items=~cold)
     c = evaluate(fn, data.train_full, test_cold, ks=ks, candidate_items=cold)
     out.update({f"cold_{k}": v for k, v in c.items()})

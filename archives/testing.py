@@ -1,0 +1,124 @@
+"""Test helpers: a real TorchServe on free loopback ports, always stopped afterwards.
+
+    with running_server(out, config="prod") as state:
+        client = TorchServeClient(state)
+        ...
+
+Also usable from benchmarks (the lead's ``make`` targets use ``python -m archives serve``).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+
+from archives import server as S
+
+
+@contextlib.contextmanager
+def running_server(out: str | Path, *, config: str = "prod", models: dict[str, str] | None = None,
+                   timeout: float = 300.0, extra_properties: dict[str, str] | None = None,
+                   attempts: int = 2) -> Iterator[S.ServerState]:
+    """Start TorchServe for ``out`` on three free 127.0.0.1 ports; stop it (and its workers) on exit.
+
+    A port taken between choosing and binding (another process on the machine) is retried once
+    with fresh ports.
+    """
+    state = None
+    for attempt in range(attempts):
+        inf, mgt, met = S.free_ports(3)
+        try:
+            state = S.start(out, config=config, host="127.0.0.1",
+                            ports={"inference": inf, "management": mgt, "metrics": met},
+                            models=models, timeout=timeout, extra_properties=extra_properties)
+            break
+        except S.ServerError as e:
+            S.stop(out)
+            if attempt + 1 >= attempts or "in use" not in str(e) and "Address already" not in str(e):
+                raise
+            time.sleep(1)
+    try:
+        yield state
+    finally:
+        S.stop(out)
+
+
+def worker_memory(state: S.ServerState) -> list[dict[str, float]]:
+    """RSS / USS / PSS (MiB) and shared file-backed memory of each Python worker of ``state``.
+
+    RSS counts shared pages (e.g. a memory-mapped catalog) in every worker; USS is what a worker
+    holds privately; PSS splits shared pages between the processes mapping them.
+    """
+    out = []
+    for p in S.worker_processes(state):
+        try:
+            m = p.memory_full_info()
+        except psutil.Error:
+            continue
+        out.append({"pid": p.pid, "rss_mib": m.rss / 2**20, "uss_mib": m.uss / 2**20,
+                    "pss_mib": m.pss / 2**20, "shared_mib": m.shared / 2**20})
+    return out
+
+
+CATEGORIES = ("Comedy", "Drama", "Horror", "Action", "Romance")
+
+
+def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 500, dim: int = 16,
+                         hidden: int = 32, seed: int = 0, model_version: str = "1") -> Path:
+    """A small, valid serving artifact from random tensors (common.artifact.save_artifact).
+
+    Users ``"1".."n_users"`` each have 3-12 training items; items ``"10", "20", ...`` have
+    category ``CATEGORIES[i % 5]`` (and every 7th item also ``"Comedy"``); popularity decreases
+    with the item index, so the popularity fallback ranks ``"10", "20", "30", ...`` first.
+    """
+    import torch
+
+    from common.artifact import save_artifact
+
+    g = torch.Generator().manual_seed(seed)
+    item_ids = [str(10 * (i + 1)) for i in range(n_items)]
+    user_ids = [str(u + 1) for u in range(n_users)]
+    cats = [sorted({i % len(CATEGORIES)} | ({0} if i % 7 == 0 else set())) for i in range(n_items)]
+    cat_ptr = torch.tensor([0] + [len(c) for c in cats]).cumsum(0)
+    cat_idx = torch.tensor([c for cs in cats for c in cs], dtype=torch.int64)
+    hist = [torch.randperm(n_items, generator=g)[: int(torch.randint(3, 13, (1,), generator=g))]
+            .sort().values for _ in range(n_users)]
+    h_ptr = torch.tensor([0] + [len(h) for h in hist]).cumsum(0)
+    h_idx = torch.cat(hist).to(torch.int64)
+    w_in = torch.randn(n_items, hidden, generator=g) * 0.5
+    b_in = torch.randn(hidden, generator=g) * 0.1
+    w1, b1 = torch.randn(dim, hidden, generator=g) * 0.3, torch.zeros(dim)
+
+    def encode(bag):
+        w = torch.full((len(bag),), len(bag) ** -0.5)
+        h = torch.tanh(w @ w_in[bag] + b_in)
+        return torch.tanh(w1 @ h + b1)
+
+    n_text = 8
+    tensors = {
+        "item_vectors": torch.randn(n_items, dim, generator=g),
+        "item_bias": torch.randn(n_items, generator=g) * 0.1,
+        "user_vectors": torch.stack([encode(h) for h in hist]),
+        "popularity": torch.arange(n_items, 0, -1, dtype=torch.float32),
+        "item_warm": torch.ones(n_items, dtype=torch.uint8),
+        "encoder.in.weight": w_in, "encoder.in.bias": b_in,
+        "encoder.layers.0.weight": w1, "encoder.layers.0.bias": b1,
+        "content.weight": torch.randn(n_text + len(CATEGORIES), dim, generator=g) * 0.1,
+        "content.bias": torch.zeros(n_text + len(CATEGORIES)),
+        "item_categories.indptr": cat_ptr.to(torch.int64), "item_categories.indices": cat_idx,
+        "user_history.indptr": h_ptr.to(torch.int64), "user_history.indices": h_idx,
+    }
+    config = {"model_version": model_version, "dim": dim,
+              "encoder": {"n_layers": 1, "dims": [hidden, dim]},
+              "content": {"n_text_features": n_text, "n_categories": len(CATEGORIES),
+                          "categories": list(CATEGORIES), "category_weight": 1.0},
+              "note": "random test artifact (archives.testing.make_random_artifact)"}
+    items = [{"title": f"Item {iid} ({', '.join(CATEGORIES[c] for c in cs)})",
+              "categories": [CATEGORIES[c] for c in cs]} for iid, cs in zip(item_ids, cats)]
+    return save_artifact(path, tensors, config, user_ids, item_ids, items)
+
+
+__all__ = ["running_server", "worker_memory", "make_random_artifact", "CATEGORIES"]

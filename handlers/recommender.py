@@ -1,0 +1,176 @@
+"""TorchServe handler of the hybrid recommender (the archive's entry point).
+
+``BaseHandler.handle`` is kept (it emits ``HandlerTime``); this class overrides ``initialize``,
+``preprocess`` (validation, per request), ``inference`` (the batch, one matrix product) and
+``postprocess`` (JSON bodies and per-request HTTP status).
+
+Request/response contract: docs/serving.md and handlers/request.schema.json. An invalid
+request in a batch gets its own 4xx (``context.set_response_status(code, message, idx)``) and
+a JSON body ``{code, type, reason, message}``; the others in the batch are answered normally.
+Every answered request carries the header ``X-Batch-Size``: how many requests the handler
+received together.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from ts.metrics.metric_type_enum import MetricTypes
+from ts.torch_handler.base_handler import BaseHandler
+
+from handlers import validation as V
+from handlers.engine import BatchState as _Batch
+from handlers.engine import Recommender
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+METRIC_DEFS = {  # name -> (unit, extra dimension, type); must match archives/metrics.yaml
+    "RecRequests": ("Count", "Strategy", MetricTypes.COUNTER),
+    "RecInvalidRequests": ("Count", "Reason", MetricTypes.COUNTER),
+    "RecIgnoredHistoryItems": ("Count", None, MetricTypes.COUNTER),
+    "RecScoringLatencySeconds": ("s", None, MetricTypes.HISTOGRAM),
+    "RecHandlerLatencySeconds": ("s", None, MetricTypes.HISTOGRAM),
+    "RecBatchSize": ("Count", None, MetricTypes.HISTOGRAM),
+}
+
+
+class RecommenderHandler(BaseHandler):
+    def __init__(self):
+        super().__init__()
+        self.engine: Recommender | None = None
+        self.model_name = "recsys"
+        self.model_version = "0"
+        self._metrics: dict[str, Any] = {}
+
+    # ---- start-up ---------------------------------------------------------------------------
+    def initialize(self, context):
+        t0 = time.perf_counter()
+        self.context = context
+        self.manifest = context.manifest
+        props = context.system_properties
+        model_dir = Path(props.get("model_dir") or ".")
+        cfg = dict((getattr(context, "model_yaml_config", None) or {}).get("handler") or {})
+        torch.set_num_threads(max(1, int(cfg.get("torch_threads", os.environ.get("RECSYS_TORCH_THREADS", 1)))))
+        self.model_name = context.model_name
+        self.model_version = str(self.manifest.get("model", {}).get("modelVersion", "0"))
+        artifact_dir = model_dir / str(cfg.get("artifact_dir", "artifact"))
+        pack = model_dir / str(cfg.get("pack", "serving/pack.safetensors"))
+        self.engine = Recommender.load(artifact_dir, scoring=str(cfg.get("scoring", "auto")),
+                                       pack_path=pack)
+        # The archive version is the registry version: report it, not what the artifact says.
+        self.engine.data.model_version = self.model_version
+        self._init_metrics(context)
+        self.initialized = True
+        rss = _memory()
+        log.info("recommender %s v%s ready in %.2f s: %d items, %d users, scoring=%s, threads=%d, "
+                 "memory %s", self.model_name, self.model_version, time.perf_counter() - t0,
+                 self.engine.data.n_items, len(self.engine.data.user_index),
+                 self.engine.data.info.get("scoring"), torch.get_num_threads(), rss)
+
+    def _init_metrics(self, context) -> None:
+        cache = context.metrics
+        for name, (unit, extra, mtype) in METRIC_DEFS.items():
+            dims = ["ModelName", "ModelVersion", "Level"] + ([extra] if extra else [])
+            try:
+                metric = cache.get_metric(name, mtype)
+            except Exception:  # noqa: BLE001 - not declared in the metrics yaml: log-only metric
+                metric = cache.add_metric_to_cache(name, unit, dims, mtype)
+            self._metrics[name] = metric
+
+    def _emit(self, name: str, value: float, extra: str | None = None) -> None:
+        metric = self._metrics.get(name)
+        if metric is None:
+            return
+        dims = [self.model_name, self.model_version, "Model"] + ([extra] if extra is not None else [])
+        try:
+            metric.add_or_update(value, dims)
+        except Exception:  # noqa: BLE001 - metrics must never fail a request
+            log.debug("metric %s not emitted", name, exc_info=True)
+
+    # ---- the three steps ----------------------------------------------------------------------
+    def _content_type(self, idx: int, param: str | None) -> str | None:
+        try:
+            rp = self.context.request_processor[idx]
+            if param:
+                prop = rp.get_request_property(param)
+                if isinstance(prop, dict) and prop.get("content-type"):
+                    return prop["content-type"]
+            return rp.get_request_property("Content-Type") or rp.get_request_property("content-type")
+        except Exception:  # noqa: BLE001
+            return None
+
+    def preprocess(self, data):
+        batch = _Batch(n=len(data), started=time.perf_counter())
+        for idx, row in enumerate(data):
+            body, param = V.body_of(row or {})
+            ctype = self._content_type(idx, param)
+            try:
+                if param not in ("body", "data") and ctype and "form-urlencoded" in ctype.lower():
+                    raise V.InvalidRequest(V.NOT_JSON, "the body was sent as a form "
+                                                       "(application/x-www-form-urlencoded, curl -d's "
+                                                       "default); send it with Content-Type: "
+                                                       "application/json")
+                batch.requests[idx] = V.parse_request(body, ctype)
+            except V.InvalidRequest as e:
+                batch.errors[idx] = e
+        return batch
+
+    def inference(self, batch: _Batch, *args, **kwargs):
+        if not batch.requests:
+            return batch
+        idxs = sorted(batch.requests)
+        t0 = time.perf_counter()
+        try:
+            outcomes = self.engine.recommend([batch.requests[i] for i in idxs])
+        except Exception:  # noqa: BLE001 - answer 500 per request instead of failing the worker
+            log.error("scoring failed for a batch of %d:\n%s", len(idxs), traceback.format_exc())
+            for i in idxs:
+                batch.failures[i] = "internal error while scoring; see the model log"
+            return batch
+        self._emit("RecScoringLatencySeconds", time.perf_counter() - t0)
+        for i, o in zip(idxs, outcomes):
+            batch.bodies[i] = o.body
+            self._emit("RecRequests", 1, o.strategy)
+            if o.ignored_history:
+                self._emit("RecIgnoredHistoryItems", o.ignored_history)
+        return batch
+
+    def postprocess(self, batch: _Batch):
+        out: list[str] = []
+        for idx in range(batch.n):
+            self.context.set_response_content_type(idx, JSON)
+            self.context.set_response_header(idx, "X-Batch-Size", str(batch.n))
+            if idx in batch.errors:
+                e = batch.errors[idx]
+                self.context.set_response_status(e.status, e.message, idx)
+                self._emit("RecInvalidRequests", 1, e.reason)
+                out.append(json.dumps(e.to_dict()))
+            elif idx in batch.failures:
+                self.context.set_response_status(500, batch.failures[idx], idx)
+                out.append(json.dumps({"code": 500, "type": "InternalServerError",
+                                       "message": batch.failures[idx]}))
+            else:
+                out.append(json.dumps(batch.bodies[idx]))
+        self._emit("RecBatchSize", batch.n)
+        self._emit("RecHandlerLatencySeconds", time.perf_counter() - batch.started)
+        return out
+
+
+def _memory() -> str:
+    try:
+        import psutil
+
+        m = psutil.Process().memory_full_info()
+        return f"rss={m.rss / 2**20:.0f}MiB uss={m.uss / 2**20:.0f}MiB pss={m.pss / 2**20:.0f}MiB"
+    except Exception:  # noqa: BLE001
+        return "n/a"
+
+
+__all__ = ["RecommenderHandler"]

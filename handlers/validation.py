@@ -1,0 +1,325 @@
+"""Validation of recommendation requests: pure Python (standard library only).
+
+The TorchServe handler ships this file inside the model archive; tests import it directly,
+without TorchServe or torch. The contract is documented by ``request.schema.json`` next to
+this file (a test checks that both accept and reject the same bodies).
+
+A body reaches the handler in one of three shapes, depending on the request's Content-Type
+(TorchServe's worker decodes ``application/json`` itself and passes other types through):
+
+* ``bytes`` / ``bytearray``: the raw body (any Content-Type other than exactly
+  ``application/json`` and ``text/*``, or JSON the worker failed to decode);
+* ``str``: a ``text/*`` body (raw text) -- or, under ``application/json``, a decoded JSON string;
+* ``dict`` / ``list`` / number / ...: JSON TorchServe already decoded.
+
+Every problem raises :class:`InvalidRequest` with an HTTP status (400, or 413 for an oversized
+body), a short machine-readable ``reason`` (the label of the invalid-request metric) and a
+message meant for the caller.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# Limits (documented in docs/serving.md and request.schema.json).
+MAX_BODY_BYTES = 256 * 1024  # our limit; TorchServe's max_request_size (frontend) is set to 2 MiB
+DEFAULT_K = 10
+MIN_K, MAX_K = 1, 1000
+MAX_HISTORY = 5000
+MAX_EXCLUDE = 5000
+MAX_CATEGORIES = 100
+MAX_ID_INT = 2**63 - 1
+# Same rule as the ETL (common/schema.py ID_PATTERN); duplicated because the archive ships this
+# file alone, a test keeps the two equal.
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+_ID_RE = re.compile(ID_PATTERN)
+MAX_CATEGORY_CHARS = 128
+
+FIELDS = ("user_id", "k", "history", "exclude_seen", "filters", "exclude")
+FILTER_FIELDS = ("include_categories", "exclude_categories")
+
+# Reasons (metric label values).
+TOO_LARGE = "too_large"
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+UNKNOWN_FIELD = "unknown_field"
+MISSING_USER_ID = "missing_user_id"
+BAD_USER_ID = "bad_user_id"
+BAD_K = "bad_k"
+BAD_HISTORY = "bad_history"
+BAD_EXCLUDE_SEEN = "bad_exclude_seen"
+BAD_FILTERS = "bad_filters"
+BAD_EXCLUDE = "bad_exclude"
+REASONS = (TOO_LARGE, NOT_JSON, NOT_OBJECT, UNKNOWN_FIELD, MISSING_USER_ID, BAD_USER_ID, BAD_K,
+           BAD_HISTORY, BAD_EXCLUDE_SEEN, BAD_FILTERS, BAD_EXCLUDE)
+
+
+class InvalidRequest(ValueError):
+    """A request we refuse: ``status`` (4xx), ``reason`` (metric label), ``message`` (for humans)."""
+
+    def __init__(self, reason: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.reason, self.message, self.status = reason, message, int(status)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error body (same keys as TorchServe's own errors, plus ``reason``)."""
+        kind = "PayloadTooLarge" if self.status == 413 else "BadRequest"
+        return {"code": self.status, "type": kind, "reason": self.reason, "message": self.message}
+
+
+@dataclass(frozen=True)
+class RecRequest:
+    """A validated, normalized request. Ids are strings (integers are converted)."""
+
+    user_id: str
+    k: int = DEFAULT_K
+    history: tuple[str, ...] = ()
+    exclude_seen: bool = True
+    include_categories: tuple[str, ...] | None = None  # None: no include filter
+    exclude_categories: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Body -> JSON value
+# --------------------------------------------------------------------------------------------
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _too_large(n: int, limit: int) -> InvalidRequest:
+    return InvalidRequest(TOO_LARGE, f"request body is {n} bytes; the limit is {limit} bytes",
+                          status=413)
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def decode_body(body: Any, content_type: str | None = None, *,
+                max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The JSON value of a request body (see the module docstring for the shapes).
+
+    ``content_type`` tells a decoded JSON string (``application/json``) from raw text; without
+    it a ``str`` is parsed as JSON text.
+    """
+    if body is None:
+        raise InvalidRequest(NOT_JSON, "request body is empty; send a JSON object such as "
+                                       '{"user_id": "42", "k": 10}')
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        raw = bytes(body)
+        if len(raw) > max_bytes:
+            raise _too_large(len(raw), max_bytes)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise InvalidRequest(NOT_JSON, f"request body is not UTF-8 text ({e.reason} at byte "
+                                           f"{e.start}); send a JSON object") from None
+        return _parse(text)
+    if isinstance(body, str):
+        if is_json_content_type(content_type):
+            # TorchServe decoded the JSON already: the body was a JSON string.
+            return body
+        n = len(body.encode("utf-8", "surrogatepass"))
+        if n > max_bytes:
+            raise _too_large(n, max_bytes)
+        return _parse(body)
+    # Already decoded JSON: bound its size the same way (compact re-encoding ~ the wire size).
+    try:
+        n = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError):
+        raise InvalidRequest(NOT_JSON, "request body is not JSON") from None
+    if n > max_bytes:
+        raise _too_large(n, max_bytes)
+    return body
+
+
+def _parse(text: str) -> Any:
+    if not text.strip():
+        raise InvalidRequest(NOT_JSON, "request body is empty; send a JSON object such as "
+                                       '{"user_id": "42", "k": 10}')
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        where = f" (line {e.lineno} column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise InvalidRequest(NOT_JSON, f"request body is not valid JSON: {msg}{where}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# JSON value -> RecRequest
+# --------------------------------------------------------------------------------------------
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, Mapping):
+        return "object"
+    return type(v).__name__
+
+
+def _as_int(v: Any) -> int | None:
+    """JSON Schema's notion of an integer: 3 and 3.0 are integers, 2.5 and true are not."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        return int(v)
+    return None
+
+
+def normalize_id(v: Any) -> str | None:
+    """An id as the ETL stores it (a string), or None when ``v`` is not a valid id.
+
+    Strings must match ``ID_PATTERN``; integers must lie in ``[0, 2**63 - 1]``.
+    """
+    if isinstance(v, str):
+        return v if _ID_RE.fullmatch(v) else None
+    i = _as_int(v)
+    if i is None or not 0 <= i <= MAX_ID_INT:
+        return None
+    return str(i)
+
+
+def _id_list(value: Any, field: str, reason: str, limit: int) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest(reason, f"{field} must be a list of item ids, got {_json_type(value)} "
+                                     f"{_short(value)}")
+    if len(value) > limit:
+        raise InvalidRequest(reason, f"{field} has {len(value)} entries; at most {limit} are allowed")
+    out: dict[str, None] = {}
+    for i, v in enumerate(value):
+        norm = normalize_id(v)
+        if norm is None:
+            raise InvalidRequest(reason, f"{field}[{i}] is not a valid item id: {_short(v)} (ids are "
+                                         "strings of 1-128 characters A-Z a-z 0-9 _ . : - or "
+                                         "non-negative integers)")
+        out.setdefault(norm, None)  # de-duplicate, keep the first occurrence's order
+    return tuple(out)
+
+
+def _category_list(value: Any, field: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise InvalidRequest(BAD_FILTERS, f"filters.{field} must be a list of category names "
+                                          f"(strings), got {_short(value)}")
+    if len(value) > MAX_CATEGORIES:
+        raise InvalidRequest(BAD_FILTERS, f"filters.{field} has {len(value)} entries; at most "
+                                          f"{MAX_CATEGORIES} are allowed")
+    for c in value:
+        if not 1 <= len(c) <= MAX_CATEGORY_CHARS:
+            raise InvalidRequest(BAD_FILTERS, f"filters.{field} entries must have 1-"
+                                              f"{MAX_CATEGORY_CHARS} characters, got {_short(c)}")
+    return tuple(dict.fromkeys(value))
+
+
+def validate_request(obj: Any) -> RecRequest:
+    """Check a decoded JSON value against the request contract and normalize it."""
+    if not isinstance(obj, Mapping):
+        raise InvalidRequest(NOT_OBJECT, f"request body must be a JSON object, got a JSON "
+                                         f"{_json_type(obj)}; send e.g. "
+                                         '{"user_id": "42", "k": 10}')
+    unknown = sorted(str(k) for k in obj if k not in FIELDS)
+    if unknown:
+        raise InvalidRequest(UNKNOWN_FIELD, f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                                            f"allowed: {', '.join(FIELDS)}")
+    if obj.get("user_id") is None:
+        raise InvalidRequest(MISSING_USER_ID, "user_id is required (a string or a non-negative "
+                                              "integer)")
+    user_id = normalize_id(obj["user_id"])
+    if user_id is None:
+        raise InvalidRequest(BAD_USER_ID, f"user_id must be a string of 1-128 characters "
+                                          f"A-Z a-z 0-9 _ . : - or a non-negative integer, got "
+                                          f"{_json_type(obj['user_id'])} {_short(obj['user_id'])}")
+
+    k_raw = obj.get("k")
+    if k_raw is None:
+        k = DEFAULT_K
+    else:
+        k = _as_int(k_raw)
+        if k is None or not MIN_K <= k <= MAX_K:
+            raise InvalidRequest(BAD_K, f"k must be an integer from {MIN_K} to {MAX_K}, got "
+                                        f"{_short(k_raw)}")
+
+    history = _id_list(obj.get("history"), "history", BAD_HISTORY, MAX_HISTORY)
+
+    exclude_seen = obj.get("exclude_seen")
+    if exclude_seen is None:
+        exclude_seen = True
+    elif not isinstance(exclude_seen, bool):
+        raise InvalidRequest(BAD_EXCLUDE_SEEN, f"exclude_seen must be true or false, got "
+                                               f"{_short(exclude_seen)}")
+
+    filters = obj.get("filters")
+    include_c: tuple[str, ...] | None = None
+    exclude_c: tuple[str, ...] = ()
+    if filters is not None:
+        if not isinstance(filters, Mapping):
+            raise InvalidRequest(BAD_FILTERS, f"filters must be an object like "
+                                              '{"include_categories": ["Comedy"], '
+                                              '"exclude_categories": ["Horror"]}, got '
+                                              f"{_json_type(filters)} {_short(filters)}")
+        extra = sorted(str(f) for f in filters if f not in FILTER_FIELDS)
+        if extra:
+            raise InvalidRequest(BAD_FILTERS, f"unknown filter(s) {', '.join(map(repr, extra))}; "
+                                              f"allowed: {', '.join(FILTER_FIELDS)}")
+        include_c = _category_list(filters.get("include_categories"), "include_categories")
+        exclude_c = _category_list(filters.get("exclude_categories"), "exclude_categories") or ()
+
+    exclude = _id_list(obj.get("exclude"), "exclude", BAD_EXCLUDE, MAX_EXCLUDE)
+    return RecRequest(user_id=user_id, k=k, history=history, exclude_seen=exclude_seen,
+                      include_categories=include_c, exclude_categories=exclude_c, exclude=exclude)
+
+
+def parse_request(body: Any, content_type: str | None = None, *,
+                  max_bytes: int = MAX_BODY_BYTES) -> RecRequest:
+    """Body (bytes, text or decoded JSON) -> :class:`RecRequest`, or :class:`InvalidRequest`."""
+    return validate_request(decode_body(body, content_type, max_bytes=max_bytes))
+
+
+def body_of(row: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """The body of one TorchServe request row and its parameter name.
+
+    A plain POST arrives as ``{"body": ...}``; KServe-style and form posts use ``data`` or
+    another single field.
+    """
+    for key in ("body", "data"):
+        if key in row:
+            return row[key], key
+    if len(row) == 1:
+        key = next(iter(row))
+        return row[key], str(key)
+    return None, None
+
+
+__all__ = ["InvalidRequest", "RecRequest", "decode_body", "validate_request", "parse_request",
+           "body_of", "normalize_id", "is_json_content_type", "REASONS", "MAX_BODY_BYTES",
+           "DEFAULT_K", "MIN_K", "MAX_K", "MAX_HISTORY", "MAX_EXCLUDE", "MAX_CATEGORIES",
+           "ID_PATTERN"]

@@ -1,0 +1,160 @@
+"""The batch recommendation engine on a hand-made catalog (no TorchServe, no artifact file)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handlers.engine import HISTORY, PERSONALIZED, POPULAR, Recommender, ServingData
+from handlers.validation import RecRequest
+
+N_ITEMS, DIM = 40, 8
+CATS = ["Comedy", "Drama", "Horror"]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Recommender:
+    g = torch.Generator().manual_seed(0)
+    items = torch.randn(N_ITEMS, DIM, generator=g)
+    enc = torch.randn(N_ITEMS, DIM, generator=g)
+    # item i has category i % 3, and items divisible by 10 also have "Comedy"
+    cat_lists = [sorted({i % 3} | ({0} if i % 10 == 0 else set())) for i in range(N_ITEMS)]
+    indptr = torch.tensor([0] + [len(c) for c in cat_lists]).cumsum(0)
+    indices = torch.tensor([c for cs in cat_lists for c in cs])
+    # users u0 (history 0,1,2), u1 (history 5)
+    hist = [[0, 1, 2], [5]]
+    calls = []
+
+    def encode(idx, off):
+        calls.append(len(off))
+        return torch.nn.functional.embedding_bag(idx, enc, off, mode="mean")
+
+    def score(u):
+        return u @ items.T
+
+    data = ServingData(
+        model_version="7", item_ids=[f"i{i}" for i in range(N_ITEMS)],
+        item_index={f"i{i}": i for i in range(N_ITEMS)}, titles=[f"Title {i}" for i in range(N_ITEMS)],
+        category_names=CATS, item_cat_indptr=indptr, item_cat_indices=indices,
+        user_index={"u0": 0, "u1": 1}, user_vectors=torch.randn(2, DIM, generator=g),
+        hist_indptr=torch.tensor([0, 3, 4]), hist_indices=torch.tensor([0, 1, 2, 5]),
+        popularity=torch.arange(N_ITEMS, dtype=torch.float32).flip(0),
+        encode=encode, score=score)
+    rec = Recommender(data)
+    rec.calls = calls
+    return rec
+
+
+def ids(out):
+    return [it["item_id"] for it in out.body["items"]]
+
+
+def test_strategies_and_one_scoring_call_per_batch(engine):
+    engine.calls.clear()
+    reqs = [RecRequest("u0", k=5), RecRequest("new", k=3, history=("i7", "zzz")),
+            RecRequest("anon", k=4), RecRequest("u1", k=2)]
+    outs = engine.recommend(reqs)
+    assert [o.strategy for o in outs] == [PERSONALIZED, HISTORY, POPULAR, PERSONALIZED]
+    assert engine.calls == [1]  # one encode call (the history-only user; known users are stored)
+    engine.calls.clear()
+    engine.recommend([RecRequest("new", history=("i1",)), RecRequest("u1", history=("i9",)),
+                      RecRequest("new2", history=("i2", "i3"))])
+    assert engine.calls == [4]  # all bags in one call: 1 + (stored+sent, stored) + 1
+    assert [len(o.body["items"]) for o in outs] == [5, 3, 4, 2]
+    assert outs[1].body["ignored_history"] == ["zzz"] and outs[1].ignored_history == 1
+    assert ids(outs[2]) == ["i0", "i1", "i2", "i3"]  # popularity order
+    scores = [it["score"] for it in outs[0].body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(o.body["model_version"] == "7" for o in outs)
+    assert set(outs[0].body["items"][0]) == {"item_id", "score", "title"}
+
+
+def test_batch_equals_single(engine):
+    reqs = [RecRequest("u0", k=6), RecRequest("new", k=6, history=("i3", "i4"))]
+    batch = engine.recommend(reqs)
+    for r, b in zip(reqs, batch):
+        single = engine.recommend([r])[0]
+        assert ids(single) == ids(b)
+
+
+def test_exclude_seen(engine):
+    seen = set(ids(engine.recommend([RecRequest("u0", k=N_ITEMS)])[0]))
+    assert not seen & {"i0", "i1", "i2"} and len(seen) == N_ITEMS - 3
+    allowed = ids(engine.recommend([RecRequest("u0", k=N_ITEMS, exclude_seen=False)])[0])
+    assert {"i0", "i1", "i2"} <= set(allowed)
+    # history sent for a known user is added to the stored one (and excluded)
+    out = engine.recommend([RecRequest("u1", k=N_ITEMS, history=("i9",))])[0]
+    assert not {"i5", "i9"} & set(ids(out))
+
+
+def test_filters_and_exclude(engine):
+    out = engine.recommend([RecRequest("anon", k=100, include_categories=("Horror",))])[0]
+    assert ids(out) == [f"i{i}" for i in range(N_ITEMS) if i % 3 == 2]  # popularity order
+    out = engine.recommend([RecRequest("anon", k=100, include_categories=("Comedy",),
+                                       exclude_categories=("Drama",))])[0]
+    assert set(ids(out)) == {f"i{i}" for i in range(N_ITEMS)
+                             if (i % 3 == 0 or i % 10 == 0) and i % 3 != 1}
+    out = engine.recommend([RecRequest("anon", k=5, exclude=("i0", "i2", "nope"))])[0]
+    assert ids(out) == ["i1", "i3", "i4", "i5", "i6"]
+    out = engine.recommend([RecRequest("anon", k=5, include_categories=("NoSuchCategory",))])[0]
+    assert out.body["items"] == []
+
+
+def test_k_larger_than_catalog(engine):
+    out = engine.recommend([RecRequest("anon", k=1000)])[0]
+    assert len(out.body["items"]) == N_ITEMS
+
+
+def test_describe(engine):
+    d = engine.describe()
+    assert d["n_items"] == N_ITEMS and d["example_users"] == ["u0", "u1"]
+    assert d["popular_items"][0] == "i0"
+
+
+# ---- on a real artifact folder (common.artifact) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    from archives.testing import make_random_artifact
+    from handlers.artifact_adapter import write_pack
+
+    root = tmp_path_factory.mktemp("artifact")
+    make_random_artifact(root / "art", n_users=30, n_items=300)
+    info = write_pack(root / "art", root / "pack.safetensors")
+    return root, info
+
+
+def test_adapter_matches_artifact_reference(artifact):
+    from common.artifact import load_artifact
+
+    root, info = artifact
+    art = load_artifact(root / "art")
+    rec = Recommender.load(root / "art", scoring="fp32")
+    bags = [torch.tensor([1, 5, 7]), torch.tensor([3]), torch.tensor([], dtype=torch.int64)]
+    lengths = torch.tensor([3, 1, 0])
+    mine = rec.data.encode(torch.cat(bags), torch.cumsum(lengths, 0) - lengths)
+    ref = torch.stack([art.history_vector(b) for b in bags])
+    assert torch.allclose(mine, ref, atol=1e-5)
+    # known user, no extra history: the stored vector; fp32 scores = the artifact's
+    out = rec.recommend([RecRequest("1", k=5, exclude_seen=False)])[0]
+    s, i = art.recommend(art.user_vector(0).unsqueeze(0), k=5)
+    assert ids(out) == [art.item_ids[j] for j in i[0].tolist()]
+    # history-only user = the artifact's history_vector of the known items
+    out = rec.recommend([RecRequest("new", k=5, history=("10", "50", "nope"), exclude_seen=False)])[0]
+    s, i = art.recommend(art.history_vector([0, 4]).unsqueeze(0), k=5)
+    assert ids(out) == [art.item_ids[j] for j in i[0].tolist()]
+    assert out.body["ignored_history"] == ["nope"] and out.strategy == HISTORY
+
+
+def test_int8_pack(artifact):
+    root, info = artifact
+    q = info["int8_quality"]
+    assert q["mean_topk_overlap"] >= 0.9 and q["rows"] == 30
+    fp = Recommender.load(root / "art", scoring="fp32")
+    i8 = Recommender.load(root / "art", scoring="auto", pack_path=root / "pack.safetensors")
+    assert fp.data.info["scoring"] == "fp32" and i8.data.info["scoring"].startswith("int8")
+    reqs = [RecRequest(str(u), k=10) for u in range(1, 31)]
+    overlap = [len(set(ids(a)) & set(ids(b))) / 10 for a, b in zip(fp.recommend(reqs), i8.recommend(reqs))]
+    assert sum(overlap) / len(overlap) >= 0.9
+    assert i8.data.titles[0] == fp.data.titles[0] == "Item 10 (Comedy)"
+    with pytest.raises(FileNotFoundError):
+        Recommender.load(root / "art", scoring="int8", pack_path=root / "missing")

@@ -1,0 +1,194 @@
+"""Request validation: pure Python, no TorchServe (handlers/validation.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from handlers import validation as v
+
+SCHEMA = json.loads((Path(v.__file__).parent / "request.schema.json").read_text())
+
+
+def parse(body, content_type=None):
+    return v.parse_request(body, content_type)
+
+
+def reject(body, reason, status=400, content_type=None):
+    with pytest.raises(v.InvalidRequest) as e:
+        parse(body, content_type)
+    assert e.value.reason == reason, e.value.message
+    assert e.value.status == status
+    assert e.value.message and len(e.value.message) < 400
+    d = e.value.to_dict()
+    assert d["code"] == status and d["reason"] == reason and d["message"] == e.value.message
+    return e.value
+
+
+# ---- accepted ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [b'{"user_id": "42"}', bytearray(b'{"user_id": "42"}'),
+                                  '{"user_id": "42"}', {"user_id": "42"},
+                                  b'\xef\xbb\xbf{"user_id": "42"}'])
+def test_body_shapes(body):
+    r = parse(body)
+    assert r == v.RecRequest(user_id="42", k=10, history=(), exclude_seen=True)
+
+
+def test_defaults_and_normalization():
+    r = parse({"user_id": 42, "k": 5.0, "history": [1, "2", 1, "x:y-z_1.0"], "exclude_seen": False,
+               "filters": {"include_categories": ["Comedy", "Comedy"], "exclude_categories": ["Horror"]},
+               "exclude": ["7"]})
+    assert r.user_id == "42" and r.k == 5
+    assert r.history == ("1", "2", "x:y-z_1.0")  # de-duplicated, order kept
+    assert r.exclude_seen is False
+    assert r.include_categories == ("Comedy",) and r.exclude_categories == ("Horror",)
+    assert r.exclude == ("7",)
+
+
+def test_nulls_mean_defaults():
+    r = parse({"user_id": "u", "k": None, "history": None, "exclude_seen": None, "filters": None,
+               "exclude": None})
+    assert r == v.RecRequest(user_id="u")
+    r = parse({"user_id": "u", "filters": {"include_categories": None}})
+    assert r.include_categories is None and r.exclude_categories == ()
+
+
+@pytest.mark.parametrize("k", [1, 1000])
+def test_k_bounds(k):
+    assert parse({"user_id": "u", "k": k}).k == k
+
+
+def test_content_type_json_string_is_a_decoded_string():
+    # Under application/json TorchServe hands over the decoded value: a str is a JSON string.
+    reject('{"user_id": "1"}', v.NOT_OBJECT, content_type="application/json")
+    # As text/plain the same str is raw text and parses.
+    assert parse('{"user_id": "1"}', "text/plain").user_id == "1"
+
+
+# ---- rejected ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [b"not json", b"{user_id: 1}", b"", b"   ", b"\xff\xfe\x00",
+                                  b'{"user_id": NaN}', "hello", None, b'{"user_id": "1"'])
+def test_not_json(body):
+    reject(body, v.NOT_JSON)
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"a string"', b"42", b"3.5", b"true", b"null",
+                                  [{"user_id": "1"}], 7])
+def test_not_an_object(body):
+    e = reject(body, v.NOT_OBJECT)
+    assert "JSON object" in e.message
+
+
+@pytest.mark.parametrize("obj", [{}, {"k": 5}, {"user_id": None}])
+def test_missing_user_id(obj):
+    reject(obj, v.MISSING_USER_ID)
+
+
+@pytest.mark.parametrize("uid", ["", "a b", "x" * 129, -1, 2**63, 1.5, True, [1], {"a": 1}, "é"])
+def test_bad_user_id(uid):
+    reject({"user_id": uid}, v.BAD_USER_ID)
+
+
+@pytest.mark.parametrize("k", [0, 1001, "ten", 2.5, -3, True, "10", [10], {"n": 1}])
+def test_bad_k(k):
+    e = reject({"user_id": "1", "k": k}, v.BAD_K)
+    assert "1 to 1000" in e.message
+
+
+@pytest.mark.parametrize("history", ["1,2,3", 5, {"1": 1}, True, [1, [2]], [1, None], [""],
+                                     list(range(v.MAX_HISTORY + 1))])
+def test_bad_history(history):
+    reject({"user_id": "1", "history": history}, v.BAD_HISTORY)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, [True]])
+def test_bad_exclude_seen(value):
+    reject({"user_id": "1", "exclude_seen": value}, v.BAD_EXCLUDE_SEEN)
+
+
+@pytest.mark.parametrize("filters", [["Comedy"], "Comedy", 3, True,
+                                     {"include_categories": "Comedy"},
+                                     {"include_categories": [1, 2]},
+                                     {"exclude_categories": {"a": 1}},
+                                     {"include_categories": [""]},
+                                     {"categories": ["Comedy"]},
+                                     {"include_categories": ["c"] * (v.MAX_CATEGORIES + 1)}])
+def test_bad_filters(filters):
+    reject({"user_id": "1", "filters": filters}, v.BAD_FILTERS)
+
+
+@pytest.mark.parametrize("exclude", ["1", 1, [{"id": 1}]])
+def test_bad_exclude(exclude):
+    reject({"user_id": "1", "exclude": exclude}, v.BAD_EXCLUDE)
+
+
+def test_unknown_field():
+    e = reject({"user_id": "1", "kk": 5}, v.UNKNOWN_FIELD)
+    assert "'kk'" in e.message
+
+
+def test_one_megabyte_body_is_413_before_parsing():
+    body = b'{"user_id": "1", "history": [' + b",".join([b'"12345678"'] * 95_000) + b"]}"
+    assert len(body) > 1_000_000
+    reject(body, v.TOO_LARGE, status=413)
+    reject(body.decode(), v.TOO_LARGE, status=413, content_type="text/plain")
+    reject(json.loads(body), v.TOO_LARGE, status=413)  # already decoded by TorchServe
+    reject(b"x" * (1 << 20), v.TOO_LARGE, status=413)  # size is checked before JSON
+    ok = b'{"user_id": "1", "history": [' + b",".join([b'"1"'] * 1000) + b"]}"
+    assert parse(ok).history == ("1",)
+
+
+def test_body_of_rows():
+    assert v.body_of({"body": b"x"}) == (b"x", "body")
+    assert v.body_of({"data": {"a": 1}}) == ({"a": 1}, "data")
+    assert v.body_of({"other": 1}) == (1, "other")
+    assert v.body_of({}) == (None, None)
+
+
+def test_id_pattern_matches_etl():
+    from common.schema import ID_PATTERN
+
+    assert v.ID_PATTERN == ID_PATTERN
+
+
+def test_reasons_are_distinct_metric_labels():
+    assert len(set(v.REASONS)) == len(v.REASONS)
+    assert all(r.replace("_", "").isalpha() for r in v.REASONS)
+
+
+# ---- the JSON Schema documents the same contract ----------------------------------------------
+
+CROSS_CHECK = [
+    {"user_id": "42"}, {"user_id": 42, "k": 1000}, {"user_id": "u", "k": 0}, {"user_id": "u", "k": 1001},
+    {"user_id": "u", "k": "ten"}, {"user_id": "u", "k": 2.5}, {"k": 3}, [1], "s", 5,
+    {"user_id": "u", "history": "1"}, {"user_id": "u", "history": ["1", 2]},
+    {"user_id": "u", "filters": ["a"]}, {"user_id": "u", "filters": {"include_categories": "a"}},
+    {"user_id": "u", "filters": {"include_categories": ["a"], "exclude_categories": ["b"]}},
+    {"user_id": "u", "filters": {"other": []}}, {"user_id": "u", "exclude": [1, "2"]},
+    {"user_id": "u", "exclude": [1.5]}, {"user_id": "u", "exclude_seen": 1},
+    {"user_id": "u", "extra": 1}, {"user_id": "bad id"}, {"user_id": -5}, {"user_id": True},
+    {"user_id": "u", "k": None, "history": None, "filters": None, "exclude": None},
+    {"user_id": "u", "history": ["a" * 129]},
+]
+
+
+@pytest.mark.parametrize("obj", CROSS_CHECK)
+def test_schema_and_validator_agree(obj):
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    schema_ok = jsonschema.Draft202012Validator(SCHEMA).is_valid(obj)
+    try:
+        v.validate_request(obj)
+        ours = True
+    except v.InvalidRequest:
+        ours = False
+    assert schema_ok == ours, obj
+
+
+def test_schema_examples_are_valid():
+    for ex in SCHEMA["examples"]:
+        jsonschema.validate(ex, SCHEMA)
+        v.validate_request(ex)

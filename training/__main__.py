@@ -1,0 +1,66 @@
+"""Training command line: ``python -m training {run,promote} --help``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common.config import TrainConfig, add_dataclass_args, from_args
+from common.report import setup_logging
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from training.pipeline import run
+
+    run(Path(args.out), from_args(TrainConfig, args), scheme=args.scheme,
+        baselines=not args.no_baselines, als=not args.no_als, register=not args.no_register,
+        int8_backend=args.int8_backend)
+    print(f"\nwritten: {Path(args.out) / 'eval.json'}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from training import tracking
+    from training.pipeline import MODEL_NAME
+
+    tracking.configure(args.out)
+    decision = tracking.promote(args.model_name or MODEL_NAME, tolerance=args.tolerance,
+                                metric=args.metric)
+    print(json.dumps(decision.to_dict(), indent=2, default=str))
+    print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
+    return 0 if decision.promoted else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train, evaluate against baselines, export, register (OUT/eval.json)")
+    p.add_argument("--out", required=True, help="run folder holding OUT/etl (from python -m etl)")
+    p.add_argument("--scheme", default="temporal", choices=["temporal", "random"])
+    p.add_argument("--int8-backend", default="sq8", choices=["sq8", "torch_ao"])
+    p.add_argument("--no-baselines", action="store_true", help="evaluate the hybrid only")
+    p.add_argument("--no-als", action="store_true", help="skip the Spark ALS baseline")
+    p.add_argument("--no-register", action="store_true", help="no MLflow run or registry version")
+    add_dataclass_args(p, TrainConfig)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("promote", help="move alias champion to the challenger if it passes the gate")
+    p.add_argument("--out", required=True, help="run folder whose MLflow store to use")
+    p.add_argument("--model-name")
+    p.add_argument("--tolerance", type=float, default=0.01, help="relative; default 1%%")
+    p.add_argument("--metric", default="recall@10")
+    p.set_defaults(fn=cmd_promote)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

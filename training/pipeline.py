@@ -1,0 +1,142 @@
+"""The training stage end to end: fit the hybrid, compare it with the baselines on the same
+split, export the serving artifact, track everything in MLflow and register a challenger."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.artifact import load_artifact
+from common.config import TrainConfig
+from common.report import table
+from common.schema import EtlLayout
+from training import tracking
+from training.compare import PROTOCOL, comparison, fit_baselines
+from training.data import load_split
+from training.quantize import make_scorer
+from training.train import fit
+
+log = logging.getLogger("training.pipeline")
+MODEL_NAME = "hybrid-recommender"
+EXPERIMENT = "hybrid-recommender"
+INT8_BACKENDS = ("sq8", "torch_ao")
+
+
+def split_hash(etl: EtlLayout, scheme: str) -> str:
+    """The ETL's fingerprint of the split, so the promotion gate compares like with like."""
+    manifest = json.loads(Path(etl.manifest).read_text())
+    return str(manifest["table_fingerprints"][f"splits/{scheme}"]).split("|", 1)[1] \
+        if f"splits/{scheme}" in manifest.get("table_fingerprints", {}) else manifest["content_hash"]
+
+
+def next_version(out: Path) -> int:
+    """The version number the registry will give the next registration of MODEL_NAME."""
+    client = tracking.get_client(out_dir=out)
+    try:
+        versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    except Exception:  # no registered model yet
+        return 1
+    return max((int(v.version) for v in versions), default=0) + 1
+
+
+def artifact_score_fn(artifact_dir: Path, train_full, backend: str):
+    """Score users through the serving artifact (what TorchServe runs), with an INT8 scorer."""
+    art = load_artifact(artifact_dir)
+    scorer = make_scorer(art.item_vectors, art.item_bias, backend=backend)
+
+    def score(users: np.ndarray) -> torch.Tensor:
+        return scorer.score(art.user_vector(torch.as_tensor(users, dtype=torch.long)))
+
+    return score
+
+
+def _print_table(models: dict[str, dict], slices: dict[str, dict[str, dict]]) -> None:
+    rows = [[name, m["recall@10"], m["ndcg@10"], m["recall@20"], m["mrr"], m["coverage@10"],
+             slices["cold_items"][name]["recall@10"], slices["few_interactions"][name]["recall@10"]]
+            for name, m in sorted(models.items(), key=lambda kv: -kv[1]["ndcg@10"])]
+    print(table(["model", "recall@10", "ndcg@10", "recall@20", "mrr", "coverage@10",
+                 "cold recall@10", "few-int. recall@10"], rows))
+
+
+def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: bool = True,
+        als: bool = True, register: bool = True, int8_backend: str = "sq8") -> dict[str, Any]:
+    """Train, evaluate, export, log and register; writes OUT/eval.json and OUT/model/."""
+    started = time.perf_counter()
+    etl = EtlLayout.under(out)
+    data = load_split(etl, scheme)
+    log.info("loaded %s split: %d users x %d items, %d train / %d valid / %d test pairs",
+             scheme, data.n_users, data.n_items, data.train.nnz, data.valid.nnz, data.test.nnz)
+
+    result = fit(data, cfg)
+    log.info("hybrid trained in %.1f s (best epoch %d, val ndcg@10 %.4f)",
+             result.seconds, result.best_epoch, result.best_val_ndcg)
+
+    from training.export import export_artifact
+
+    artifact_dir = out / "model" / "serving_artifact"
+    history = result.model.history_matrix(data.train_full, data.timestamps)
+    models: dict[str, Any] = {"hybrid": lambda u: result.model.score_users(history, u)}
+    fit_seconds: dict[str, float] = {"hybrid": result.seconds}
+    if baselines:
+        spark = None
+        if als:
+            from etl.spark import get_spark
+
+            spark = get_spark()
+        for name, (fn, seconds) in fit_baselines(data, spark, als=als).items():
+            models[name], fit_seconds[name] = fn, seconds
+
+    # Export first (unversioned) so INT8 is evaluated through the serving artifact itself.
+    export_artifact(result.model, data, artifact_dir, version="0", metrics=None)
+    models["hybrid_int8"] = artifact_score_fn(artifact_dir, data.train_full, int8_backend)
+    for backend in INT8_BACKENDS:
+        if backend != int8_backend:
+            models[f"hybrid_int8_{backend}"] = artifact_score_fn(artifact_dir, data.train_full, backend)
+
+    t = time.perf_counter()
+    main, slices = comparison(models, data)
+    log.info("evaluated %d models in %.1f s", len(models), time.perf_counter() - t)
+    hash_ = split_hash(etl, scheme)
+    evaluation = {
+        "protocol": PROTOCOL | {"scheme": scheme, "split_hash": hash_},
+        "dataset": json.loads(Path(etl.manifest).read_text())["inputs"].get("source", {}),
+        "models": main,
+        "slices": slices,
+        "int8": {"backend": int8_backend,
+                 "recall@10_relative_loss": 1 - main["hybrid_int8"]["recall@10"] / main["hybrid"]["recall@10"]},
+        "fit_seconds": fit_seconds,
+        "train": {"best_epoch": result.best_epoch, "best_val_ndcg@10": result.best_val_ndcg,
+                  "seconds": result.seconds, "config": asdict(cfg)},
+    }
+
+    version = "0"
+    if register:
+        with tracking.start_run(EXPERIMENT, out, run_name=f"hybrid-{cfg.loss}",
+                                params={"train": asdict(cfg), "scheme": scheme,
+                                        "int8_backend": int8_backend}) as mlrun:
+            tracking.log_epoch_metrics(result.history)
+            tracking.log_curves_png(result.history, out / "model" / "curves.png")
+            tracking.log_eval_table(evaluation, split_hash=hash_, primary="models.hybrid")
+            # The registry version number becomes the artifact's model_version.
+            version = str(next_version(out))
+            export_artifact(result.model, data, artifact_dir, version=version,
+                            metrics={"recall@10": main["hybrid"]["recall@10"],
+                                     "ndcg@10": main["hybrid"]["ndcg@10"]})
+            tracking.log_serving_artifact(artifact_dir)
+            registered = tracking.register_version(mlrun.info.run_id, MODEL_NAME, split_hash=hash_)
+            if str(registered) != version:
+                raise RuntimeError(f"registry gave version {registered}, the artifact says {version}: "
+                                   "another registration raced this one; re-run")
+            evaluation["mlflow"] = {"run_id": mlrun.info.run_id, "model_name": MODEL_NAME,
+                                    "version": registered, "alias": "challenger",
+                                    "tracking_uri": tracking.tracking_uri(out)}
+    evaluation["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "eval.json").write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
+    _print_table(main, slices)
+    return evaluation
