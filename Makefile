@@ -8,11 +8,13 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv java demo etl train promote test bench-etl clean
+.PHONY: help venv java demo etl train promote serve stop test bench-etl clean
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
 	@echo "make test                                              run the test suite"
+	@echo "make serve OUT=<dir> / make stop OUT=<dir>             local TorchServe on OUT's challenger model"
+	@echo "make promote OUT=<dir>                                 gate: challenger -> champion"
 	@echo "make bench-etl                                         ETL throughput benchmark"
 
 java:
@@ -29,9 +31,22 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
+MODEL_URI ?= models:/hybrid-recommender@challenger
+
 demo: venv java
 	$(PY) -m etl run $(DATASET_ARG) --out $(OUT)
 	$(PY) -m training run --out $(OUT)
+	$(PY) -m archives build --out $(OUT) --model-uri $(MODEL_URI)
+	$(PY) -m archives serve --out $(OUT)
+	$(PY) -m archives demo-requests --out $(OUT); rc=$$?; \
+	  $(PY) -m archives stop --out $(OUT); exit $$rc
+
+serve: venv java
+	$(PY) -m archives build --out $(OUT) --model-uri $(MODEL_URI)
+	$(PY) -m archives serve --out $(OUT)
+
+stop: venv
+	$(PY) -m archives stop --out $(OUT)
 
 etl: venv java
 	$(PY) -m etl run $(DATASET_ARG) --out $(OUT)

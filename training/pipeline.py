@@ -116,13 +116,20 @@ def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: boo
     }
 
     version = "0"
+    eval_path = out / "eval.json"
     if register:
+        import mlflow
+
         with tracking.start_run(EXPERIMENT, out, run_name=f"hybrid-{cfg.loss}",
                                 params={"train": asdict(cfg), "scheme": scheme,
                                         "int8_backend": int8_backend}) as mlrun:
             tracking.log_epoch_metrics(result.history)
             tracking.log_curves_png(result.history, out / "model" / "curves.png")
-            tracking.log_eval_table(evaluation, split_hash=hash_, primary="models.hybrid")
+            # Metrics: the model table and slices; the whole evaluation as a JSON artifact.
+            tracking.log_eval_table({k: evaluation[k] for k in ("models", "slices", "int8")},
+                                    split_hash=hash_, primary="models.hybrid")
+            eval_path.write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
+            mlflow.log_artifact(str(eval_path))
             # The registry version number becomes the artifact's model_version.
             version = str(next_version(out))
             export_artifact(result.model, data, artifact_dir, version=version,
@@ -137,6 +144,6 @@ def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: boo
                                     "version": registered, "alias": "challenger",
                                     "tracking_uri": tracking.tracking_uri(out)}
     evaluation["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "eval.json").write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
+    eval_path.write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
     _print_table(main, slices)
     return evaluation
