@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from common.config import (GenerateConfig, PrepareConfig, SparkConfig, add_dataclass_args,
-                           from_args)
+                           from_args, to_dict)
 from common.report import setup_logging, table
 from common.schema import EtlLayout
 from common.storage import as_path, is_local
@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         cfg = from_args(GenerateConfig, args, prefix="gen-")
         generate(spark, cfg, layout)
-        source = {"dataset": "generated", "generator": vars(cfg) if hasattr(cfg, "__dict__") else {}}
+        source = {"dataset": "generated", "generator": to_dict(cfg)}
     code = _prepare(spark, args, {"source": source})
     print(f"ETL finished in {time.time() - started:.1f} s")
     return code
