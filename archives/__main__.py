@@ -24,7 +24,7 @@ def _print(obj) -> None:
 # --------------------------------------------------------------------------------------------
 
 def cmd_build(a) -> int:
-    cfg = B.ModelConfig(batch_size=a.batch_size, max_batch_delay_ms=a.max_batch_delay,
+    cfg = B.ArchiveConfig(batch_size=a.batch_size, max_batch_delay_ms=a.max_batch_delay,
                         min_workers=a.min_workers, max_workers=a.max_workers or a.min_workers,
                         response_timeout_s=a.response_timeout, torch_threads=a.torch_threads,
                         scoring=a.scoring)

@@ -28,11 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from common.config import ArchiveConfig
 
 from archives.server import ArchiveInfo, mar_name, model_store, read_manifest
 
@@ -48,41 +49,27 @@ ARTIFACT_DIR_IN_ARCHIVE = "artifact"
 PACK_IN_ARCHIVE = "serving/pack.safetensors"
 
 
-@dataclass
-class ModelConfig:
-    """The archive's model-config.yaml (per version; TorchServe reads it at registration).
-
-    ``handler:`` is read by the handler (``context.model_yaml_config``)."""
-
-    batch_size: int = 8
-    max_batch_delay_ms: int = 5
-    min_workers: int = 2
-    max_workers: int = 2
-    response_timeout_s: int = 30
-    startup_timeout_s: int = 300
-    torch_threads: int = 1
-    scoring: str = "auto"  # handler option: auto | fp32 | int8 (what the artifact offers)
-
-    def to_yaml_dict(self) -> dict[str, Any]:
-        if self.batch_size < 1 or self.max_batch_delay_ms < 0:
-            raise ValueError("batch_size must be >= 1 and max_batch_delay >= 0")
-        if self.batch_size > 1 and self.max_batch_delay_ms == 0:
-            # measured with TorchServe 0.12: maxBatchDelay 0 with batchSize > 1 gave ~110 ms per
-            # lone request (1 ms: ~9 ms); refuse the trap
-            raise ValueError("max_batch_delay 0 with batch_size > 1 makes TorchServe answer a lone "
-                             "request after ~100 ms; use >= 1 ms (or batch_size 1)")
-        if not 1 <= self.min_workers <= self.max_workers:
-            raise ValueError("need 1 <= min_workers <= max_workers")
-        return {
-            "minWorkers": self.min_workers,
-            "maxWorkers": self.max_workers,
-            "batchSize": self.batch_size,
-            "maxBatchDelay": self.max_batch_delay_ms,
-            "responseTimeout": self.response_timeout_s,
-            "startupTimeout": self.startup_timeout_s,
-            "handler": {"torch_threads": self.torch_threads, "scoring": self.scoring,
-                        "artifact_dir": ARTIFACT_DIR_IN_ARCHIVE, "pack": PACK_IN_ARCHIVE},
-        }
+def model_config_yaml(cfg: ArchiveConfig) -> dict[str, Any]:
+    """The model-config.yaml mapping of ``cfg``, refusing settings that misbehave."""
+    if cfg.batch_size < 1 or cfg.max_batch_delay_ms < 0:
+        raise ValueError("batch_size must be >= 1 and max_batch_delay >= 0")
+    if cfg.batch_size > 1 and cfg.max_batch_delay_ms == 0:
+        # measured with TorchServe 0.12: maxBatchDelay 0 with batchSize > 1 gave ~110 ms per
+        # lone request (1 ms: ~9 ms); refuse the trap
+        raise ValueError("max_batch_delay 0 with batch_size > 1 makes TorchServe answer a lone "
+                         "request after ~100 ms; use >= 1 ms (or batch_size 1)")
+    if not 1 <= cfg.min_workers <= cfg.max_workers:
+        raise ValueError("need 1 <= min_workers <= max_workers")
+    return {
+        "minWorkers": cfg.min_workers,
+        "maxWorkers": cfg.max_workers,
+        "batchSize": cfg.batch_size,
+        "maxBatchDelay": cfg.max_batch_delay_ms,
+        "responseTimeout": cfg.response_timeout_s,
+        "startupTimeout": cfg.startup_timeout_s,
+        "handler": {"torch_threads": cfg.torch_threads, "scoring": cfg.scoring,
+                    "artifact_dir": ARTIFACT_DIR_IN_ARCHIVE, "pack": PACK_IN_ARCHIVE},
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +161,7 @@ def check_artifact(artifact_dir: Path, pack: Path | None = None) -> dict[str, An
 
 
 def build_from_folder(artifact_dir: str | Path, out: str | Path, *, version: str | int,
-                      model_name: str = DEFAULT_MODEL_NAME, config: ModelConfig | None = None,
+                      model_name: str = DEFAULT_MODEL_NAME, config: ArchiveConfig | None = None,
                       source: str | None = None, force: bool = False,
                       archive_format: str = "default", extra_info: dict | None = None) -> ArchiveInfo:
     """Build ``OUT/model-store/<model_name>-v<version>.mar`` from a serving-artifact folder."""
@@ -184,14 +171,14 @@ def build_from_folder(artifact_dir: str | Path, out: str | Path, *, version: str
     version = str(version)
     if not version or not all(c.isalnum() or c in "._" for c in version):
         raise ValueError(f"version {version!r} must be alphanumeric (dots/underscores allowed)")
-    config = config or ModelConfig()
+    config = config or ArchiveConfig()
     store = model_store(out)
     store.mkdir(parents=True, exist_ok=True)
     dest = store / mar_name(model_name, version)
     digest, nbytes = _sha256_tree(artifact_dir)
     if dest.exists() and not force:
         old = build_info(out, model_name, version)
-        if old.get("artifact_sha256") == digest and old.get("model_config") == config.to_yaml_dict():
+        if old.get("artifact_sha256") == digest and old.get("model_config") == model_config_yaml(config):
             return ArchiveInfo(dest, model_name, version, reused=True)  # same inputs: up to date
         raise FileExistsError(f"{dest} exists and was built from another artifact or model "
                               "config; a version is built once (use --force to rebuild one that "
@@ -218,12 +205,12 @@ def build_from_folder(artifact_dir: str | Path, out: str | Path, *, version: str
         info = {
             "model_name": model_name, "version": version, "source": source or str(artifact_dir),
             "artifact_sha256": digest, "artifact_bytes": nbytes, "built_at": time.time(),
-            "git_commit": _git_commit(), "model_config": config.to_yaml_dict(),
+            "git_commit": _git_commit(), "model_config": model_config_yaml(config),
             "artifact": summary, **(extra_info or {}),
         }
         (payload / "build_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
         cfg = work / "model-config.yaml"
-        cfg.write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
+        cfg.write_text(yaml.safe_dump(model_config_yaml(config), sort_keys=False))
         export = work / "export"
         export.mkdir()
         tmp = work / "tmp"  # the archiver stages in $TMPDIR/<model_name>: keep builds apart
@@ -252,7 +239,7 @@ def build_from_folder(artifact_dir: str | Path, out: str | Path, *, version: str
 
 def build_from_registry(model_uri_or_version: str | int, out: str | Path, *,
                         registered_model: str | None = None, tracking_uri: str | None = None,
-                        model_name: str = DEFAULT_MODEL_NAME, config: ModelConfig | None = None,
+                        model_name: str = DEFAULT_MODEL_NAME, config: ArchiveConfig | None = None,
                         force: bool = False, archive_format: str = "default") -> ArchiveInfo:
     """Build the archive of a registered MLflow model version (archive version = registry version)."""
     from training import tracking
@@ -283,5 +270,5 @@ def build_info(out: str | Path, model_name: str, version: str | int) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-__all__ = ["ModelConfig", "build_from_folder", "build_from_registry", "import_closure",
+__all__ = ["ArchiveConfig", "model_config_yaml", "build_from_folder", "build_from_registry", "import_closure",
            "check_artifact", "build_info", "DEFAULT_MODEL_NAME", "DEFAULT_REGISTERED_MODEL"]

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     for name, scoring in (("recsys-int8", "auto"), ("recsys-fp32", "fp32")):
         if not (out / "model-store" / f"{name}-v1.mar").exists():
             B.build_from_folder(art, out, version="1", model_name=name, archive_format="zip-store",
-                                config=B.ModelConfig(batch_size=8, max_batch_delay_ms=a.max_batch_delay,
+                                config=B.ArchiveConfig(batch_size=8, max_batch_delay_ms=a.max_batch_delay,
                                                      min_workers=a.workers, max_workers=a.workers,
                                                      scoring=scoring))
     info = B.build_info(out, "recsys-int8", "1")["artifact"]

@@ -57,14 +57,14 @@ def test_metrics_yaml_declares_handler_metrics():
 
 
 def test_model_config_yaml():
-    d = B.ModelConfig(batch_size=8, max_batch_delay_ms=200, min_workers=1, max_workers=1).to_yaml_dict()
+    d = B.model_config_yaml(B.ArchiveConfig(batch_size=8, max_batch_delay_ms=200, min_workers=1, max_workers=1))
     assert d["batchSize"] == 8 and d["maxBatchDelay"] == 200 and d["minWorkers"] == 1
     assert d["responseTimeout"] > 0 and d["handler"]["artifact_dir"] == "artifact"
     with pytest.raises(ValueError, match="100 ms"):
-        B.ModelConfig(batch_size=8, max_batch_delay_ms=0).to_yaml_dict()
-    assert B.ModelConfig(batch_size=1, max_batch_delay_ms=0).to_yaml_dict()["batchSize"] == 1
+        B.model_config_yaml(B.ArchiveConfig(batch_size=8, max_batch_delay_ms=0))
+    assert B.model_config_yaml(B.ArchiveConfig(batch_size=1, max_batch_delay_ms=0))["batchSize"] == 1
     with pytest.raises(ValueError):
-        B.ModelConfig(min_workers=3, max_workers=2).to_yaml_dict()
+        B.model_config_yaml(B.ArchiveConfig(min_workers=3, max_workers=2))
 
 
 def test_import_closure_is_small_and_self_contained():

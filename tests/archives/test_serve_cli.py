@@ -25,7 +25,7 @@ def test_serve_prints_working_curl_lines_and_stop_cleans_up(tmp_path):
     art = make_random_artifact(tmp_path / "artifact", n_users=10, n_items=50)
     out = tmp_path / "out"
     B.build_from_folder(art, out, version="3", archive_format="zip-store",
-                        config=B.ModelConfig(min_workers=1, max_workers=1))
+                        config=B.ArchiveConfig(min_workers=1, max_workers=1))
     inf, mgt, met = S.free_ports(3)
     env = {**os.environ, "TS_INFERENCE_PORT": str(inf), "TS_MANAGEMENT_PORT": str(mgt),
            "TS_METRICS_PORT": str(met)}

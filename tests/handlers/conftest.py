@@ -39,7 +39,7 @@ def served(tmp_path_factory) -> Served:
         art = make_random_artifact(root / f"artifact-v{version}", n_users=60, n_items=500,
                                    seed=seed, model_version=version)
         B.build_from_folder(art, out, version=version, model_name=MODEL,
-                            config=B.ModelConfig(batch_size=8, max_batch_delay_ms=200 if
+                            config=B.ArchiveConfig(batch_size=8, max_batch_delay_ms=200 if
                                                  version == "1" else 5,
                                                  min_workers=1, max_workers=1),
                             archive_format="zip-store")
