@@ -193,3 +193,21 @@ class TrainConfig:
 
 
 __all__ += ["TrainConfig"]
+
+
+@dataclass
+class ArchiveConfig:
+    """What goes into an archive's model-config.yaml (per version; TorchServe reads it at
+    registration). ``torch_threads`` and ``scoring`` are read by the handler."""
+
+    batch_size: int = 8
+    max_batch_delay_ms: int = 5
+    min_workers: int = 2
+    max_workers: int = 2
+    response_timeout_s: int = 30
+    startup_timeout_s: int = 300
+    torch_threads: int = 1
+    scoring: str = "auto"  # handler option: auto | fp32 | int8 (what the artifact offers)
+
+
+__all__ += ["ArchiveConfig"]
