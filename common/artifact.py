@@ -29,10 +29,13 @@ Tensors (float32 unless noted; d = ``config["dim"]``)::
     user_history.indptr     [n_users + 1] i64, user_history.indices   [nnz] i64  (CSR of the
                           items each known user interacted with: mask them when recommending)
 
-Scoring: ``score = user_vector @ item_vectors.T + item_bias``. A user vector for a history bag
-(``history_vector``): w = 1 per distinct item (or given weights), w /= ||w||_2,
-h = tanh(sum_i w_i * encoder.in.weight[i] + encoder.in.bias), then h = tanh(W_k h + b_k) per
-layer. A new item's vector from its TF-IDF (``text_indices``/``text_values``, L2-normalised by
+Scoring: ``score = user_vector @ item_vectors.T + item_bias``. A user vector for a history
+(``history_vector``; items oldest first, a repeated item counts once at its latest position):
+w_j = 1 + recency_boost * exp(-(number of items after j) / recency_tau) (``config["encoder"]``),
+w /= ||w||_2, h = tanh(sum_j w_j * encoder.in.weight[item_j] + encoder.in.bias), then
+h = tanh(W_k h + b_k) per layer (``encoder.n_layers``). Known users' ``user_vectors`` are exactly
+this applied to their training history in time order (plus a user id embedding only where
+``encoder.includes_user_id_embedding``). A new item's vector from its TF-IDF (``text_indices``/``text_values``, L2-normalised by
 the vectorizer) and category ids: v = sum_j text_values_j * content.weight[j]
 + sum_c (category_weight / sqrt(#categories)) * content.weight[n_text + c], likewise the bias.
 """
@@ -125,6 +128,9 @@ def save_artifact(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], conf
                            for k, v in sorted(clean.items())},
                "files": files}
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=False) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes 0700; serving may run as another user
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             if old.exists():
@@ -246,30 +252,53 @@ class ServingArtifact:
         ptr = self.tensors["user_history.indptr"]
         return self.tensors["user_history.indices"][int(ptr[user_idx]):int(ptr[user_idx + 1])]
 
-    def history_vector(self, item_indices, weights=None) -> torch.Tensor:
-        """User vector [d] from a bag of item indices given at request time.
+    def recency_weights(self, n: int) -> torch.Tensor:
+        """Input weights of a chronological bag of ``n`` distinct items (oldest first):
+        1 + boost * exp(-(items after it) / tau), as in training."""
+        enc = self.config["encoder"]
+        boost, tau = float(enc.get("recency_boost", 0.0)), float(enc.get("recency_tau", 1.0))
+        after = torch.arange(n - 1, -1, -1, dtype=torch.float32)
+        if boost == 0.0:
+            return torch.ones(n, dtype=torch.float32)
+        return 1.0 + boost * torch.exp(-after / max(tau, 1e-9))
 
-        Duplicates count once (their weights are summed when ``weights`` is given). An empty
-        bag gives the encoder's no-history vector; prefer ``popularity`` for such users."""
+    def history_bag(self, item_indices, weights=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distinct item indices, encoder input weights) of a request-time history.
+
+        ``item_indices`` in chronological order (oldest first, latest last); a repeated item
+        counts once, at its latest position; weights follow the artifact's recency rule.
+        Explicit ``weights`` replace that rule (repeats are summed)."""
         idx = torch.as_tensor(item_indices, dtype=torch.long).reshape(-1)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_items):
             raise IndexError("item index out of range")
-        if weights is None:
-            idx = torch.unique(idx)
-            w = torch.ones(idx.numel(), dtype=torch.float32)
-        else:
+        if weights is not None:
             w_in = torch.as_tensor(weights, dtype=torch.float32).reshape(-1)
             if w_in.numel() != idx.numel():
                 raise ValueError("weights and item_indices differ in length")
-            idx, inv = torch.unique(idx, return_inverse=True)
-            w = torch.zeros(idx.numel(), dtype=torch.float32).index_add_(0, inv, w_in)
+            uniq, inv = torch.unique(idx, return_inverse=True)
+            return uniq, torch.zeros(uniq.numel(), dtype=torch.float32).index_add_(0, inv, w_in)
+        # keep each item's latest occurrence, in chronological order
+        rev = torch.flip(idx, [0])
+        uniq, inv = torch.unique(rev, return_inverse=True)
+        first_in_rev = torch.full((uniq.numel(),), rev.numel(), dtype=torch.long)
+        first_in_rev.scatter_reduce_(0, inv, torch.arange(rev.numel()), reduce="amin")
+        order = torch.argsort(first_in_rev, descending=True)  # oldest kept occurrence first
+        items = uniq[order]
+        return items, self.recency_weights(items.numel())
+
+    def history_vector(self, item_indices, weights=None) -> torch.Tensor:
+        """User vector [d] from a history given at request time (see :meth:`history_bag`).
+
+        An empty history gives the encoder's no-history vector; prefer ``popularity`` there."""
+        idx, w = self.history_bag(item_indices, weights)
         return self._encode([idx], [w])[0]
 
     def history_vectors(self, bags: Sequence[Sequence[int]]) -> torch.Tensor:
-        """[b, d] user vectors of several binary history bags."""
+        """[b, d] user vectors of several chronological history bags."""
         if not len(bags):
             return torch.zeros(0, self.dim)
-        return torch.stack([self.history_vector(b) for b in bags])
+        pairs = [self.history_bag(b) for b in bags]
+        return self._encode([p[0] for p in pairs], [p[1] for p in pairs])
 
     def _encode(self, idx_list, w_list) -> torch.Tensor:
         W_in = self.tensors["encoder.in.weight"]

@@ -1,16 +1,16 @@
-"""Model -> serving artifact (common/artifact.py): precomputed item and user vectors plus what
-serving needs to handle users and items the model never saw, without any training code."""
+"""Trained HybridModel -> serving artifact folder (format: common/artifact.py)."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from common.artifact import save_artifact
-from common.schema import SCHEMA_VERSION, EtlLayout
+from common.schema import SCHEMA_VERSION
 from training.data import SplitData
 from training.model import HybridModel, bags_from_csr
 
@@ -23,58 +23,95 @@ def _csr_tensors(prefix: str, m: sp.csr_matrix) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def export_artifact(model: HybridModel, data: SplitData, out_dir: str | Path, version: str,
-                    metrics: Mapping[str, Any] | None = None) -> Path:
-    """Write the serving artifact of ``model`` trained on ``data`` into ``out_dir``."""
-    model = model.to("cpu").eval()
-    items_vec, items_bias = model.item_vectors()
-    history = model.history_matrix(data.train_full, data.timestamps)
-    users = np.arange(data.n_users)
-    user_vecs = torch.cat([model.user_vectors(bags_from_csr(history, users[s:s + 4096]),
-                                              torch.from_numpy(users[s:s + 4096]))
-                           for s in range(0, data.n_users, 4096)]) if data.n_users else \
-        torch.zeros(0, model.dim)
-    popularity = torch.from_numpy(np.asarray((data.train_full > 0).sum(axis=0)).ravel()
-                                  .astype(np.float32))
-    tensors: dict[str, torch.Tensor] = {
-        "item_vectors": items_vec.float(),
-        "item_bias": items_bias.float(),
-        "user_vectors": user_vecs.float(),
-        "popularity": popularity,
-        "item_warm": model.warm.to(torch.uint8),
-        "encoder.in.weight": model.enc_in.weight.float(),
-        "encoder.in.bias": model.enc_in_bias.float(),
-        **_csr_tensors("item_categories", data.item_categories),
-        **_csr_tensors("user_history", data.train_full),
-    }
-    for k, lin in enumerate(model.enc_layers):
-        tensors[f"encoder.layers.{k}.weight"] = lin.weight.float()
-        tensors[f"encoder.layers.{k}.bias"] = lin.bias.float()
-    n_text = model.n_text_features if model.use_content else data.n_features
-    if model.use_content:
-        tensors["content.weight"] = model.content_proj.weight.float()
-        tensors["content.bias"] = model.content_bias.weight.float().reshape(-1)
-    else:  # keep the format total: a zero projection embeds new items at the origin
-        tensors["content.weight"] = torch.zeros(data.n_features + data.n_categories, model.dim)
-        tensors["content.bias"] = torch.zeros(data.n_features + data.n_categories)
+def artifact_tensors(model: HybridModel, data: SplitData, batch_size: int = 4096) -> dict:
+    """Every tensor of the artifact, computed from ``model`` in eval mode on the CPU.
 
+    Known users' vectors come from their train_full history (what P1 masks), weighted exactly as
+    the artifact's ``history_vector`` weights a chronologically ordered bag."""
+    was = model.training
+    model.eval()
+    m = model.to("cpu")
+    item_vecs, item_bias = m.item_vectors()
+    hist = m.history_matrix(data.train_full, data.timestamps)
+    users = []
+    for s in range(0, data.n_users, batch_size):
+        rows = np.arange(s, min(s + batch_size, data.n_users))
+        users.append(m.user_vectors(bags_from_csr(hist, rows), torch.from_numpy(rows)))
+    user_vecs = torch.cat(users) if users else torch.zeros(0, m.dim)
+    binary = sp.csr_matrix(data.train_full, dtype=np.float32, copy=True)
+    binary.data[:] = 1.0
+    pop = np.asarray(binary.sum(axis=0), dtype=np.float32).ravel()
+    t = {
+        "item_vectors": item_vecs.float().contiguous(),
+        "item_bias": item_bias.float().contiguous(),
+        "user_vectors": user_vecs.float().contiguous(),
+        "popularity": torch.from_numpy(pop),
+        "item_warm": m.warm.to(torch.uint8).contiguous(),
+        "encoder.in.weight": m.enc_in.weight.detach().float().contiguous(),
+        "encoder.in.bias": m.enc_in_bias.detach().float().contiguous(),
+    }
+    for k, lin in enumerate(m.enc_layers):
+        t[f"encoder.layers.{k}.weight"] = lin.weight.detach().float().contiguous()
+        t[f"encoder.layers.{k}.bias"] = lin.bias.detach().float().contiguous()
+    n_text, n_cat = data.n_features, data.n_categories
+    if m.use_content:
+        t["content.weight"] = m.content_proj.weight.detach().float().contiguous()
+        t["content.bias"] = m.content_bias.weight.detach().float().reshape(-1).contiguous()
+    else:  # no content signal: new items get a zero vector and bias
+        t["content.weight"] = torch.zeros(n_text + n_cat, m.dim)
+        t["content.bias"] = torch.zeros(n_text + n_cat)
+    t.update(_csr_tensors("item_categories", data.item_categories))
+    t.update(_csr_tensors("user_history", data.train_full))
+    model.train(was)
+    return t
+
+
+def _manifest_hash(etl_root: Path) -> str | None:
+    try:
+        return json.loads((Path(etl_root) / "manifest.json").read_text()).get("content_hash")
+    except (OSError, ValueError):
+        return None
+
+
+def export_artifact(model: HybridModel, data: SplitData, out_dir: str | Path, version: str,
+                    metrics: dict | None = None, train_config=None) -> Path:
+    """Write the serving artifact of ``model`` to ``out_dir`` (replaced atomically)."""
+    tensors = artifact_tensors(model, data)
+    spec = model.spec()
     config = {
         "model_version": str(version),
         "schema_version": SCHEMA_VERSION,
-        "dim": model.dim,
-        "model": model.spec(),
-        "encoder": {"n_layers": len(model.enc_layers), "dims": list(model.dims),
-                    "activation": "tanh", "input_norm": "l2",
-                    "recency_boost": model.recency_boost, "recency_tau": model.recency_tau},
-        "content": {"n_text_features": int(n_text), "n_categories": int(data.n_categories),
+        "model_type": "hybrid-history-encoder",
+        "dim": int(model.dim),
+        "scoring": "dot(user_vector, item_vectors[i]) + item_bias[i]",
+        "encoder": {
+            "type": "history_bag_mlp",
+            "input": "item indices in chronological order (oldest first); a repeated item counts "
+                     "once, at its latest position",
+            "recency_boost": spec["recency_boost"],
+            "recency_tau": spec["recency_tau"],
+            "weighting": "w = 1 + recency_boost * exp(-(items after it) / recency_tau)",
+            "input_norm": "l2",
+            "activation": "tanh",
+            "dims": spec["encoder_dims"],
+            "n_layers": len(spec["encoder_dims"]) - 1,
+            "includes_user_id_embedding": bool(spec["user_ids"]),
+        },
+        "content": {"n_text_features": data.n_features, "n_categories": data.n_categories,
                     "categories": list(data.categories),
-                    "category_weight": float(model.category_weight)},
-        "etl": {"root": str(data.etl_root), "scheme": data.scheme},
-        "metrics": dict(metrics or {}),
+                    "category_weight": spec["category_weight"],
+                    "category_normalize": "l2", "enabled": bool(spec["content"])},
+        "items": {"warm": int(model.warm.sum()), "cold": int(data.n_items - model.warm.sum())},
+        "model": spec,
+        "train_config": (dataclasses.asdict(train_config)
+                         if dataclasses.is_dataclass(train_config) else train_config),
+        "metrics": metrics or {},
+        "etl": {"root": str(data.etl_root), "scheme": data.scheme,
+                "content_hash": _manifest_hash(data.etl_root)},
     }
-    items = ({"title": str(t), "categories": list(c)}
-             for t, c in zip(data.item_titles, data.item_category_names))
-    vectorizer = EtlLayout(data.etl_root).vectorizer
+    items = ({"title": str(data.item_titles[i]), "categories": list(data.item_category_names[i])}
+             for i in range(data.n_items))
+    vec = Path(data.etl_root) / "features" / "vectorizer.json"
     return save_artifact(out_dir, tensors, config, [str(u) for u in data.user_ids],
                          [str(i) for i in data.item_ids], items,
-                         vectorizer if Path(vectorizer).exists() else None)
+                         vectorizer=vec if vec.exists() else None)

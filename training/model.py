@@ -1,9 +1,12 @@
 """The hybrid two-tower recommender.
 
-User tower: a Mult-DAE-style encoder of the user's history bag (L2-normalised item weights ->
-dropout -> EmbeddingBag(n_items, h1) + bias -> tanh -> [Linear -> tanh]*), optionally plus a
-user id embedding. Because the user vector is a function of the history, a user the model never
-saw is served from the history sent with the request.
+User tower: a Mult-DAE-style encoder of the user's history bag (recency-weighted,
+L2-normalised item weights -> dropout -> EmbeddingBag(n_items, h1) + bias -> tanh ->
+[Linear -> tanh]*), optionally plus a user id embedding. The item input embeddings are the
+collaborative (item-item) signal of the user side. Because the user vector is a function of the
+history, a user the model never saw is served from the history sent with the request. Recency
+weights (``recency_weights``: the latest items of a bag count most) matter a lot under a temporal
+protocol: what a user does next follows what they did last.
 
 Item tower: ``item id embedding * warm + content projection`` where the content projection is an
 EmbeddingBag over the ETL's TF-IDF text features and category ids (one table, categories
@@ -91,7 +94,8 @@ def recency_weights(ranks: np.ndarray, n: np.ndarray, boost: float, tau: float) 
     1 + boost * exp(-(n - rank) / tau); the latest item gets 1 + boost."""
     if boost == 0:
         return np.ones(len(ranks), dtype=np.float32)
-    return (1.0 + boost * np.exp(-(n - ranks) / max(tau, 1e-9))).astype(np.float32)
+    after = np.maximum(np.asarray(n, dtype=np.float64) - ranks, 0.0)  # items after this one
+    return (1.0 + boost * np.exp(-after / max(tau, 1e-9))).astype(np.float32)
 
 
 def history_matrix(X: sp.csr_matrix, ts: sp.csr_matrix | None, boost: float,
@@ -124,8 +128,9 @@ class HybridModel(nn.Module):
                  dropout: float = 0.5, user_ids: bool = False, item_ids: bool = True,
                  use_content: bool = True, n_text_features: int | None = None,
                  recency_boost: float = 0.0, recency_tau: float = 10.0,
-                 category_weight: float = 1.0) -> None:
+                 category_weight: float = 1.0, linear_dim: int = 0) -> None:
         super().__init__()
+        self.linear_dim = int(linear_dim)
         self.recency_boost, self.recency_tau = float(recency_boost), float(recency_tau)
         self.category_weight = float(category_weight)
         self.n_users, self.n_items, self.dim = int(n_users), int(n_items), int(dim)
@@ -184,10 +189,21 @@ class HybridModel(nn.Module):
         if drop and self.dropout > 0:
             keep = torch.rand_like(w) >= self.dropout
             w = w * keep / (1.0 - self.dropout)
-        h = torch.tanh(self.enc_in(bags.indices, bags.offsets, per_sample_weights=w) + self.enc_in_bias)
-        for lin in self.enc_layers:
-            h = torch.tanh(lin(h))
+        h = self.enc_in(bags.indices, bags.offsets, per_sample_weights=w) + self.enc_in_bias
+        layers = list(self.enc_layers)
+        h = self._act(h, last=not layers)
+        for k, lin in enumerate(layers):
+            h = self._act(lin(h), last=k == len(layers) - 1)
         return h
+
+    def _act(self, h: torch.Tensor, last: bool) -> torch.Tensor:
+        """tanh, except the last ``linear_dim`` units of the output layer (a linear path)."""
+        k = self.linear_dim if last else 0
+        if k <= 0:
+            return torch.tanh(h)
+        if k >= h.shape[1]:
+            return h
+        return torch.cat([torch.tanh(h[:, :-k]), h[:, -k:]], dim=1)
 
     def user_vectors(self, bags: Bags, users: torch.Tensor | None = None,
                      drop: bool | None = None) -> torch.Tensor:
@@ -270,4 +286,5 @@ class HybridModel(nn.Module):
                 "user_ids": self.use_user_ids, "item_ids": self.use_item_ids,
                 "content": self.use_content, "n_content_features": self.n_content,
                 "n_text_features": self.n_text_features, "recency_boost": self.recency_boost,
-                "recency_tau": self.recency_tau, "category_weight": self.category_weight}
+                "recency_tau": self.recency_tau, "category_weight": self.category_weight,
+                "linear_dim": self.linear_dim}

@@ -12,13 +12,19 @@ Losses (``cfg.loss``):
 * ``sampled_softmax``: in-batch negatives with logQ correction over (user, item) pairs;
 * ``bpr``: one uniform negative per (user, item) pair.
 
+Objectives (``cfg.objective``, softmax): ``denoise`` reconstructs the dropped-out history
+(Mult-DAE); ``future`` gives a share of the users per batch a random time-ordered prefix as input
+and their later items as targets (the rest denoise), which is what a temporal split asks for.
 The user input of the pair losses leaves the target item out of its history bag.
+
+Everything is seeded (``cfg.seed``: torch and numpy); the same seed and thread count give the
+same model. A weight EMA (``cfg.ema``) is what gets validated and returned.
 """
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -64,7 +70,8 @@ def build_model(data: SplitData, cfg: TrainConfig, fit_matrix: sp.csr_matrix) ->
                        hidden=_hidden(cfg.hidden), dropout=cfg.dropout, user_ids=cfg.user_ids,
                        item_ids=cfg.item_ids, use_content=cfg.content,
                        n_text_features=data.n_features, recency_boost=cfg.recency_boost,
-                       recency_tau=cfg.recency_tau, category_weight=cfg.category_weight)
+                       recency_tau=cfg.recency_tau, category_weight=cfg.category_weight,
+                       linear_dim=cfg.linear_dim)
 
 
 class _Trainer:
@@ -82,6 +89,9 @@ class _Trainer:
         self.warm_t = torch.from_numpy(self.warm_idx).to(device)
         coo = X.tocoo()
         self.pair_users, self.pair_items = coo.row.astype(np.int64), coo.col.astype(np.int64)
+        # X and ranks share one canonical (row-major, sorted) layout, so pair k <-> data[k]
+        assert np.array_equal(self.ranks.indices, X.indices) and len(coo.row) == X.nnz
+        self.pair_ranks = self.ranks.data.copy()
         counts = np.bincount(self.pair_items, minlength=X.shape[1]).astype(np.float64)
         self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(X.nnz, 1))
                                       .astype(np.float32)).to(device)
@@ -133,12 +143,25 @@ class _Trainer:
         return -((logp[rws, cols] * tw).sum() / len(rows))
 
     # -- pair losses ----------------------------------------------------------------------------
-    def _loo_bags(self, users: np.ndarray, items: np.ndarray) -> Bags:
+    def _pair_bags(self, sel: np.ndarray) -> Bags:
+        """User input of positive pairs ``sel``: the history without the target item
+        (leave-one-out) or, for a ``future_mix`` share of the pairs under the ``future``
+        objective, only the items before the target in time. Recency weights are computed
+        on the bag as given."""
+        cfg = self.cfg
+        users, t_rank = self.pair_users[sel], self.pair_ranks[sel]
         sub = self.ranks[users]
         lengths = np.diff(sub.indptr)
-        keep = sub.indices != np.repeat(items, lengths)
-        w = recency_weights(sub.data, np.repeat(self.n_per_user[users], lengths),
-                            self.cfg.recency_boost, self.cfg.recency_tau)
+        t_e = np.repeat(t_rank, lengths)
+        n_e = np.repeat(self.n_per_user[users], lengths).astype(np.float64)
+        if cfg.objective == "future":
+            prefix = np.repeat(self.rng.random(len(sel)) < cfg.future_mix, lengths)
+        else:
+            prefix = np.zeros(len(sub.data), dtype=bool)
+        keep = np.where(prefix, sub.data < t_e, sub.data != t_e)
+        # items after each kept one, in the bag: prefix bags end just before the target
+        after = np.where(prefix, t_e - 1 - sub.data, n_e - sub.data - (sub.data < t_e))
+        w = recency_weights(np.zeros(len(after)), after, cfg.recency_boost, cfg.recency_tau)
         rows = np.repeat(np.arange(len(users)), lengths)[keep]
         new_len = np.bincount(rows, minlength=len(users))
         offsets = np.concatenate([[0], np.cumsum(new_len)[:-1]]).astype(np.int64)
@@ -150,7 +173,7 @@ class _Trainer:
         cfg, m = self.cfg, self.model
         users, items = self.pair_users[sel], self.pair_items[sel]
         u_t = torch.from_numpy(users).to(self.device)
-        u = m.user_vectors(self._loo_bags(users, items), u_t, drop=True)
+        u = m.user_vectors(self._pair_bags(sel), u_t, drop=True)
         if cfg.loss == "bpr":
             neg = self.warm_idx[self.rng.integers(0, len(self.warm_idx), len(sel))]
             both = torch.from_numpy(np.concatenate([items, neg])).to(self.device)
@@ -213,6 +236,16 @@ def train(data: SplitData, cfg: TrainConfig, *, fit_on: str = "train",
         raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
     if cfg.objective not in ("denoise", "future"):
         raise ValueError(f"objective must be 'denoise' or 'future', got {cfg.objective!r}")
+    threads = torch.get_num_threads()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(data, cfg, fit_on, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(data: SplitData, cfg: TrainConfig, fit_on: str, epochs: int | None) -> TrainResult:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
