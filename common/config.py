@@ -149,19 +149,19 @@ class TrainConfig:
     """``future``: the prefix keeps at least this share of the user's items."""
     future_mix: float = 0.5
     """``future``: share of users per batch that get a prefix/future target (rest: denoise)."""
-    recency_boost: float = 50.0
+    recency_boost: float = 2.0
     """History input weight 1 + boost * exp(-(items after this one) / tau): recent items count
     more (0 = plain binary bag, as Mult-DAE)."""
-    recency_tau: float = 7.0
+    recency_tau: float = 10.0
     target_recency: float = 0.0
     """softmax: weight each target item 1 + this * exp(-(items after it) / tau)."""
-    dim: int = 600
+    dim: int = 256
     """User/item vector size (the last encoder layer)."""
     linear_dim: int = 0
     """How many of the ``dim`` user-vector units skip the tanh (a linear item-item path)."""
     hidden: str = ""
     """Comma-separated hidden layer sizes of the history encoder before ``dim`` ('' = none)."""
-    dropout: float = 0.3
+    dropout: float = 0.5
     """Dropout on the (L2-normalised) history bag."""
     user_ids: bool = False
     """Add a user id embedding to the history encoding (then users are no longer served from
@@ -171,9 +171,9 @@ class TrainConfig:
     category_weight: float = 1.0
     id_dropout: float = 0.1
     """Probability of zeroing an item's id part in a training step (content must stand alone)."""
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.0
-    ema: float = 0.98
+    ema: float = 0.0
     """Per-step decay of an exponential moving average of the weights, which is what is
     validated and returned (0 = off)."""
     batch_size: int = 128
@@ -182,11 +182,11 @@ class TrainConfig:
     """sampled_softmax: logits are divided by this."""
     logq: bool = True
     """sampled_softmax: subtract log(item frequency) from in-batch logits."""
-    max_epochs: int = 150
+    max_epochs: int = 200
     eval_every: int = 2
-    patience: int = 8
+    patience: int = 6
     """Evaluations without a better validation NDCG@10 before stopping."""
-    refit_full: bool = True
+    refit_full: bool = False
     """After early stopping, refit on train + valid for the best number of epochs."""
     seed: int = 42
     device: str = "auto"
