@@ -8,13 +8,14 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv java demo etl train promote serve stop test bench-etl clean
+.PHONY: help venv java demo etl train promote serve stop test bench bench-etl clean
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
 	@echo "make test                                              run the test suite"
 	@echo "make serve OUT=<dir> / make stop OUT=<dir>             local TorchServe on OUT's challenger model"
 	@echo "make promote OUT=<dir>                                 gate: challenger -> champion"
+	@echo "make bench                                             serving benchmark (benchmarks/results/serving.json)"
 	@echo "make bench-etl                                         ETL throughput benchmark"
 
 java:
@@ -59,6 +60,10 @@ promote: venv
 
 test: venv java
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+BENCH_ARGS ?=
+bench: venv java
+	$(PY) -m benchmarks.serving_bench $(BENCH_ARGS)
 
 bench-etl: venv java
 	$(PY) -m benchmarks.etl_bench

@@ -13,6 +13,7 @@ from pathlib import Path
 from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient, curl_lines
+from common.retrieval import VARIANTS
 
 
 def _print(obj) -> None:
@@ -241,14 +242,20 @@ def parser() -> argparse.ArgumentParser:
                    help=f"MLflow registered model for --version (default {B.DEFAULT_REGISTERED_MODEL})")
     b.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
                                           "sqlite:///OUT/mlflow.db)")
-    b.add_argument("--batch-size", type=int, default=8)
-    b.add_argument("--max-batch-delay", type=int, default=5, help="ms (default 5)")
-    b.add_argument("--min-workers", type=int, default=2)
+    defaults = B.ArchiveConfig()  # one place for the serving defaults (common/config.py)
+    b.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    b.add_argument("--max-batch-delay", type=int, default=defaults.max_batch_delay_ms,
+                   help=f"ms (default {defaults.max_batch_delay_ms})")
+    b.add_argument("--min-workers", type=int, default=defaults.min_workers)
     b.add_argument("--max-workers", type=int, default=None)
-    b.add_argument("--response-timeout", type=int, default=30, help="s")
-    b.add_argument("--torch-threads", type=int, default=1, help="intra-op threads per worker")
-    b.add_argument("--scoring", default="auto", choices=["auto", "int8", "fp32"])
-    b.add_argument("--archive-format", default="default", choices=["default", "zip-store"])
+    b.add_argument("--response-timeout", type=int, default=defaults.response_timeout_s, help="s")
+    b.add_argument("--torch-threads", type=int, default=defaults.torch_threads,
+                   help="intra-op threads per worker (torch, FAISS, ONNX Runtime)")
+    b.add_argument("--scoring", default=defaults.scoring, choices=list(VARIANTS),
+                   help=f"serving variant built into the archive (default {defaults.scoring}, the "
+                        "serving benchmark's winner; see docs/performance.md)")
+    b.add_argument("--archive-format", default="default", choices=["default", "zip-store"],
+                   help="zip-store: no compression (large catalogs: faster build and load)")
     b.add_argument("--force", action="store_true", help="overwrite an existing archive file")
     b.set_defaults(fn=cmd_build)
 

@@ -12,8 +12,10 @@ PYTHONPATH)::
     handlers/                 the handler package: recommender, engine, validation, request schema
     common/, training/        the repository modules the handler imports (import closure only)
     artifact/                 the serving artifact folder, unchanged
-    serving/pack.safetensors  derived at build time: INT8 (sq8) item codes and the titles blob,
-                              memory-mapped by every worker (handlers/artifact_adapter.py)
+    serving/                  derived at build time (handlers/artifact_adapter.py: write_pack):
+                              pack.safetensors (titles, user/item id tables), the index of the
+                              serving variant (``--scoring``, common/retrieval.py) and
+                              serving.json; memory-mapped by every worker where the library allows
     model-config.yaml         batchSize, maxBatchDelay, min/maxWorkers, responseTimeout, handler:
     build_info.json           name, version, source, sha256 of the artifact files, build time
 """
@@ -200,7 +202,8 @@ def build_from_folder(artifact_dir: str | Path, out: str | Path, *, version: str
         from handlers.artifact_adapter import write_pack
 
         pack = payload / PACK_IN_ARCHIVE
-        pack_info = write_pack(artifact_dir, pack)
+        pack_info = write_pack(artifact_dir, pack, variant=config.scoring,
+                               threads=max(1, os.cpu_count() or 1))
         summary = {**check_artifact(artifact_dir, pack), **pack_info}
         info = {
             "model_name": model_name, "version": version, "source": source or str(artifact_dir),

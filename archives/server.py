@@ -325,12 +325,12 @@ def start(out: str | Path, *, config: str | Path = "dev", host: str | None = Non
     """Start TorchServe on ``OUT/model-store`` and wait until it is healthy.
 
     ``config``: "dev", "prod" or a properties file. ``models``: {name: archive file in the
-    store}; default: the newest archive of each model name. Returns the saved
+    store}; default: the newest archive of each model name; ``{}``: none (register later). Returns the saved
     :class:`ServerState`. Raises :class:`ServerError` (with the log tail) when it does not come up.
     """
     out = Path(out).expanduser().resolve()
     store = model_store(out)
-    if not store.is_dir() or not any(store.glob("*.mar")):
+    if models != {} and (not store.is_dir() or not any(store.glob("*.mar"))):
         raise ServerError(f"no archives in {store}; build one first: python -m archives build "
                           f"--out {out} ...")
     rd = run_dir(out)
@@ -374,8 +374,9 @@ def start(out: str | Path, *, config: str | Path = "dev", host: str | None = Non
         if not (store / fname).is_file():
             raise ServerError(f"archive {fname} for model {name} is not in {store}")
     cmd = [sys.executable, "-m", "ts.model_server", "--start", "--ts-config", str(cfg_path),
-           "--model-store", str(store), "--ncs", "--models",
-           *[f"{n}={f}" for n, f in models.items()]]
+           "--model-store", str(store), "--ncs"]
+    if models:  # none: start empty and register through the management API
+        cmd += ["--models", *[f"{n}={f}" for n, f in models.items()]]
     with open(rd / "console.log", "ab") as log:
         launcher = subprocess.run(cmd, cwd=rd, env=_launcher_env(rd), stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

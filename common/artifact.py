@@ -146,7 +146,7 @@ def save_artifact(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], conf
     return out
 
 
-def _mmap_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], object]:
+def mmap_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], object]:
     """Zero-copy tensors over a private (copy-on-write) memory map of a safetensors file.
 
     Pages are read lazily and shared through the page cache between processes (TorchServe
@@ -183,8 +183,8 @@ class ServingArtifact:
     path: Path
     config: dict
     tensors: dict[str, torch.Tensor]
-    user_ids: list[str]
-    item_ids: list[str]
+    user_ids: Sequence[str]
+    item_ids: Sequence[str]
     _mmap: object = field(default=None, repr=False)
     _items: list[dict] | None = field(default=None, repr=False)
     _user_index: dict[str, int] | None = field(default=None, repr=False)
@@ -372,9 +372,14 @@ class ServingArtifact:
         return val @ W[idx], float(val @ b[idx])
 
 
-def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False) -> ServingArtifact:
+def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False,
+                  id_lists: tuple[Sequence[str], Sequence[str]] | None = None) -> ServingArtifact:
     """Open an artifact folder. ``mmap=True`` maps the tensors copy-on-write (zero-copy, lazily
-    paged, shared between processes); ``verify=True`` checks the sha256 of every file."""
+    paged, shared between processes); ``verify=True`` checks the sha256 of every file.
+
+    ``id_lists``: (user ids, item ids) sequences to use instead of reading ``user_ids.txt`` /
+    ``item_ids.txt`` into Python lists -- serving passes memory-mapped id tables
+    (common/idtable.py), so that 10M user ids are not a private copy in every worker."""
     p = Path(path)
     cfg_path = p / CONFIG_FILE
     if not cfg_path.exists():
@@ -390,7 +395,7 @@ def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False) -> 
             if _sha256(p / name) != digest:
                 raise ArtifactError(f"{p / name}: sha256 mismatch")
     if mmap:
-        tensors, mm = _mmap_safetensors(p / TENSORS_FILE)
+        tensors, mm = mmap_safetensors(p / TENSORS_FILE)
     else:
         from safetensors.torch import load_file
 
@@ -398,8 +403,11 @@ def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False) -> 
     missing = [k for k in config.get("tensors", {}) if k not in tensors]
     if missing:
         raise ArtifactError(f"{p}: tensors missing from {TENSORS_FILE}: {missing}")
-    user_ids = (p / USER_IDS_FILE).read_text().splitlines()
-    item_ids = (p / ITEM_IDS_FILE).read_text().splitlines()
+    if id_lists is None:
+        user_ids: Sequence[str] = (p / USER_IDS_FILE).read_text().splitlines()
+        item_ids: Sequence[str] = (p / ITEM_IDS_FILE).read_text().splitlines()
+    else:
+        user_ids, item_ids = id_lists
     if len(user_ids) != config["n_users"] or len(item_ids) != config["n_items"]:
         raise ArtifactError(f"{p}: id lists do not match n_users/n_items")
     return ServingArtifact(path=p, config=config, tensors=tensors, user_ids=user_ids,
@@ -407,4 +415,4 @@ def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False) -> 
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "ServingArtifact", "save_artifact",
-           "load_artifact"]
+           "load_artifact", "mmap_safetensors"]

@@ -1,143 +1,96 @@
 """Serving artifact (common/artifact.py) + the archive's serving pack -> :class:`ServingData`.
 
-The serving pack (``serving/pack.safetensors`` in the archive, written by
-:func:`write_pack` at build time from the artifact) holds what every worker would otherwise
-build privately:
+The serving pack (``serving/`` in the archive, written by :func:`write_pack` at build time from
+the artifact) holds what every worker would otherwise build privately, in files that every
+worker memory-maps (shared through the page cache):
 
-* ``sq8.codes`` int8 ``[n_items, d]``, ``sq8.scale`` / ``sq8.offset`` ``[d]``: the item vectors
-  8-bit scalar-quantized per dimension (``training.quantize.sq8_encode``, stored as signed
-  ``codes - 128``), so that ``u . x_i = (u * scale) . codes_i + u . offset``;
-* ``titles.bytes`` uint8 / ``titles.offsets`` int64 ``[n_items + 1]``: the titles as one UTF-8
-  blob (a list of Python strings would be private to each worker).
-
-Both the artifact's tensors and the pack are memory-mapped copy-on-write and never written, so
-N workers share one copy through the page cache.
+* ``pack.safetensors``: the titles as one UTF-8 blob (``titles.bytes`` / ``titles.offsets``)
+  and the user and item id tables (``user_ids.*`` / ``item_ids.*``, common/idtable.py: hashed,
+  sorted, looked up with a binary search) -- Python dicts of 10M ids would be >1 GB per worker;
+* the serving index of one variant (common/retrieval.py: ``fp32``, ``int8``, ``onnx_int8``,
+  ``sq8``, ``faiss_sq8``, ``hnsw``, ``ivf``), files ``<variant>.*``;
+* ``serving.json``: the variant, its parameters and the build-time quality check (Recall@10 of
+  the variant against the exact fp32 top-10 on known users).
 """
 from __future__ import annotations
 
 import json
-import mmap as _mmap
-import struct
+import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from common.artifact import ITEMS_FILE, load_artifact
+from common.artifact import ITEMS_FILE, load_artifact, mmap_safetensors
+from common.idtable import IdTable, build_id_table
+from common.retrieval import VARIANTS, build_index, load_index, recall_at_k
 from handlers.engine import ServingData
 
 PACK_FILE = "pack.safetensors"
-_DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64, "I32": torch.int32,
-           "I8": torch.int8, "U8": torch.uint8, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I16": torch.int16, "BOOL": torch.bool}
-
-
-def mmap_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict, _mmap.mmap]:
-    """Zero-copy tensors over a copy-on-write map of a safetensors file (+ its metadata)."""
-    with open(path, "rb") as f:
-        mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_COPY)
-    (n,) = struct.unpack("<Q", mm[:8])
-    header = json.loads(mm[8:8 + n])
-    meta = header.pop("__metadata__", {}) or {}
-    out = {}
-    for name, h in header.items():
-        dtype = _DTYPES[h["dtype"]]
-        start, end = h["data_offsets"]
-        size = torch.empty(0, dtype=dtype).element_size()
-        if end == start:
-            out[name] = torch.empty(h["shape"], dtype=dtype)
-        elif (8 + n + start) % size == 0:
-            out[name] = torch.frombuffer(mm, dtype=dtype, count=(end - start) // size,
-                                         offset=8 + n + start).view(h["shape"])
-        else:
-            out[name] = torch.frombuffer(bytearray(mm[8 + n + start:8 + n + end]),
-                                         dtype=dtype).view(h["shape"])
-    return out, meta, mm
+SERVING_JSON = "serving.json"
+DEFAULT_VARIANT = "sq8"  # the benchmark's winner (benchmarks/results/serving.json)
 
 
 # --------------------------------------------------------------------------------------------
 # Build time: the serving pack
 # --------------------------------------------------------------------------------------------
 
-def write_pack(artifact_dir: Path, dest: Path, n_check_users: int = 256) -> dict:
-    """Write the serving pack of an artifact; returns a summary including INT8 quality."""
-    from safetensors.torch import save_file
-
-    from training.quantize import quantization_report, sq8_encode
-
-    art = load_artifact(artifact_dir, mmap=True)
-    items = art.item_vectors.to(torch.float32)
-    codes, vmin, scale = sq8_encode(items)
-    codes_s8 = (codes.to(torch.int16) - 128).to(torch.int8).contiguous()
-    offset = (vmin + 128.0 * scale).contiguous()
+def _titles_blob(artifact_dir: Path, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     titles = []
     with open(Path(artifact_dir) / ITEMS_FILE, encoding="utf-8") as f:
         for line in f:
             titles.append(str(json.loads(line).get("title") or "").encode("utf-8"))
-    if len(titles) != art.n_items:
-        raise ValueError(f"{ITEMS_FILE} has {len(titles)} rows for {art.n_items} items")
+    if len(titles) != n_items:
+        raise ValueError(f"{ITEMS_FILE} has {len(titles)} rows for {n_items} items")
     lengths = torch.tensor([len(t) for t in titles], dtype=torch.int64)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
     blob = torch.frombuffer(bytearray(b"".join(titles)), dtype=torch.uint8) if offsets[-1] \
         else torch.zeros(0, dtype=torch.uint8)
+    return blob.contiguous(), offsets
+
+
+def write_pack(artifact_dir: Path, dest: Path, variant: str = DEFAULT_VARIANT,
+               params: dict | None = None, n_check_users: int = 256, threads: int = 2) -> dict:
+    """Write the serving pack of an artifact (``dest`` = the pack file; the index files and
+    ``serving.json`` go beside it); returns a summary including the variant's quality."""
+    from safetensors.torch import save_file
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown serving variant {variant!r}; expected one of {VARIANTS}")
+    t0 = time.perf_counter()
+    art = load_artifact(artifact_dir, mmap=True)
+    blob, offsets = _titles_blob(artifact_dir, art.n_items)
+    tensors = {"titles.bytes": blob, "titles.offsets": offsets}
+    tensors.update({f"user_ids.{k}": v for k, v in build_id_table(art.user_ids).items()})
+    tensors.update({f"item_ids.{k}": v for k, v in build_id_table(art.item_ids).items()})
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"sq8.codes": codes_s8, "sq8.scale": scale.contiguous(), "sq8.offset": offset,
-               "titles.bytes": blob.contiguous(), "titles.offsets": offsets},
-              str(dest), metadata={"format": "recsys-serving-pack", "format_version": "1",
-                                   "quantization": "sq8-per-dimension"})
-    # quality of INT8 scoring against fp32, on (up to) n_check_users known users
+    save_file(tensors, str(dest), metadata={"format": "recsys-serving-pack", "format_version": "2"})
+    t_pack = time.perf_counter() - t0
+    items = art.item_vectors.to(torch.float32)
+    bias = art.item_bias.to(torch.float32)
+    index = build_index(variant, items, bias, dest.parent, params, threads=threads)
+    # quality of the variant against exact fp32 scoring, on (up to) n_check_users known users
+    quality: dict = {}
     n = min(n_check_users, art.n_users)
-    report = {}
     if n:
-        u = art.tensors["user_vectors"][:n].to(torch.float32)
-        fp = u @ items.T + art.item_bias
-        q = _Sq8Scorer(codes_s8, scale, offset, art.item_bias.to(torch.float32))
-        report = quantization_report(fp, q(u), k=10)
-        report["int_mm"] = q.use_int_mm
-    return {"pack_bytes": dest.stat().st_size, "int8_quality": report}
+        users = art.tensors["user_vectors"][:n].to(torch.float32)
+        k = min(10, art.n_items)
+        exact = torch.topk(torch.addmm(bias, users, items.T), k, dim=1).indices
+        searcher = load_index(variant, dest.parent, items, bias, threads=threads)
+        got = searcher.search(users, k)[1]
+        quality = {"users": n, "k": k, "recall_vs_exact": recall_at_k(exact, got, k)}
+    info = {"variant": variant, "params": index.get("params", {}), "index_files": index.get("files", {}),
+            "index_build_s": index.get("build_s"), "pack_build_s": round(t_pack, 3),
+            "pack_bytes": dest.stat().st_size, "quality": quality}
+    (dest.parent / SERVING_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return info
 
 
 # --------------------------------------------------------------------------------------------
 # Serving time
 # --------------------------------------------------------------------------------------------
-
-class _Sq8Scorer:
-    """INT8 catalog scoring over (memory-mapped) signed codes; no copy of the catalog."""
-
-    def __init__(self, codes_s8: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
-                 bias: torch.Tensor, chunk: int = 8192):
-        self.codes, self.scale, self.offset, self.bias = codes_s8, scale, offset, bias
-        self.chunk = chunk
-        self.use_int_mm = self._int_mm_ok()
-
-    def _int_mm_ok(self) -> bool:
-        try:
-            g = torch.Generator().manual_seed(0)
-            rows = self.codes[: min(256, self.codes.shape[0])]
-            for m in (1, 3, 8):
-                a = torch.randint(-127, 128, (m, self.codes.shape[1]), dtype=torch.int8, generator=g)
-                if not torch.equal(torch._int_mm(a, rows.T), (a.long() @ rows.long().T).int()):
-                    return False
-            return True
-        except Exception:  # noqa: BLE001 - no usable kernel: exact float path
-            return False
-
-    def __call__(self, users: torch.Tensor) -> torch.Tensor:
-        u = users.to(torch.float32) * self.scale
-        const = users.to(torch.float32) @ self.offset
-        if self.use_int_mm:
-            s_u = (u.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
-            u8 = torch.round(u / s_u).clamp_(-127, 127).to(torch.int8)
-            out = torch._int_mm(u8, self.codes.T).to(torch.float32).mul_(s_u)
-        else:
-            n = self.codes.shape[0]
-            out = torch.empty((u.shape[0], n), dtype=torch.float32)
-            for s in range(0, n, self.chunk):
-                e = min(n, s + self.chunk)
-                torch.mm(u, self.codes[s:e].to(torch.float32).T, out=out[:, s:e])
-        return out.add_(const.unsqueeze(1)).add_(self.bias)
-
 
 class _Titles(Sequence[str]):
     """Titles decoded on demand from a (memory-mapped) UTF-8 blob."""
@@ -190,29 +143,35 @@ def _categories(art) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     return list(vocab), torch.tensor(indptr, dtype=torch.int64), torch.tensor(indices, dtype=torch.int64)
 
 
-def from_artifact(artifact_dir: Path, scoring: str = "auto",
-                  pack_path: Path | None = None) -> ServingData:
-    """``scoring``: ``auto`` (INT8 when the pack is there and its kernel checks out, else fp32),
-    ``int8`` (pack required) or ``fp32``."""
-    art = load_artifact(artifact_dir, mmap=True)
-    pack, mm = {}, None
+def from_artifact(artifact_dir: Path, scoring: str = "auto", pack_path: Path | None = None,
+                  threads: int = 1) -> ServingData:
+    """``scoring``: a variant of common/retrieval.py, or ``auto`` = the variant the pack was
+    built with (fp32 when there is no pack). A variant other than fp32 needs its index files."""
+    pack, mm, meta = {}, None, {}
     if pack_path is not None and Path(pack_path).exists():
-        pack, _, mm = mmap_safetensors(Path(pack_path))
-    elif scoring == "int8":
-        raise FileNotFoundError(f"scoring=int8 needs the serving pack {pack_path}")
+        pack, mm = mmap_safetensors(Path(pack_path))
+        sj = Path(pack_path).parent / SERVING_JSON
+        meta = json.loads(sj.read_text()) if sj.exists() else {}
+    variant = (meta.get("variant") or "fp32") if scoring == "auto" else scoring
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown scoring {scoring!r}; expected auto or one of {VARIANTS}")
+    users = IdTable.from_tensors(pack, "user_ids.") if "user_ids.hash_sorted" in pack else None
+    items_t = IdTable.from_tensors(pack, "item_ids.") if "item_ids.hash_sorted" in pack else None
+    id_lists = (users.ids(), items_t.ids()) if users is not None and items_t is not None else None
+    art = load_artifact(artifact_dir, mmap=True, id_lists=id_lists)
+    item_vectors = art.item_vectors.to(torch.float32)
     bias = art.item_bias.to(torch.float32)
-    if scoring in ("auto", "int8") and "sq8.codes" in pack:
-        scorer = _Sq8Scorer(pack["sq8.codes"], pack["sq8.scale"], pack["sq8.offset"], bias)
-        score, used = scorer, "int8-sq8" + ("" if scorer.use_int_mm else "-float")
-    elif scoring in ("auto", "fp32"):
-        items = art.item_vectors.to(torch.float32)
+    if variant != "fp32" and meta.get("variant") != variant:
+        raise FileNotFoundError(f"scoring={variant} needs a serving pack built for it "
+                                f"(pack {pack_path}: {meta.get('variant') or 'absent'})")
+    searcher = load_index(variant, Path(pack_path).parent if pack_path else Path(artifact_dir),
+                          item_vectors, bias, threads=threads)
+    full = searcher.full_scores
 
-        def score(u: torch.Tensor) -> torch.Tensor:
-            return torch.addmm(bias, u.to(torch.float32), items.T)
+    def score(u: torch.Tensor) -> torch.Tensor:
+        """Exact scores of every item (rows with category filters, fallbacks)."""
+        return torch.addmm(bias, u.to(torch.float32), item_vectors.T)
 
-        used = "fp32"
-    else:
-        raise ValueError(f"unknown scoring {scoring!r}; expected auto, int8 or fp32")
     if "titles.offsets" in pack:
         titles: Sequence[str] = _Titles(pack["titles.bytes"], pack["titles.offsets"])
     else:
@@ -220,14 +179,18 @@ def from_artifact(artifact_dir: Path, scoring: str = "auto",
             titles = [str(json.loads(line).get("title") or "") for line in f]
     cat_names, cat_ptr, cat_idx = _categories(art)
     data = ServingData(
-        model_version=art.version or None, item_ids=art.item_ids, item_index=art.item_index,
+        model_version=art.version or None, item_ids=art.item_ids,
+        item_index=items_t if items_t is not None else art.item_index,
         titles=titles, category_names=cat_names, item_cat_indptr=cat_ptr, item_cat_indices=cat_idx,
-        user_index=art.user_index, user_vectors=art.tensors["user_vectors"],
+        user_index=users if users is not None else art.user_index,
+        user_vectors=art.tensors["user_vectors"],
         hist_indptr=art.tensors["user_history.indptr"], hist_indices=art.tensors["user_history.indices"],
-        popularity=art.popularity, encode=_encoder(art), score=score,
-        info={"scoring": used, "dim": art.dim})
-    data._keep = (art, mm)  # keep the memory maps alive as long as the data
+        popularity=art.popularity, encode=_encoder(art), score=score, search=searcher.search,
+        info={"scoring": variant, "dim": art.dim, "params": meta.get("params", {}),
+              "full_scores": full is not None})
+    data._keep = (art, mm, searcher)  # keep the memory maps alive as long as the data
     return data
 
 
-__all__ = ["from_artifact", "write_pack", "mmap_safetensors", "PACK_FILE"]
+__all__ = ["from_artifact", "write_pack", "PACK_FILE", "SERVING_JSON",
+           "DEFAULT_VARIANT"]

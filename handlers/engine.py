@@ -47,8 +47,11 @@ class ServingData:
     popularity: torch.Tensor                      # [n_items] fallback score
     # binary history bags (item indices [nnz], offsets [b]) -> user vectors [b, d]
     encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    # user vectors [b, d] -> scores [b, n_items]
+    # user vectors [b, d] -> exact scores [b, n_items] (rows with category filters, fallbacks)
     score: Callable[[torch.Tensor], torch.Tensor]
+    # user vectors [b, d], k -> (scores [b, k], item indices [b, k]) best first: the serving
+    # index (common/retrieval.py); None = every row takes the full path through ``score``
+    search: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -96,16 +99,20 @@ class Recommender:
             self._cat_items[name] = cat_of_item[order[start:end]]
             start = end
         self.last_timings: dict[str, float] = {}
+        # the popularity fallback's ranking, computed once (ties: lower index first)
+        self._popular_order = torch.sort(data.popularity.to(torch.float32), descending=True,
+                                         stable=True).indices
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
     def load(cls, artifact_dir: str | Path, scoring: str = "auto",
-             pack_path: str | Path | None = None) -> "Recommender":
-        """From a serving-artifact folder (and the archive's serving pack, when given)."""
+             pack_path: str | Path | None = None, threads: int = 1) -> "Recommender":
+        """From a serving-artifact folder (and the archive's serving pack, when given);
+        ``scoring``: a serving variant (common/retrieval.py) or ``auto`` (the pack's)."""
         from handlers.artifact_adapter import from_artifact
 
         return cls(from_artifact(Path(artifact_dir), scoring=scoring,
-                                 pack_path=Path(pack_path) if pack_path else None))
+                                 pack_path=Path(pack_path) if pack_path else None, threads=threads))
 
     def describe(self, n_examples: int = 3) -> dict[str, Any]:
         """Sizes and a few example ids (known users, popular items) for demos and checks."""
@@ -136,9 +143,50 @@ class Recommender:
         return known, unknown
 
     # ---- the batch ----------------------------------------------------------------------------
+    def _masked(self, req: RecRequest, seen: torch.Tensor) -> torch.Tensor:
+        """Item indices a request must not get back: its history (unless asked) and exclusions."""
+        parts = [seen] if req.exclude_seen and len(seen) else []
+        if req.exclude:
+            ex, _ = self._ids_to_index(req.exclude)
+            if ex:
+                parts.append(torch.tensor(ex, dtype=torch.int64))
+        return torch.unique(torch.cat(parts)) if parts else torch.empty(0, dtype=torch.int64)
+
+    def _category_mask(self, req: RecRequest) -> torch.Tensor:
+        """Bool [n_items]: items the request's category filters allow."""
+        n = self.data.n_items
+        if req.include_categories is not None:
+            keep = torch.zeros(n, dtype=torch.bool)
+            for c in req.include_categories:
+                idx = self._cat_items.get(c)
+                if idx is not None:
+                    keep[idx] = True
+        else:
+            keep = torch.ones(n, dtype=torch.bool)
+        for c in req.exclude_categories:
+            idx = self._cat_items.get(c)
+            if idx is not None:
+                keep[idx] = False
+        return keep
+
+    @staticmethod
+    def _allowed(scores: torch.Tensor, idx: torch.Tensor, masked: torch.Tensor,
+                 k: int) -> tuple[list[float], list[int]]:
+        """The first ``k`` candidates (best first) that are not masked."""
+        if len(masked):
+            keep = ~torch.isin(idx, masked)
+            scores, idx = scores[keep], idx[keep]
+        return scores[:k].tolist(), idx[:k].tolist()
+
     @torch.inference_mode()
     def recommend(self, reqs: Sequence[RecRequest]) -> list[Outcome]:
-        """Responses for a batch of validated requests, scored together."""
+        """Responses for a batch of validated requests, scored together.
+
+        Rows without category filters take the candidate path when the data has a ``search``
+        (the serving index: top ``k + #masked`` per row, masked ones dropped); rows with
+        category filters, or whose candidates ran out after masking, take the full path
+        (every item scored exactly, masks applied, one top-k).
+        """
         d, n = self.data, self.data.n_items
         t0 = time.perf_counter()
         plans = []          # (strategy, items to mask as seen, ignored ids)
@@ -166,68 +214,74 @@ class Recommender:
                 plans.append((HISTORY, sent_t, ignored))
             else:
                 plans.append((POPULAR, sent_t, ignored))
+        masked = [self._masked(req, plan[1]) for req, plan in zip(reqs, plans)]
         t1 = time.perf_counter()
 
-        scores = torch.empty((len(reqs), n), dtype=torch.float32)
+        vectors: dict[int, torch.Tensor] = {}
         if recipe:
             enc = None
             if bags:
                 lengths = torch.tensor([len(b) for b in bags], dtype=torch.int64)
                 offsets = torch.cumsum(lengths, 0) - lengths
                 enc = d.encode(torch.cat(bags), offsets)
-            rows = []
             for r, u, plus, minus in recipe:
                 v = d.user_vectors[u].to(torch.float32) if u is not None else 0
                 if plus is not None:
                     v = v + enc[plus] - (enc[minus] if minus is not None else 0)
-                rows.append(v)
-            scored = [rc[0] for rc in recipe]
-            scores[scored] = d.score(torch.stack(rows)).to(torch.float32)  # one product per batch
-        pop_rows = [r for r, p in enumerate(plans) if p[0] == POPULAR]
-        if pop_rows:
-            scores[pop_rows] = d.popularity.to(torch.float32)
-        t2 = time.perf_counter()
-
-        neg = float("-inf")
-        for r, (req, (strategy, hi, _)) in enumerate(zip(reqs, plans)):
-            row = scores[r]
-            if req.include_categories is not None:
-                keep = torch.zeros(n, dtype=torch.bool)
-                for c in req.include_categories:
-                    idx = self._cat_items.get(c)
-                    if idx is not None:
-                        keep[idx] = True
-                row.masked_fill_(~keep, neg)
-            for c in req.exclude_categories:
-                idx = self._cat_items.get(c)
-                if idx is not None:
-                    row[idx] = neg
-            if req.exclude_seen and len(hi):
-                row[hi] = neg
-            if req.exclude:
-                ex, _ = self._ids_to_index(req.exclude)
-                if ex:
-                    row[torch.tensor(ex, dtype=torch.int64)] = neg
-        kmax = min(max(req.k for req in reqs), n) if reqs else 0
-        top_s, top_i = torch.topk(scores, kmax, dim=1, sorted=True) if kmax else (None, None)
+                vectors[r] = v
+        found: dict[int, tuple[list[float], list[int]]] = {}
+        full: list[int] = []
+        for r, req in enumerate(reqs):
+            filtered = req.include_categories is not None or bool(req.exclude_categories)
+            if filtered or (r in vectors and d.search is None):
+                full.append(r)
+            elif r not in vectors:  # popularity: candidates from the precomputed order
+                k_fetch = min(n, req.k + len(masked[r]))
+                order = self._popular_order[:k_fetch]
+                found[r] = self._allowed(d.popularity[order].to(torch.float32), order, masked[r], req.k)
+        searched = [r for r in vectors if r not in full]
+        if searched:  # one index call for the batch
+            k_fetch = min(n, max(reqs[r].k + len(masked[r]) for r in searched))
+            top_s, top_i = d.search(torch.stack([vectors[r] for r in searched]), k_fetch)
+            for row, r in enumerate(searched):
+                s_row, i_row = self._allowed(top_s[row], top_i[row], masked[r], reqs[r].k)
+                if len(i_row) < min(reqs[r].k, n - len(masked[r])) and k_fetch < n:
+                    full.append(r)  # the index ran out of unmasked candidates: score all
+                else:
+                    found[r] = (s_row, i_row)
+        if full:
+            scored = [r for r in full if r in vectors]
+            rows = torch.empty((len(full), n), dtype=torch.float32)
+            if scored:  # one product for the rows that need every item's score
+                rows[[full.index(r) for r in scored]] = d.score(
+                    torch.stack([vectors[r] for r in scored])).to(torch.float32)
+            for row, r in enumerate(full):
+                if r not in vectors:
+                    rows[row] = d.popularity.to(torch.float32)
+                req = reqs[r]
+                if req.include_categories is not None or req.exclude_categories:
+                    rows[row].masked_fill_(~self._category_mask(req), float("-inf"))
+                if len(masked[r]):
+                    rows[row, masked[r]] = float("-inf")
+            kmax = min(max(reqs[r].k for r in full), n)
+            top_s, top_i = torch.topk(rows, kmax, dim=1, sorted=True)
+            for row, r in enumerate(full):
+                s_row, i_row = top_s[row, :reqs[r].k], top_i[row, :reqs[r].k]
+                ok = torch.isfinite(s_row)  # filters left fewer than k items
+                found[r] = (s_row[ok].tolist(), i_row[ok].tolist())
         t3 = time.perf_counter()
 
         out = []
         for r, (req, (strategy, _, ignored)) in enumerate(zip(reqs, plans)):
-            s_row = top_s[r, :req.k].tolist() if kmax else []
-            i_row = top_i[r, :req.k].tolist() if kmax else []
-            items = []
-            for s, i in zip(s_row, i_row):
-                if s == neg:  # filters left fewer than k items
-                    break
-                items.append({"item_id": d.item_ids[i], "score": round(float(s), 6),
-                              "title": d.titles[i]})
+            s_row, i_row = found[r]
+            items = [{"item_id": d.item_ids[i], "score": round(float(s), 6), "title": d.titles[i]}
+                     for s, i in zip(s_row, i_row)]
             body = {"user_id": req.user_id, "model_version": d.model_version,
                     "strategy": strategy, "items": items, "ignored_history": ignored}
             out.append(Outcome(body, strategy, len(ignored)))
         t4 = time.perf_counter()
-        self.last_timings = {"resolve": t1 - t0, "score": t2 - t1, "mask_topk": t3 - t2,
-                             "format": t4 - t3, "scoring_total": t3 - t1}
+        self.last_timings = {"resolve": t1 - t0, "score_topk": t3 - t1, "format": t4 - t3,
+                             "scoring_total": t3 - t1, "full_rows": len(full)}
         return out
 
 

@@ -7,8 +7,9 @@
 Request/response contract: docs/serving.md and handlers/request.schema.json. An invalid
 request in a batch gets its own 4xx (``context.set_response_status(code, message, idx)``) and
 a JSON body ``{code, type, reason, message}``; the others in the batch are answered normally.
-Every answered request carries the header ``X-Batch-Size``: how many requests the handler
-received together.
+Every answered request carries the headers ``X-Batch-Size`` (how many requests the handler
+received together) and ``X-Handler-Ms`` (the batch's time inside the handler: validation,
+scoring, formatting), so a client can split its round trip into handler and frontend time.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class RecommenderHandler(BaseHandler):
         artifact_dir = model_dir / str(cfg.get("artifact_dir", "artifact"))
         pack = model_dir / str(cfg.get("pack", "serving/pack.safetensors"))
         self.engine = Recommender.load(artifact_dir, scoring=str(cfg.get("scoring", "auto")),
-                                       pack_path=pack)
+                                       pack_path=pack, threads=torch.get_num_threads())
         # The archive version is the registry version: report it, not what the artifact says.
         self.engine.data.model_version = self.model_version
         self._init_metrics(context)
@@ -144,9 +145,11 @@ class RecommenderHandler(BaseHandler):
 
     def postprocess(self, batch: _Batch):
         out: list[str] = []
+        handler_ms = f"{(time.perf_counter() - batch.started) * 1e3:.3f}"
         for idx in range(batch.n):
             self.context.set_response_content_type(idx, JSON)
             self.context.set_response_header(idx, "X-Batch-Size", str(batch.n))
+            self.context.set_response_header(idx, "X-Handler-Ms", handler_ms)
             if idx in batch.errors:
                 e = batch.errors[idx]
                 self.context.set_response_status(e.status, e.message, idx)

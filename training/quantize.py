@@ -1,8 +1,9 @@
 """INT8 serving path: module quantization and quantized catalog scoring, behind one small API.
 
-Self-contained on purpose (imports only ``torch`` and the standard library): the TorchServe
-handler ships this file inside the model archive and builds a scorer from plain tensors read
-from the serving artifact, with no training code and no pickling.
+Imports only ``torch``, the standard library and :mod:`common.retrieval` (which holds the one
+implementation of the torch.ao INT8 helpers and of sq8; the archive builder ships both files by
+import closure): the TorchServe handler builds a scorer from plain tensors read from the
+serving artifact, with no training code and no pickling.
 
 * :func:`quantize_module` -- dynamic INT8 quantization of a module's ``nn.Linear`` layers (the
   user tower). One function so the backend can change (NOTES.md: ``torch.ao`` is deprecated but
@@ -35,11 +36,13 @@ Scores are always float32 ``[b, n_items]``; higher is better.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from common.retrieval import (SQ8, _torch_ao_linear_from_int8, _torch_ao_quantize_dynamic,
+                              sq8_decode, sq8_encode)
 
 BACKENDS = ("fp32", "torch_ao", "sq8")
 INT8_BACKENDS = ("torch_ao", "sq8")
@@ -49,49 +52,6 @@ MODULE_BACKENDS = ("torch_ao",)
 # --------------------------------------------------------------------------------------------
 # Module quantization (the user tower)
 # --------------------------------------------------------------------------------------------
-
-def _ignore_torch_ao_deprecation() -> None:
-    """Inside ``warnings.catch_warnings()``: drop torch.ao's two deprecation notices, nothing else.
-
-    torch.ao.quantization warns that it is deprecated ("removed in 2.10"; it was not) and that
-    quantized tensor creation is deprecated.
-    """
-    warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
-                            category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, "
-                            r"torch\.quantize_per_channel", category=UserWarning)
-
-
-def _torch_ao_quantize_dynamic(module: nn.Module, per_channel: bool) -> nn.Module:
-    from torch.ao.quantization import (default_dynamic_qconfig, per_channel_dynamic_qconfig,
-                                       quantize_dynamic)
-
-    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    with warnings.catch_warnings():
-        _ignore_torch_ao_deprecation()
-        return quantize_dynamic(module, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=False)
-
-
-def _torch_ao_linear_from_int8(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                               bias: torch.Tensor | None) -> nn.Module:
-    """A dynamic quantized Linear rebuilt exactly from plain tensors (see ``Int8Scorer.state_dict``).
-
-    ``weight`` int8 [n, d]; ``scale``/``zero_point`` of shape [n] (per row) or [1] (per tensor).
-    """
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-
-    n, d = weight.shape
-    with warnings.catch_warnings():
-        _ignore_torch_ao_deprecation()
-        if scale.numel() == 1:
-            qw = torch._make_per_tensor_quantized_tensor(weight, float(scale), int(zero_point))
-        else:
-            qw = torch._make_per_channel_quantized_tensor(
-                weight, scale.to(torch.float64), zero_point.to(torch.int64), 0)
-        lin = DynamicQuantizedLinear(d, n, bias_=bias is not None, dtype=torch.qint8)
-        lin.set_weight_bias(qw, bias)
-    return lin.eval()
-
 
 def quantize_module(module: nn.Module, backend: str = "torch_ao", *,
                     per_channel: bool = True) -> nn.Module:
@@ -216,109 +176,6 @@ class Fp32Scorer(Scorer):
         return out
 
 
-# -------- sq8: per-dimension 8-bit scalar quantization ---------------------------------------
-
-def sq8_encode(item_matrix: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-dimension 8-bit scalar quantization (FAISS ``QT_8bit`` style, round to nearest).
-
-    Returns ``(codes uint8 [n, d], vmin float32 [d], scale float32 [d])`` with
-    ``x[i, j] ~= vmin[j] + scale[j] * codes[i, j]``; the error per entry is at most
-    ``scale[j] / 2`` = (range of dimension j) / 510. A constant dimension gets scale 0 and is
-    reconstructed exactly.
-    """
-    x = _as_float_matrix(item_matrix, "item_matrix")
-    x64 = x.double()
-    vmin = x64.amin(dim=0)
-    scale = (x64.amax(dim=0) - vmin) / 255.0
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round((x64 - vmin) / safe).clamp_(0, 255)
-    codes = torch.where(scale > 0, codes, torch.zeros_like(codes)).to(torch.uint8)
-    return codes.contiguous(), vmin.float(), scale.float()
-
-
-def sq8_decode(codes: torch.Tensor, vmin: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """float32 reconstruction ``vmin + scale * codes`` (for checks; scoring never builds it)."""
-    return vmin + scale * codes.float()
-
-
-_INT_MM_OK: bool | None = None
-
-
-def _int_mm_available() -> bool:
-    """Whether ``torch._int_mm`` exists here and gives exact int8 products in our layout."""
-    global _INT_MM_OK
-    if _INT_MM_OK is None:
-        try:
-            g = torch.Generator().manual_seed(0)
-            ok = True
-            for m, k in ((1, 64), (3, 32), (2, 5)):
-                a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
-                b = torch.randint(-128, 128, (257, k), dtype=torch.int8, generator=g)
-                ok &= torch.equal(torch._int_mm(a, b.T), (a.long() @ b.long().T).int())
-            _INT_MM_OK = bool(ok)
-        except Exception:  # noqa: BLE001 - any failure means "use the float path"
-            _INT_MM_OK = False
-    return _INT_MM_OK
-
-
-def _int_mm_checked(codes_s8: torch.Tensor) -> bool:
-    """Per-catalog check (the kernel mis-computed some tiny inner dimensions in tests)."""
-    if not _int_mm_available():
-        return False
-    try:
-        rows = codes_s8[: min(64, codes_s8.shape[0])]
-        g = torch.Generator().manual_seed(1)
-        a = torch.randint(-127, 128, (2, codes_s8.shape[1]), dtype=torch.int8, generator=g)
-        return torch.equal(torch._int_mm(a, rows.T), (a.long() @ rows.long().T).int())
-    except Exception:  # noqa: BLE001
-        return False
-
-
-class _SQ8:
-    """Scoring over signed codes ``c' = codes - 128`` with the query's scale folded in.
-
-    ``q . x_i = q . (vmin + scale * (c'_i + 128)) = (q * scale) . c'_i + q . offset`` with
-    ``offset = vmin + 128 * scale``.
-    """
-
-    def __init__(self, codes: torch.Tensor, vmin: torch.Tensor, scale: torch.Tensor,
-                 bias: torch.Tensor | None, use_int_mm: bool | None, chunk: int):
-        # uint8 c -> int8 (c - 128) is a flip of the top bit, done without a widened copy.
-        self.codes_s8 = (codes ^ 0x80).view(torch.int8).contiguous()
-        self.vmin, self.scale, self.bias = vmin, scale, bias
-        self.offset = vmin + 128.0 * scale
-        self.chunk = int(chunk)
-        if use_int_mm is None:
-            use_int_mm = _int_mm_checked(self.codes_s8)
-        self.use_int_mm = bool(use_int_mm)
-
-    def codes(self) -> torch.Tensor:
-        return self.codes_s8.view(torch.uint8) ^ 0x80
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        u = users * self.scale  # [b, d]
-        const = users @ self.offset.unsqueeze(1)  # [b, 1]
-        if self.use_int_mm:
-            # Quantize the scaled query per row (symmetric int8), one int8 GEMM over the codes.
-            s_u = (u.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
-            u8 = torch.round(u / s_u).clamp_(-127, 127).to(torch.int8)
-            out = torch._int_mm(u8, self.codes_s8.T).to(torch.float32)
-            out.mul_(s_u)
-        else:
-            n = self.codes_s8.shape[0]
-            out = torch.empty((users.shape[0], n), dtype=torch.float32)
-            buf = torch.empty((min(self.chunk, n), self.codes_s8.shape[1]), dtype=torch.float32)
-            for s in range(0, n, self.chunk):
-                e = min(n, s + self.chunk)
-                blk = buf[: e - s]
-                blk.copy_(self.codes_s8[s:e])
-                torch.mm(u, blk.T, out=out[:, s:e])
-        out.add_(const)
-        if self.bias is not None:
-            out.add_(self.bias)
-        return out
-
-
 class Int8Scorer(Scorer):
     """INT8 catalog scoring with backend ``"torch_ao"`` or ``"sq8"`` (see the module docstring).
 
@@ -344,11 +201,11 @@ class Int8Scorer(Scorer):
         self.backend = backend
         self.n_items, self.dim = items.shape
         self.bias = b
-        self._sq8: _SQ8 | None = None
+        self._sq8: SQ8 | None = None
         self._linear: nn.Module | None = None
         if backend == "sq8":
             codes, vmin, scale = sq8_encode(items)
-            self._sq8 = _SQ8(codes, vmin, scale, b, use_int_mm, chunk)
+            self._sq8 = SQ8.from_codes(codes, vmin, scale, b, use_int_mm=use_int_mm, chunk=chunk)
         else:
             lin = nn.Linear(self.dim, self.n_items, bias=b is not None)
             with torch.no_grad():
@@ -383,7 +240,8 @@ class Int8Scorer(Scorer):
         self.n_items, self.dim = n, d
         self.bias = bias
         self._linear = None
-        self._sq8 = _SQ8(codes.contiguous(), vmin, scale, bias, use_int_mm, chunk)
+        self._sq8 = SQ8.from_codes(codes.contiguous(), vmin, scale, bias, use_int_mm=use_int_mm,
+                                     chunk=chunk)
         return self
 
     @classmethod
@@ -454,9 +312,7 @@ class Int8Scorer(Scorer):
 
     def nbytes(self) -> int:
         if self._sq8 is not None:  # what scoring holds: int8 codes + per-dim vectors + bias
-            s = self._sq8
-            tensors = [s.codes_s8, s.vmin, s.scale, s.offset] + ([self.bias] if self.bias is not None else [])
-            return sum(t.numel() * t.element_size() for t in tensors)
+            return self._sq8.nbytes()
         assert self._linear is not None  # torch_ao: int8 weights + per-item scale/zero point
         w = self._linear.weight()
         per_row = 16 if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else 0

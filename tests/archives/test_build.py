@@ -35,11 +35,15 @@ def test_build_from_folder(artifact, tmp_path, capsys):
         and cfg["maxWorkers"] == 1 and cfg["responseTimeout"] == 30
     for f in ("recommender.py", "handlers/validation.py", "handlers/engine.py",
               "handlers/request.schema.json", "common/artifact.py", "common/__init__.py",
-              "artifact/config.json", "artifact/model.safetensors", "serving/pack.safetensors"):
+              "common/retrieval.py", "common/idtable.py", "artifact/config.json",
+              "artifact/model.safetensors", "serving/pack.safetensors", "serving/serving.json",
+              "serving/sq8.safetensors"):
         assert f in names, f
     assert not any(n.startswith(("etl/", "archives/", "tests/")) for n in names)
     assert info["version"] == "7" and info["artifact"]["example_users"]
-    assert info["artifact"]["int8_quality"]["mean_topk_overlap"] > 0.8
+    # the default variant (sq8) and its quality against exact scoring, checked at build time
+    assert info["artifact"]["variant"] == "sq8" and cfg["handler"]["scoring"] == "sq8"
+    assert info["artifact"]["quality"]["recall_vs_exact"] >= 0.95
     assert [(a.model_name, a.version) for a in S.list_archives(out)] == [("recsys", "7")]
     assert B.build_info(out, "recsys", "7")["archive"] == str(mar)
 

@@ -5,14 +5,17 @@ import pytest
 import torch
 
 from handlers.engine import HISTORY, PERSONALIZED, POPULAR, Recommender, ServingData
+from handlers.artifact_adapter import write_pack
 from handlers.validation import RecRequest
 
 N_ITEMS, DIM = 40, 8
 CATS = ["Comedy", "Drama", "Horror"]
 
 
-@pytest.fixture(scope="module")
-def engine() -> Recommender:
+@pytest.fixture(scope="module", params=["full", "search"])
+def engine(request) -> Recommender:
+    """The same catalog served two ways: every row scored in full, or through a ``search``
+    (candidates from an index, masked ones dropped); every test must pass on both."""
     g = torch.Generator().manual_seed(0)
     items = torch.randn(N_ITEMS, DIM, generator=g)
     enc = torch.randn(N_ITEMS, DIM, generator=g)
@@ -39,6 +42,11 @@ def engine() -> Recommender:
         hist_indptr=torch.tensor([0, 3, 4]), hist_indices=torch.tensor([0, 1, 2, 5]),
         popularity=torch.arange(N_ITEMS, dtype=torch.float32).flip(0),
         encode=encode, score=score)
+    if request.param == "search":
+        def search(u, k):
+            return torch.topk(score(u), k, dim=1)
+
+        data.search = search
     rec = Recommender(data)
     rec.calls = calls
     return rec
@@ -99,6 +107,15 @@ def test_filters_and_exclude(engine):
     assert out.body["items"] == []
 
 
+def test_search_path_refetches_when_masks_eat_the_candidates(engine):
+    # u0 has seen i0..i2 and excludes 30 more: far more masked than k, still k items
+    excl = tuple(f"i{i}" for i in range(3, 33))
+    out = engine.recommend([RecRequest("u0", k=5, exclude=excl)])[0]
+    assert len(ids(out)) == 5 and not set(ids(out)) & (set(excl) | {"i0", "i1", "i2"})
+    full = engine.recommend([RecRequest("u0", k=N_ITEMS, exclude=excl)])[0]
+    assert ids(out) == ids(full)[:5]
+
+
 def test_k_larger_than_catalog(engine):
     out = engine.recommend([RecRequest("anon", k=1000)])[0]
     assert len(out.body["items"]) == N_ITEMS
@@ -115,12 +132,9 @@ def test_describe(engine):
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     from archives.testing import make_random_artifact
-    from handlers.artifact_adapter import write_pack
-
     root = tmp_path_factory.mktemp("artifact")
     make_random_artifact(root / "art", n_users=30, n_items=300)
-    info = write_pack(root / "art", root / "pack.safetensors")
-    return root, info
+    return root, None
 
 
 def test_adapter_matches_artifact_reference(artifact):
@@ -145,16 +159,20 @@ def test_adapter_matches_artifact_reference(artifact):
     assert out.body["ignored_history"] == ["nope"] and out.strategy == HISTORY
 
 
-def test_int8_pack(artifact):
-    root, info = artifact
-    q = info["int8_quality"]
-    assert q["mean_topk_overlap"] >= 0.9 and q["rows"] == 30
+@pytest.mark.parametrize("variant", ["sq8", "int8", "hnsw"])
+def test_variant_pack(artifact, tmp_path, variant):
+    """Each serving variant's pack answers like exact fp32 scoring (re-ranked candidates)."""
+    root, _ = artifact
+    info = write_pack(root / "art", tmp_path / "pack.safetensors", variant=variant)
+    assert info["variant"] == variant and info["quality"]["recall_vs_exact"] >= 0.95
     fp = Recommender.load(root / "art", scoring="fp32")
-    i8 = Recommender.load(root / "art", scoring="auto", pack_path=root / "pack.safetensors")
-    assert fp.data.info["scoring"] == "fp32" and i8.data.info["scoring"].startswith("int8")
-    reqs = [RecRequest(str(u), k=10) for u in range(1, 31)]
-    overlap = [len(set(ids(a)) & set(ids(b))) / 10 for a, b in zip(fp.recommend(reqs), i8.recommend(reqs))]
-    assert sum(overlap) / len(overlap) >= 0.9
-    assert i8.data.titles[0] == fp.data.titles[0] == "Item 10 (Comedy)"
-    with pytest.raises(FileNotFoundError):
-        Recommender.load(root / "art", scoring="int8", pack_path=root / "missing")
+    served = Recommender.load(root / "art", scoring="auto", pack_path=tmp_path / "pack.safetensors")
+    assert fp.data.info["scoring"] == "fp32" and served.data.info["scoring"] == variant
+    reqs = [RecRequest(str(u), k=10) for u in range(1, 31)] + [RecRequest("new", history=("10", "20"))]
+    overlap = [len(set(ids(a)) & set(ids(b))) / 10 for a, b in zip(fp.recommend(reqs), served.recommend(reqs))]
+    assert sum(overlap) / len(overlap) >= 0.95
+    assert served.data.titles[0] == fp.data.titles[0] == "Item 10 (Comedy)"
+    # ids come from the memory-mapped id tables, not Python dicts
+    assert type(served.data.user_index).__name__ == "IdTable" and served.data.user_index.get("1") == 0
+    with pytest.raises(FileNotFoundError):  # a variant the pack was not built for
+        Recommender.load(root / "art", scoring="ivf", pack_path=tmp_path / "pack.safetensors")

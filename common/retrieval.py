@@ -1,0 +1,881 @@
+"""Catalog retrieval: every variant we serve for "top-k items of a user vector", behind one API.
+
+The score of item ``i`` for user vector ``u`` is ``u . item_vectors[i] + item_bias[i]``
+(float32, higher is better). A variant is chosen by name (:data:`VARIANTS`):
+
+``fp32``
+    ``torch.addmm(bias, u, items.T)`` + ``torch.topk``; the exact reference and the default.
+``int8``
+    a ``torch.ao`` dynamic quantized ``Linear(d, n_items)`` whose weight is the item matrix
+    (int8, one scale per item; fbgemm kernels). Wins for large batches.
+``onnx_int8``
+    ONNX Runtime, ``MatMul(users, W) + bias`` quantized with ``quantize_dynamic`` (QInt8
+    weights) and a ``TopK`` node in the graph (cheaper than copying all scores out and running
+    ``torch.topk``; see ``python -m common.retrieval``).
+``sq8``
+    our per-dimension 8-bit scalar quantization (:class:`SQ8`) scanned with ``torch._int_mm``;
+    the codes are memory-mapped from a safetensors file, so processes share one copy.
+``faiss_sq8``
+    FAISS ``IndexScalarQuantizer(QT_8bit, IP)`` over ``[x, bias]`` with queries ``[u, 1]`` (padded
+    with zeros to a multiple of 8 dimensions for FAISS's SIMD kernels).
+``hnsw`` / ``ivf`` (:data:`APPROXIMATE`)
+    FAISS HNSW (flat storage by default) and ``IndexIVFScalarQuantizer`` over the same augmented
+    vectors; they score a fraction of the catalog.
+
+Every variant but ``fp32`` re-ranks by default: it fetches
+``max(k * rerank_factor, k + rerank_min)`` candidates with its own (approximate) scores, then
+re-scores those rows exactly in float32 from the (memory-mapped) fp32 item matrix. That keeps
+quantized variants at exact Recall@10 for a few dozen gathered rows per user.
+
+Usage::
+
+    info = build_index("sq8", items, bias, folder)          # once, at archive build time
+    searcher = load_index("sq8", folder, items, bias)       # per worker; only the folder needed
+    scores, idx = searcher.search(users, k=10)
+
+Threads: :func:`load_index` sets FAISS's (process-global, OpenMP) thread count and ONNX
+Runtime's per-session count; it never calls ``torch.set_num_threads`` -- the torch variants
+(``fp32``, ``int8``, ``sq8`` and every re-rank) use whatever the caller configured.
+
+FAISS, ONNX and safetensors are imported lazily: importing this module needs only torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+VARIANTS = ("fp32", "int8", "onnx_int8", "sq8", "faiss_sq8", "hnsw", "ivf")
+APPROXIMATE = ("hnsw", "ivf")
+FAISS_VARIANTS = ("faiss_sq8", "hnsw", "ivf")
+FORMAT_VERSION = 1
+
+# Parameters that only change how a built index is searched: load_index may override these.
+SEARCH_PARAMS = ("rerank_factor", "rerank_min", "ef_search", "nprobe")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown retrieval variant {variant!r}; expected one of {VARIANTS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------
+
+def _ivf_nlist(n_items: int) -> int:
+    """~4 sqrt(n) lists, but at least 39 training points per centroid (FAISS's own minimum)."""
+    return max(1, min(round(4 * math.sqrt(n_items)), n_items // 39))
+
+
+def default_params(variant: str, n_items: int) -> dict:
+    """Defaults for ``variant`` over ``n_items`` items (sized for 10k..1M items, d ~ 64).
+
+    Re-rank (all but fp32): ``rerank_factor`` 4, ``rerank_min`` 32 -> 42 candidates for k=10.
+    ``onnx_int8``: QInt8 weights, per-tensor scale (per-channel is supported but ran about 2x
+    slower here, and the re-rank already restores exact recall), TopK inside the graph.
+    ``hnsw``: M 32, efConstruction 100, efSearch 128, flat storage (SQ8 storage built ~3x slower,
+    searched slower and recalled less at 100k x 64). ``ivf``: nlist ~ 4 sqrt(n), nprobe ~ nlist/16
+    (at least 8), k-means on up to 64 points per list.
+    """
+    _check_variant(variant)
+    n_items = int(n_items)
+    if variant == "fp32":
+        return {}
+    p: dict[str, Any] = {"rerank_factor": 4, "rerank_min": 32}
+    if variant == "int8":
+        p["per_channel"] = True
+    elif variant == "onnx_int8":
+        p.update(weight_type="QInt8", per_channel=False, topk_in_graph=True)
+    elif variant == "sq8":
+        p["int_mm"] = True
+    elif variant == "hnsw":
+        p.update(M=32, ef_construction=100, ef_search=128, storage="flat")
+    elif variant == "ivf":
+        nlist = _ivf_nlist(n_items)
+        p.update(nlist=nlist, nprobe=min(nlist, max(8, nlist // 16)), train_size=64 * nlist)
+    return p
+
+
+def _merge_params(variant: str, base: dict, override: dict | None,
+                  allowed: tuple[str, ...] | None = None) -> dict:
+    """``base`` updated with ``override``; unknown keys (or keys outside ``allowed``) are errors."""
+    out = dict(base)
+    for key, value in (override or {}).items():
+        if key not in base or (allowed is not None and key not in allowed):
+            raise ValueError(f"parameter {key!r} cannot be set for variant {variant!r} here; "
+                             f"known: {sorted(base) if allowed is None else sorted(set(allowed) & set(base))}")
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Checks and helpers
+# --------------------------------------------------------------------------------------------
+
+def _check_catalog(item_vectors: torch.Tensor, item_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 CPU views of the catalog; copies only when the dtype/layout forces it."""
+    items = torch.as_tensor(item_vectors)
+    bias = torch.as_tensor(item_bias)
+    if items.dim() != 2 or items.shape[0] < 1 or items.shape[1] < 1:
+        raise ValueError(f"item_vectors must be a non-empty [n_items, d] matrix, got {tuple(items.shape)}")
+    if bias.dim() != 1 or bias.shape[0] != items.shape[0]:
+        raise ValueError(f"item_bias must have shape [{items.shape[0]}], got {tuple(bias.shape)}")
+    return (items.detach().to("cpu", torch.float32).contiguous(),
+            bias.detach().to("cpu", torch.float32).contiguous())
+
+
+def _faiss_dim(d: int) -> int:
+    """``d + 1`` rounded up to a multiple of 8: FAISS's SIMD scalar-quantizer kernels need
+    ``dim % 8 == 0`` and fall back to scalar code otherwise (several times slower at d + 1 = 65)."""
+    return (d + 1 + 7) // 8 * 8
+
+
+def _augmented(items: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``[x, bias, 0...]`` rows: with queries ``[u, 1, 0...]`` an inner product gives the full
+    score; the zero padding (see :func:`_faiss_dim`) changes no score."""
+    n, d = items.shape
+    out = torch.zeros((n, _faiss_dim(d)), dtype=torch.float32)
+    out[:, :d] = items
+    out[:, d] = bias
+    return out
+
+
+def _augmented_queries(users: torch.Tensor) -> torch.Tensor:
+    b, d = users.shape
+    out = torch.zeros((b, _faiss_dim(d)), dtype=torch.float32)
+    out[:, :d] = users
+    out[:, d] = 1.0
+    return out
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# torch.ao dynamic INT8 (the ``int8`` variant and training.quantize.quantize_module)
+# --------------------------------------------------------------------------------------------
+
+def _ignore_torch_ao_deprecation() -> None:
+    """Inside ``warnings.catch_warnings()``: drop torch.ao's two deprecation notices, nothing else.
+
+    torch.ao.quantization warns that it is deprecated ("removed in 2.10"; it was not) and that
+    quantized tensor creation is deprecated.
+    """
+    warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
+                            category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, "
+                            r"torch\.quantize_per_channel", category=UserWarning)
+
+
+def _torch_ao_quantize_dynamic(module: nn.Module, per_channel: bool) -> nn.Module:
+    """``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` child (qint8 weights)."""
+    from torch.ao.quantization import (default_dynamic_qconfig, per_channel_dynamic_qconfig,
+                                       quantize_dynamic)
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        _ignore_torch_ao_deprecation()
+        return quantize_dynamic(module, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=False)
+
+
+def _torch_ao_linear_from_int8(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                               bias: torch.Tensor | None) -> nn.Module:
+    """A dynamic quantized Linear rebuilt exactly from plain tensors.
+
+    ``weight`` int8 [n, d]; ``scale``/``zero_point`` of shape [n] (per row) or [1] (per tensor).
+    fbgemm packs the weight into its own private buffer: the inputs can be dropped afterwards.
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    n, d = weight.shape
+    with warnings.catch_warnings():
+        _ignore_torch_ao_deprecation()
+        if scale.numel() == 1:
+            qw = torch._make_per_tensor_quantized_tensor(weight, float(scale), int(zero_point))
+        else:
+            qw = torch._make_per_channel_quantized_tensor(
+                weight, scale.to(torch.float64), zero_point.to(torch.int64), 0)
+        lin = DynamicQuantizedLinear(d, n, bias_=bias is not None, dtype=torch.qint8)
+        lin.set_weight_bias(qw, bias)
+    return lin.eval()
+
+
+def torch_ao_int8_weights(items: torch.Tensor, per_channel: bool = True) -> dict[str, torch.Tensor]:
+    """The item matrix quantized as ``torch.ao`` would quantize a Linear's weight: plain tensors
+    ``weight_int8`` int8 [n, d], ``weight_scale`` float64 / ``weight_zero_point`` int64 ([n], or
+    [1] per tensor) that :func:`_torch_ao_linear_from_int8` rebuilds exactly."""
+    lin = nn.Linear(items.shape[1], items.shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(items)
+    w = _torch_ao_quantize_dynamic(nn.Sequential(lin), per_channel)[0].weight()
+    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        scale, zp = w.q_per_channel_scales(), w.q_per_channel_zero_points()
+    else:
+        scale = torch.tensor([w.q_scale()], dtype=torch.float64)
+        zp = torch.tensor([w.q_zero_point()], dtype=torch.int64)
+    return {"weight_int8": w.int_repr().contiguous(), "weight_scale": scale.to(torch.float64).contiguous(),
+            "weight_zero_point": zp.to(torch.int64).contiguous()}
+
+
+# --------------------------------------------------------------------------------------------
+# sq8: per-dimension 8-bit scalar quantization, scanned with torch._int_mm
+# --------------------------------------------------------------------------------------------
+
+def sq8_encode(item_matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-dimension 8-bit scalar quantization (FAISS ``QT_8bit`` style, round to nearest).
+
+    Returns ``(codes uint8 [n, d], vmin float32 [d], scale float32 [d])`` with
+    ``x[i, j] ~= vmin[j] + scale[j] * codes[i, j]``; the error per entry is at most
+    ``scale[j] / 2`` = (range of dimension j) / 510. A constant dimension gets scale 0 and is
+    reconstructed exactly. Encodes in row blocks so a 1M-item catalog needs no float64 copy.
+    """
+    x = torch.as_tensor(item_matrix).detach().to("cpu", torch.float32)
+    if x.dim() != 2:
+        raise ValueError(f"item_matrix must be 2-D, got shape {tuple(x.shape)}")
+    vmin = x.amin(dim=0).double()
+    scale = (x.amax(dim=0).double() - vmin) / 255.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.empty(x.shape, dtype=torch.uint8)
+    for s in range(0, x.shape[0], 65536):
+        blk = torch.round((x[s:s + 65536].double() - vmin) / safe).clamp_(0, 255)
+        codes[s:s + 65536] = torch.where(scale > 0, blk, torch.zeros_like(blk)).to(torch.uint8)
+    return codes, vmin.float(), scale.float()
+
+
+def sq8_decode(codes: torch.Tensor, vmin: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32 reconstruction ``vmin + scale * codes`` (for checks; scoring never builds it)."""
+    return vmin + scale * codes.float()
+
+
+_INT_MM_OK: bool | None = None
+
+
+def _int_mm_available() -> bool:
+    """Whether ``torch._int_mm`` exists here and gives exact int8 products in our layout."""
+    global _INT_MM_OK
+    if _INT_MM_OK is None:
+        try:
+            g = torch.Generator().manual_seed(0)
+            ok = True
+            for m, k in ((1, 64), (3, 32), (2, 5), (8, 17)):
+                a = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+                b = torch.randint(-128, 128, (257, k), dtype=torch.int8, generator=g)
+                ok &= torch.equal(torch._int_mm(a, b.T), (a.long() @ b.long().T).int())
+            _INT_MM_OK = bool(ok)
+        except Exception:  # noqa: BLE001 - any failure means "use the float path"
+            _INT_MM_OK = False
+    return _INT_MM_OK
+
+
+def _int_mm_checked(codes_s8: torch.Tensor) -> bool:
+    """Per-catalog check of ``torch._int_mm`` against an exact product (batch sizes 1, 3, 8):
+    the kernel mis-computed some tiny inner dimensions in tests, so we never trust it blindly."""
+    if not _int_mm_available():
+        return False
+    try:
+        rows = codes_s8[: min(256, codes_s8.shape[0])]
+        g = torch.Generator().manual_seed(1)
+        for m in (1, 3, 8):
+            a = torch.randint(-127, 128, (m, codes_s8.shape[1]), dtype=torch.int8, generator=g)
+            if not torch.equal(torch._int_mm(a, rows.T), (a.long() @ rows.long().T).int()):
+                return False
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class SQ8:
+    """Scores over signed codes ``c' = codes - 128`` with the per-dimension scale folded into
+    the query, so the catalog is read once per call as 8-bit codes and never dequantized:
+
+    ``q . x_i = q . (vmin + scale * (c'_i + 128)) = (q * scale) . c'_i + q . offset`` with
+    ``offset = vmin + 128 * scale``.
+
+    With ``torch._int_mm`` (when it passes a self-check on this catalog) the scaled query is
+    quantized per row to int8 and one int8 x int8 -> int32 product scans the codes; otherwise an
+    exact float product runs over dequantized blocks of ``chunk`` items. ``codes_s8`` may be a
+    read-only memory map: it is never written or copied.
+    """
+
+    def __init__(self, codes_s8: torch.Tensor, vmin: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None = None, *, use_int_mm: bool | None = None, chunk: int = 8192):
+        self.codes_s8 = codes_s8
+        self.vmin, self.scale, self.bias = vmin, scale, bias
+        self.offset = vmin + 128.0 * scale
+        self.chunk = int(chunk)
+        if use_int_mm is None or use_int_mm:
+            use_int_mm = _int_mm_checked(codes_s8)
+        self.use_int_mm = bool(use_int_mm)
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, vmin: torch.Tensor, scale: torch.Tensor,
+                   bias: torch.Tensor | None = None, **kwargs: Any) -> "SQ8":
+        """From :func:`sq8_encode`'s uint8 codes (one copy: uint8 ``c`` -> int8 ``c - 128``)."""
+        return cls((codes ^ 0x80).view(torch.int8).contiguous(), vmin, scale, bias, **kwargs)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.codes_s8.shape[0])
+
+    def codes(self) -> torch.Tensor:
+        """The uint8 codes of :func:`sq8_encode` (a copy)."""
+        return self.codes_s8.view(torch.uint8) ^ 0x80
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """float32 ``[b, n_items]`` approximate scores (bias included when given)."""
+        u = users * self.scale  # [b, d]
+        const = users @ self.offset.unsqueeze(1)  # [b, 1]
+        if self.use_int_mm:
+            s_u = (u.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+            u8 = torch.round(u / s_u).clamp_(-127, 127).to(torch.int8)
+            out = torch._int_mm(u8, self.codes_s8.T).to(torch.float32)
+            out.mul_(s_u)
+        else:
+            n = self.n_items
+            out = torch.empty((users.shape[0], n), dtype=torch.float32)
+            buf = torch.empty((min(self.chunk, n), self.codes_s8.shape[1]), dtype=torch.float32)
+            for s in range(0, n, self.chunk):
+                e = min(n, s + self.chunk)
+                blk = buf[: e - s]
+                blk.copy_(self.codes_s8[s:e])
+                torch.mm(u, blk.T, out=out[:, s:e])
+        out.add_(const)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes of the tensors scoring reads (codes + per-dimension vectors + bias)."""
+        tensors = [self.codes_s8, self.vmin, self.scale, self.offset]
+        tensors += [self.bias] if self.bias is not None else []
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# --------------------------------------------------------------------------------------------
+# Searchers
+# --------------------------------------------------------------------------------------------
+
+class Searcher:
+    """Top-k over one catalog with one variant. Subclasses implement :meth:`_topk` (the
+    variant's own scores, indices ``-1`` where it found fewer candidates) and, where the variant
+    computes every score, :meth:`full_scores`.
+
+    ``item_vectors``/``item_bias`` are kept as given (possibly memory-mapped, read-only): the
+    re-rank gathers the candidate rows only.
+    """
+
+    exact: bool = True
+
+    def __init__(self, variant: str, item_vectors: torch.Tensor, item_bias: torch.Tensor, params: dict):
+        self.variant = variant
+        self.items, self.bias = item_vectors, item_bias
+        self.n_items, self.dim = (int(s) for s in item_vectors.shape)
+        self.params = params
+        self.exact = variant not in APPROXIMATE
+
+    def _topk(self, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def full_scores(self, users: torch.Tensor) -> torch.Tensor | None:
+        """The variant's own scores ``[b, n_items]`` where it computes them all, else None."""
+        return None
+
+    def nbytes_private(self) -> int:
+        """Estimated bytes held privately by this process (not shared through the page cache)."""
+        return 0
+
+    def n_candidates(self, k: int) -> int:
+        """How many candidates the variant fetches for ``k`` results (``k`` when re-rank is off)."""
+        factor = int(self.params.get("rerank_factor", 0))
+        if factor <= 0:
+            return k
+        return min(self.n_items, max(k * factor, k + int(self.params.get("rerank_min", 0))))
+
+    def _users(self, users: torch.Tensor) -> torch.Tensor:
+        u = torch.as_tensor(users).detach().to("cpu", torch.float32)
+        if u.dim() != 2 or u.shape[1] != self.dim:
+            raise ValueError(f"users must have shape [b, {self.dim}], got {tuple(u.shape)}")
+        return u.contiguous()
+
+    def search(self, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores float32 [b, k'], indices int64 [b, k'])``, best first, ``k' = min(k, n_items)``.
+
+        Scores are exact fp32 scores when re-rank is on (the variant's own otherwise). An
+        approximate index that finds fewer than ``k'`` items pads with index ``-1``, score -inf.
+        """
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        u = self._users(users)
+        kk = min(int(k), self.n_items)
+        if u.shape[0] == 0:
+            return torch.empty((0, kk), dtype=torch.float32), torch.empty((0, kk), dtype=torch.int64)
+        with torch.inference_mode():
+            c = self.n_candidates(kk)
+            scores, idx = self._topk(u, c)
+            if c == kk and self.params.get("rerank_factor", 0) <= 0:
+                return scores, idx
+            return self._rerank(u, idx, kk)
+
+    def _rerank(self, users: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact fp32 scores of the candidate rows (gathered, never the whole matrix) -> top k."""
+        b, c = cand.shape
+        valid = cand >= 0
+        safe = cand.clamp_min(0)
+        rows = self.items.index_select(0, safe.reshape(-1)).view(b, c, self.dim)
+        # multiply + sum per row, not bmm: the same reduction for a row whatever the batch, so a
+        # request gets bit-identical scores alone or inside a TorchServe batch
+        exact = (rows * users.unsqueeze(1)).sum(2)
+        exact.add_(self.bias.index_select(0, safe.reshape(-1)).view(b, c))
+        exact.masked_fill_(~valid, float("-inf"))
+        top = torch.topk(exact, min(k, c), dim=1, sorted=True)
+        return top.values, cand.gather(1, top.indices)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(variant={self.variant!r}, n_items={self.n_items}, dim={self.dim})"
+
+
+class _ScanSearcher(Searcher):
+    """Variants that compute every score (a dense ``[b, n_items]`` matrix) + ``torch.topk``."""
+
+    def _scores(self, users: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def full_scores(self, users: torch.Tensor) -> torch.Tensor | None:
+        u = self._users(users)
+        with torch.inference_mode():
+            if u.shape[0] == 0:
+                return torch.empty((0, self.n_items), dtype=torch.float32)
+            return self._scores(u)
+
+    def _topk(self, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.topk(self._scores(users), k, dim=1, sorted=True)
+
+
+class _Fp32Searcher(_ScanSearcher):
+    """The exact reference; holds nothing of its own (the caller's tensors are used as is)."""
+
+    def _scores(self, users: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, users, self.items.T)
+
+
+class _Int8Searcher(_ScanSearcher):
+    """torch.ao dynamic INT8 Linear; fbgemm packs the int8 weight into a private buffer."""
+
+    def __init__(self, variant: str, items: torch.Tensor, bias: torch.Tensor, params: dict, folder: Path):
+        super().__init__(variant, items, bias, params)
+        state, _mm = _load_safetensors(folder / "int8.safetensors")
+        self._linear = _torch_ao_linear_from_int8(state["weight_int8"], state["weight_scale"],
+                                                  state["weight_zero_point"], bias.clone())
+        self._per_row = state["weight_scale"].numel() > 1
+
+    def _scores(self, users: torch.Tensor) -> torch.Tensor:
+        return self._linear(users).to(torch.float32)
+
+    def nbytes_private(self) -> int:
+        # packed int8 weight + per-row scale/zero point (+ the bias copy the packed op keeps)
+        return self.n_items * (self.dim + (16 if self._per_row else 0) + 4)
+
+
+class _Sq8Searcher(_ScanSearcher):
+    """:class:`SQ8` over codes memory-mapped from ``sq8.safetensors`` (shared page cache)."""
+
+    def __init__(self, variant: str, items: torch.Tensor, bias: torch.Tensor, params: dict, folder: Path):
+        super().__init__(variant, items, bias, params)
+        state, self._mm = _load_safetensors(folder / "sq8.safetensors")
+        self.sq8 = SQ8(state["codes"], state["vmin"], state["scale"], bias,
+                       use_int_mm=None if params.get("int_mm", True) else False)
+
+    def _scores(self, users: torch.Tensor) -> torch.Tensor:
+        return self.sq8.score(users)
+
+    def nbytes_private(self) -> int:
+        return 0  # codes are a shared map; vmin/scale/offset are 3 * d floats
+
+
+class _OnnxSearcher(_ScanSearcher):
+    """ONNX Runtime session over the dynamically quantized graph (private copy of the weights)."""
+
+    def __init__(self, variant: str, items: torch.Tensor, bias: torch.Tensor, params: dict,
+                 folder: Path, threads: int):
+        super().__init__(variant, items, bias, params)
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, int(threads))
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        path = folder / "onnx_int8.onnx"
+        self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self._topk_in_graph = bool(params.get("topk_in_graph", True))
+        self._file_bytes = path.stat().st_size
+
+    def _run(self, outputs: list[str], users: torch.Tensor, k: int) -> list:
+        import numpy as np
+
+        return self._session.run(outputs, {"users": users.numpy(), "k": np.array([k], dtype=np.int64)})
+
+    def _scores(self, users: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(["scores"], users, 1)[0])
+
+    def _topk(self, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._topk_in_graph:
+            return super()._topk(users, k)
+        vals, idx = self._run(["top_scores", "top_indices"], users, k)
+        return torch.from_numpy(vals), torch.from_numpy(idx)
+
+    def nbytes_private(self) -> int:
+        return self._file_bytes  # ORT reads the model (int8 weights + bias) into its own memory
+
+
+class _FaissSearcher(Searcher):
+    """FAISS index over ``[x, bias]`` rows searched with ``[u, 1]``."""
+
+    def __init__(self, variant: str, items: torch.Tensor, bias: torch.Tensor, params: dict,
+                 folder: Path, threads: int):
+        super().__init__(variant, items, bias, params)
+        import faiss
+
+        faiss.omp_set_num_threads(max(1, int(threads)))
+        path = folder / f"{variant}.faiss"
+        self._index, self.mmapped = _read_faiss(path)
+        self._file_bytes = path.stat().st_size
+        if variant == "hnsw":
+            self._index.hnsw.efSearch = int(params["ef_search"])
+        elif variant == "ivf":
+            self._index.nprobe = int(params["nprobe"])
+
+    def _topk(self, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dist, idx = self._index.search(_augmented_queries(users).numpy(), k)
+        scores = torch.from_numpy(dist)
+        idx = torch.from_numpy(idx)
+        scores.masked_fill_(idx < 0, float("-inf"))
+        return scores, idx
+
+    def nbytes_private(self) -> int:
+        return 0 if self.mmapped else self._file_bytes
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], object]:
+    """Zero-copy tensors over a copy-on-write map of ``path`` (shared between processes until
+    written; nothing here writes). Returns the tensors and the map to keep alive."""
+    from common.artifact import mmap_safetensors
+
+    return mmap_safetensors(path)
+
+
+def _read_faiss(path: Path) -> tuple[Any, bool]:
+    """Read a FAISS index memory-mapped where FAISS can (``IO_FLAG_MMAP_IFC``: the codes stay in
+    the file mapping), else into memory. Returns ``(index, mapped)``."""
+    import faiss
+
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY), True
+    except RuntimeError:
+        return faiss.read_index(str(path)), False
+
+
+# --------------------------------------------------------------------------------------------
+# Builders: one per variant, each writes f"{variant}.*" files into the folder
+# --------------------------------------------------------------------------------------------
+
+def _build_fp32(items: torch.Tensor, bias: torch.Tensor, folder: Path, params: dict,
+                threads: int) -> list[Path]:
+    """fp32 scores the caller's matrix directly: only the json is written."""
+    return []
+
+
+def _build_int8(items: torch.Tensor, bias: torch.Tensor, folder: Path, params: dict,
+                threads: int) -> list[Path]:
+    from safetensors.torch import save_file
+
+    path = folder / "int8.safetensors"
+    save_file(torch_ao_int8_weights(items, bool(params["per_channel"])), str(path))
+    return [path]
+
+
+def _build_sq8(items: torch.Tensor, bias: torch.Tensor, folder: Path, params: dict,
+               threads: int) -> list[Path]:
+    from safetensors.torch import save_file
+
+    codes, vmin, scale = sq8_encode(items)
+    codes_s8 = (codes ^ 0x80).view(torch.int8).contiguous()
+    del codes
+    path = folder / "sq8.safetensors"
+    save_file({"codes": codes_s8, "vmin": vmin.contiguous(), "scale": scale.contiguous()}, str(path),
+              metadata={"format": "sq8-per-dimension", "codes": "int8 = uint8 code - 128"})
+    return [path]
+
+
+def _build_onnx_int8(items: torch.Tensor, bias: torch.Tensor, folder: Path, params: dict,
+                     threads: int) -> list[Path]:
+    """``scores = MatMul(users[b, d], W[d, n]) + bias`` (+ ``TopK(scores, k)``), then
+    ``quantize_dynamic`` (int8 weights, activations quantized per call)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    n, d = items.shape
+    nodes = [helper.make_node("MatMul", ["users", "W"], ["mm"]),
+             helper.make_node("Add", ["mm", "bias"], ["scores"]),
+             helper.make_node("TopK", ["scores", "k"], ["top_scores", "top_indices"],
+                              axis=1, largest=1, sorted=1)]
+    graph = helper.make_graph(
+        nodes, "catalog_scores",
+        [helper.make_tensor_value_info("users", TensorProto.FLOAT, ["b", d]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["b", n]),
+         helper.make_tensor_value_info("top_scores", TensorProto.FLOAT, ["b", "k_out"]),
+         helper.make_tensor_value_info("top_indices", TensorProto.INT64, ["b", "k_out"])],
+        [numpy_helper.from_array(items.numpy().T.copy(), "W"),
+         numpy_helper.from_array(bias.numpy().copy(), "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    fp32_path = folder / "onnx_int8.fp32.tmp.onnx"
+    out = folder / "onnx_int8.onnx"
+    onnx.save(model, str(fp32_path))
+    try:
+        import logging
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic logs a "run pre-processing" hint
+        try:
+            quantize_dynamic(str(fp32_path), str(out), weight_type=getattr(QuantType, params["weight_type"]),
+                             per_channel=bool(params["per_channel"]), op_types_to_quantize=["MatMul"])
+        finally:
+            root.setLevel(level)
+    finally:
+        fp32_path.unlink(missing_ok=True)
+    return [out]
+
+
+def _build_faiss(variant: str) -> Callable[..., list[Path]]:
+    def build(items: torch.Tensor, bias: torch.Tensor, folder: Path, params: dict, threads: int) -> list[Path]:
+        import faiss
+
+        faiss.omp_set_num_threads(max(1, int(threads)))
+        x = _augmented(items, bias).numpy()
+        n, d1 = x.shape
+        ip = faiss.METRIC_INNER_PRODUCT
+        if variant == "faiss_sq8":
+            index = faiss.IndexScalarQuantizer(d1, faiss.ScalarQuantizer.QT_8bit, ip)
+            index.train(x)  # min/max per dimension: cheap, so on every row
+        elif variant == "hnsw":
+            if params["storage"] == "flat":
+                index = faiss.IndexHNSWFlat(d1, int(params["M"]), ip)
+            elif params["storage"] == "sq8":
+                index = faiss.IndexHNSWSQ(d1, faiss.ScalarQuantizer.QT_8bit, int(params["M"]), ip)
+                index.train(x)
+            else:
+                raise ValueError(f"hnsw storage must be 'flat' or 'sq8', got {params['storage']!r}")
+            index.hnsw.efConstruction = int(params["ef_construction"])
+        else:
+            nlist = max(1, min(int(params["nlist"]), n))
+            quantizer = faiss.IndexFlatIP(d1)
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d1, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
+            m = min(n, max(int(params["train_size"]), nlist))
+            sample = x if m == n else x[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:m].numpy()]
+            index.cp.min_points_per_centroid = 1  # tiny catalogs: no warning, nlist already clamped
+            index.train(sample)
+        index.add(x)
+        path = folder / f"{variant}.faiss"
+        faiss.write_index(index, str(path))
+        return [path]
+
+    return build
+
+
+_BUILDERS: dict[str, Callable[..., list[Path]]] = {
+    "fp32": _build_fp32, "int8": _build_int8, "onnx_int8": _build_onnx_int8, "sq8": _build_sq8,
+    "faiss_sq8": _build_faiss("faiss_sq8"), "hnsw": _build_faiss("hnsw"), "ivf": _build_faiss("ivf"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+def build_index(variant: str, item_vectors: torch.Tensor, item_bias: torch.Tensor, dest_dir: Path,
+                params: dict | None = None, threads: int = 2) -> dict:
+    """Build ``variant``'s files into ``dest_dir`` (all named ``f"{variant}.*"``, including
+    ``f"{variant}.json"`` with the parameters, so :func:`load_index` needs only the folder).
+
+    Returns ``{"variant", "params", "files": {name: bytes}, "build_s"}``.
+    """
+    _check_variant(variant)
+    items, bias = _check_catalog(item_vectors, item_bias)
+    n, d = items.shape
+    p = _merge_params(variant, default_params(variant, n), params)
+    folder = Path(dest_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    paths = _BUILDERS[variant](items, bias, folder, p, threads)
+    build_s = time.perf_counter() - t0
+    meta = folder / f"{variant}.json"
+    _write_json(meta, {"variant": variant, "params": p, "n_items": n, "dim": d,
+                       "format_version": FORMAT_VERSION, "build_s": build_s})
+    files = {q.name: q.stat().st_size for q in [*paths, meta]}
+    return {"variant": variant, "params": p, "files": files, "build_s": build_s}
+
+
+def load_index(variant: str, dest_dir: Path, item_vectors: torch.Tensor, item_bias: torch.Tensor,
+               threads: int = 1, params: dict | None = None) -> Searcher:
+    """A :class:`Searcher` over the files :func:`build_index` wrote into ``dest_dir``.
+
+    ``item_vectors``/``item_bias`` are the fp32 catalog (possibly read-only memory maps): used
+    as is by fp32 and by the re-rank, never written or copied. ``params`` may override the
+    search-time parameters (:data:`SEARCH_PARAMS`) only. ``threads`` sets FAISS's global OpenMP
+    thread count (FAISS variants) or the ORT session's intra-op threads (onnx_int8); torch's
+    thread count is the caller's.
+    """
+    _check_variant(variant)
+    folder = Path(dest_dir)
+    meta_path = folder / f"{variant}.json"
+    items, bias = _check_catalog(item_vectors, item_bias)
+    n, d = items.shape
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("variant") != variant:
+            raise ValueError(f"{meta_path} is not a version-{FORMAT_VERSION} {variant!r} index")
+        if (meta["n_items"], meta["dim"]) != (n, d):
+            raise ValueError(f"{meta_path} was built for {meta['n_items']} x {meta['dim']} items, "
+                             f"got {n} x {d}")
+        stored = meta["params"]
+    elif variant == "fp32":
+        stored = default_params("fp32", n)  # fp32 needs no files
+    else:
+        raise FileNotFoundError(f"no {variant!r} index in {folder} (missing {meta_path.name})")
+    p = _merge_params(variant, stored, params, allowed=SEARCH_PARAMS)
+    if variant == "fp32":
+        return _Fp32Searcher(variant, items, bias, p)
+    if variant == "int8":
+        return _Int8Searcher(variant, items, bias, p, folder)
+    if variant == "sq8":
+        return _Sq8Searcher(variant, items, bias, p, folder)
+    if variant == "onnx_int8":
+        return _OnnxSearcher(variant, items, bias, p, folder, threads)
+    return _FaissSearcher(variant, items, bias, p, folder, threads)
+
+
+def recall_at_k(exact_idx: torch.Tensor, approx_idx: torch.Tensor, k: int = 10) -> float:
+    """Mean over rows of ``|top-k(approx) & top-k(exact)| / k`` (1.0 for an empty batch)."""
+    a = torch.as_tensor(exact_idx)[:, :k]
+    b = torch.as_tensor(approx_idx)[:, :k]
+    if a.shape[0] == 0:
+        return 1.0
+    kk = a.shape[1]
+    hits = (a.unsqueeze(2) == b.unsqueeze(1)) & (b.unsqueeze(1) >= 0)
+    return float(hits.any(dim=2).sum(dim=1).double().mean() / kk)
+
+
+__all__ = ["VARIANTS", "APPROXIMATE", "SEARCH_PARAMS", "Searcher", "SQ8", "default_params",
+           "build_index", "load_index", "recall_at_k", "sq8_encode", "sq8_decode",
+           "torch_ao_int8_weights"]
+
+
+# --------------------------------------------------------------------------------------------
+# Microbenchmark: python -m common.retrieval [--items N] [--dim D] [--batch B] [--threads T]
+# --------------------------------------------------------------------------------------------
+
+_MEMORY_PROBE = """
+import sys, torch, faiss, onnxruntime, safetensors.torch
+from pathlib import Path
+from common.artifact import mmap_safetensors
+from common.retrieval import load_index
+def rss():
+    f = dict(l.split(':', 1) for l in open('/proc/self/status'))
+    return int(f['RssAnon'].split()[0]) * 1024, int(f['RssFile'].split()[0]) * 1024
+cat, _mm = mmap_safetensors(Path(sys.argv[2]) / 'catalog.safetensors')
+torch.set_num_threads(1)
+a0, f0 = rss()
+s = load_index(sys.argv[1], Path(sys.argv[2]), cat['items'], cat['bias'], threads=1)
+s.search(torch.randn(8, s.dim), 10)
+a1, f1 = rss()
+print(a1 - a0, f1 - f0)
+"""
+
+
+def _memory_probe(variant: str, folder: Path) -> tuple[int, int]:
+    """(anonymous, file-backed) RSS growth of a fresh process that loads ``variant`` over a
+    memory-mapped catalog and searches once: file-backed pages are shared across processes
+    through the page cache, anonymous ones are each process's private copy."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, variant, str(folder)], cwd=root,
+                         capture_output=True, text=True, check=True, env={"PYTHONPATH": str(root)})
+    anon, file = out.stdout.split()[-2:]
+    return int(anon), int(file)
+
+
+def _bench(argv: list[str] | None = None) -> None:
+    import argparse
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    p = argparse.ArgumentParser(description="build time, p50/p99 of search(k), recall vs fp32, bytes")
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1, help="users per search call")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reps", type=int, default=300)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS probe")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    n, d = args.items, args.dim
+    centers = torch.randn(64, d, generator=g)
+    items = centers[torch.randint(0, 64, (n,), generator=g)] + 0.5 * torch.randn(n, d, generator=g)
+    bias = 0.1 * torch.randn(n, generator=g)
+    eval_users = centers[torch.randint(0, 64, (500,), generator=g)] + 0.5 * torch.randn(500, d, generator=g)
+    exact = torch.topk(torch.addmm(bias, eval_users, items.T), args.k).indices
+    print(f"catalog {n:,} x {d}, batch {args.batch}, top-{args.k}, {args.threads} thread(s), "
+          f"{args.reps} reps, recall@{args.k} over 500 users")
+    print("| variant | build s | p50 ms | p99 ms | recall | recall no re-rank | files MB | "
+          "private MB (est.) | fresh proc anon MB | fresh proc file MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        save_file({"items": items, "bias": bias}, str(folder / "catalog.safetensors"))
+        for variant in args.variants.split(","):
+            info = build_index(variant, items, bias, folder, threads=args.threads)
+            s = load_index(variant, folder, items, bias, threads=args.threads)
+            recall = recall_at_k(exact, s.search(eval_users, args.k)[1], args.k)
+            raw = recall
+            if variant != "fp32":
+                raw_s = load_index(variant, folder, items, bias, threads=args.threads,
+                                   params={"rerank_factor": 0})
+                raw = recall_at_k(exact, raw_s.search(eval_users, args.k)[1], args.k)
+            times = []
+            for i in range(args.reps + 20):
+                u = eval_users[(i * args.batch) % 400:(i * args.batch) % 400 + args.batch]
+                t0 = time.perf_counter()
+                s.search(u, args.k)
+                times.append(time.perf_counter() - t0)
+            times = sorted(times[20:])
+            p50 = times[len(times) // 2] * 1e3
+            p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))] * 1e3
+            files = sum(info["files"].values()) / 1e6
+            anon = file = float("nan")
+            if not args.no_memory:
+                anon, file = (x / 1e6 for x in _memory_probe(variant, folder))
+            print(f"| {variant} | {info['build_s']:.2f} | {p50:.3f} | {p99:.3f} | {recall:.4f} | {raw:.4f} "
+                  f"| {files:.1f} | {s.nbytes_private() / 1e6:.1f} | {anon:.1f} | {file:.1f} |", flush=True)
+            del s
+
+
+if __name__ == "__main__":
+    _bench()

@@ -1,0 +1,150 @@
+"""Catalog retrieval variants (common/retrieval.py) with the real libraries (torch.ao, ONNX
+Runtime, FAISS): shapes, ordering, recall against exact fp32, build -> load round trips and
+memory-mapped loading."""
+from __future__ import annotations
+
+import mmap
+
+import pytest
+import torch
+
+from common import retrieval as R
+
+N, D, CLUSTERS = 3000, 16, 20
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    g = torch.Generator().manual_seed(3)
+    centers = 2.0 * torch.randn(CLUSTERS, D, generator=g)
+    items = centers[torch.randint(0, CLUSTERS, (N,), generator=g)] + 0.7 * torch.randn(N, D, generator=g)
+    bias = 0.5 * torch.randn(N, generator=g)
+    users = centers[torch.randint(0, CLUSTERS, (64,), generator=g)] + 0.7 * torch.randn(64, D, generator=g)
+    exact = torch.topk(torch.addmm(bias, users, items.T), 10).indices
+    return items, bias, users, exact
+
+
+@pytest.fixture(scope="module")
+def built(catalog, tmp_path_factory):
+    """Every variant built once into one folder."""
+    items, bias, _, _ = catalog
+    folder = tmp_path_factory.mktemp("indexes")
+    infos = {v: R.build_index(v, items, bias, folder, threads=1) for v in R.VARIANTS}
+    return folder, infos
+
+
+@pytest.mark.parametrize("variant", R.VARIANTS)
+def test_search_shapes_order_and_recall(catalog, built, variant):
+    items, bias, users, exact = catalog
+    folder, infos = built
+    info = infos[variant]
+    assert info["variant"] == variant and info["build_s"] >= 0
+    assert all(name.startswith(f"{variant}.") for name in info["files"])
+    assert (folder / f"{variant}.json").exists()
+    s = R.load_index(variant, folder, items, bias)
+    assert (s.variant, s.n_items, s.dim) == (variant, N, D)
+    assert s.exact == (variant not in R.APPROXIMATE)
+    scores, idx = s.search(users, 10)
+    assert scores.shape == idx.shape == (64, 10)
+    assert scores.dtype == torch.float32 and idx.dtype == torch.int64
+    assert torch.all(scores[:, :-1] >= scores[:, 1:])  # best first
+    # re-ranked scores are the exact fp32 scores of the returned items
+    expect = (items[idx] @ users.unsqueeze(2)).squeeze(2) + bias[idx]
+    torch.testing.assert_close(scores, expect, rtol=1e-5, atol=1e-4)
+    recall = R.recall_at_k(exact, idx, 10)
+    assert recall >= (0.9 if variant in R.APPROXIMATE else 0.99), recall
+    assert s.nbytes_private() >= 0
+    full = s.full_scores(users[:3])
+    if variant in ("fp32", "int8", "onnx_int8", "sq8"):
+        assert full.shape == (3, N) and full.dtype == torch.float32
+    else:
+        assert full is None
+
+
+@pytest.mark.parametrize("variant", R.VARIANTS)
+def test_edge_sizes_k_beyond_catalog_and_empty_batch(variant, tmp_path):
+    g = torch.Generator().manual_seed(5)
+    items, bias = torch.randn(50, 8, generator=g), torch.randn(50, generator=g)
+    users = torch.randn(4, 8, generator=g)
+    R.build_index(variant, items, bias, tmp_path, threads=1)
+    s = R.load_index(variant, tmp_path, items, bias)
+    scores, idx = s.search(users, 80)  # k > n_items: k' = n_items
+    assert scores.shape == idx.shape == (4, 50)
+    if s.exact:
+        assert all(sorted(r.tolist()) == list(range(50)) for r in idx)
+    e_scores, e_idx = s.search(users[:0], 10)
+    assert e_scores.shape == e_idx.shape == (0, 10) and e_idx.dtype == torch.int64
+    with pytest.raises(ValueError, match="shape"):
+        s.search(torch.randn(2, 9), 5)
+
+
+@pytest.mark.parametrize("variant", R.VARIANTS)
+def test_round_trip_from_folder_is_identical(catalog, built, variant):
+    items, bias, users, _ = catalog
+    folder, _ = built
+    a = R.load_index(variant, folder, items, bias).search(users[:16], 10)
+    b = R.load_index(variant, folder, items.clone(), bias.clone()).search(users[:16], 10)
+    assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
+    if variant != "fp32":  # re-rank off: the variant's own scores, still sorted
+        raw_s, raw_i = R.load_index(variant, folder, items, bias, params={"rerank_factor": 0}).search(users[:16], 10)
+        assert raw_s.shape == (16, 10) and torch.all(raw_s[:, :-1] >= raw_s[:, 1:])
+
+
+@pytest.mark.parametrize("variant", ["int8", "onnx_int8", "sq8", "faiss_sq8", "hnsw", "ivf"])
+def test_huge_bias_ranks_first(catalog, tmp_path, variant):
+    items, bias, users, _ = catalog
+    big = bias.clone()
+    big[1234] = 1e4
+    info = R.build_index(variant, items, big, tmp_path, threads=1)
+    # IVF probes lists by their centroid, and one outlier does not move a centroid: probe all
+    # lists so that this checks that the bias is scored, not how IVF partitions outliers.
+    extra = {"nprobe": info["params"]["nlist"]} if variant == "ivf" else {}
+    for rerank in (0, 4):
+        params = {"rerank_factor": rerank, **extra}
+        _, idx = R.load_index(variant, tmp_path, items, big, params=params).search(users[:8], 5)
+        assert torch.all(idx[:, 0] == 1234)
+
+
+def test_sq8_codes_are_memory_mapped(catalog, built):
+    items, bias, _, _ = catalog
+    folder, _ = built
+    s = R.load_index("sq8", folder, items, bias)
+    codes = s.sq8.codes_s8
+    assert codes.dtype == torch.int8 and codes.shape == (N, D)
+    mm = s._mm  # the file map the codes live in
+    assert isinstance(mm, mmap.mmap)
+    base = torch.frombuffer(mm, dtype=torch.uint8).data_ptr()
+    ptr = codes.untyped_storage().data_ptr()
+    assert base <= ptr and ptr + codes.numel() <= base + len(mm)
+
+
+def test_faiss_indexes_are_memory_mapped(catalog, built):
+    items, bias, _, _ = catalog
+    folder, _ = built
+    for v in R.FAISS_VARIANTS:
+        assert R.load_index(v, folder, items, bias).mmapped
+
+
+def test_bad_names_and_params(catalog, built, tmp_path):
+    items, bias, _, _ = catalog
+    folder, _ = built
+    with pytest.raises(ValueError, match="variant"):
+        R.build_index("int4", items, bias, tmp_path)
+    with pytest.raises(ValueError, match="variant"):
+        R.load_index("annoy", folder, items, bias)
+    with pytest.raises(ValueError, match="variant"):
+        R.default_params("pq", 10)
+    with pytest.raises(ValueError, match="parameter"):
+        R.build_index("hnsw", items, bias, tmp_path, params={"efSearch": 3})
+    with pytest.raises(ValueError, match="parameter"):  # build-time parameter at load
+        R.load_index("hnsw", folder, items, bias, params={"M": 8})
+    with pytest.raises(ValueError, match="built for"):
+        R.load_index("sq8", folder, items[:100], bias[:100])
+    with pytest.raises(FileNotFoundError):
+        R.load_index("ivf", tmp_path / "empty", items, bias)
+
+
+def test_recall_at_k():
+    exact = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    assert R.recall_at_k(exact, exact, 4) == 1.0
+    assert R.recall_at_k(exact, torch.tensor([[3, 2, 9, 9], [-1, -1, -1, -1]]), 4) == pytest.approx(0.25)
