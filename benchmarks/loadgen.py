@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import time
@@ -298,8 +299,19 @@ async def run_open_loop(base_url: str, requests: Sequence[RequestSpec], rate_rps
 
 
 def run(base_url: str, requests: Sequence[RequestSpec], rate_rps: float, **kw: Any) -> RunResult:
-    """Synchronous wrapper around :func:`run_open_loop` (own event loop)."""
-    return asyncio.run(run_open_loop(base_url, requests, rate_rps, **kw))
+    """Synchronous wrapper around :func:`run_open_loop` (own event loop).
+
+    The cyclic garbage collector is paused for the run: a full collection of a large caller heap
+    (the benchmark keeps catalogs and reference answers in the same process) stalls the event
+    loop for tens of ms, which open-loop timing would charge to the server."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return asyncio.run(run_open_loop(base_url, requests, rate_rps, **kw))
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # --------------------------------------------------------------------------- CLI

@@ -40,7 +40,7 @@ log = logging.getLogger("benchmarks.serving")
 BASELINE = "fp32"
 # --quick: a smoke run (make test) that exercises every stage in about a minute
 QUICK = ServingBenchConfig(catalog_items=3000, catalog_users=2000, dim=16, variants="fp32,sq8,hnsw",
-                           rates="20", requests=60, warmup=10, knob_batch_sizes="1,8",
+                           rates="20", requests=60, warmup=10, knob_batch_sizes="1,8", knob_batch_delays_ms="2",
                            knob_workers_threads="1x1", knob_rates="20", scale_items=5000,
                            scale_users=20000, scale_dim=16, scale_variants="sq8,ivf",
                            scale_rates="10", scale_requests=30)
@@ -71,9 +71,11 @@ def make_catalog(work: Path, n_users: int, n_items: int, dim: int, seed: int) ->
 
 
 def build_archive(art: Path, work: Path, name: str, variant: str, *, batch_size: int, delay_ms: int,
-                  workers: int, threads: int) -> dict[str, Any]:
+                  workers: int, threads: int, min_workers: int | None = None) -> dict[str, Any]:
+    """``min_workers`` < ``workers``: the archive starts that many (the scale run measures the
+    first worker alone, then scales up through the management API)."""
     cfg = ArchiveConfig(batch_size=batch_size, max_batch_delay_ms=delay_ms if batch_size > 1 else 0,
-                        min_workers=workers, max_workers=workers, torch_threads=threads,
+                        min_workers=min_workers or workers, max_workers=workers, torch_threads=threads,
                         scoring=variant)
     t = time.perf_counter()
     info = B.build_from_folder(art, work, version="1", model_name=name, config=cfg,
@@ -262,6 +264,13 @@ def run_knobs(cfg: ServingBenchConfig, work: Path, client, state, best: str) -> 
                                  delay_ms=cfg.max_batch_delay_ms, workers=cfg.workers, threads=cfg.threads)
             rows += serve_and_load(client, state, arch, reqs, _ints(cfg.knob_rates), cfg, None,
                                    catalog=catalog, stop_when_saturated=True)
+        for delay in _ints(cfg.knob_batch_delays_ms):
+            if delay == cfg.max_batch_delay_ms:
+                continue  # measured above
+            arch = build_archive(art, work, f"k-{v}-b{cfg.batch_size}-d{delay}", v, batch_size=cfg.batch_size,
+                                 delay_ms=delay, workers=cfg.workers, threads=cfg.threads)
+            rows += serve_and_load(client, state, arch, reqs, _ints(cfg.knob_rates), cfg, None,
+                                   catalog=catalog, stop_when_saturated=True)
         for wt in _names(cfg.knob_workers_threads):
             w, t = (int(x) for x in wt.split("x"))
             if (w, t) == (cfg.workers, cfg.threads):
@@ -270,22 +279,32 @@ def run_knobs(cfg: ServingBenchConfig, work: Path, client, state, best: str) -> 
                                  delay_ms=cfg.max_batch_delay_ms, workers=w, threads=t)
             rows += serve_and_load(client, state, arch, reqs, _ints(cfg.knob_rates), cfg, None,
                                    catalog=catalog, stop_when_saturated=True)
-    # throughput at the P99 budget per configuration, and the gain from batching
+    return rows, knob_summary(rows, cfg, best)
+
+
+def knob_summary(rows: list[dict], cfg: ServingBenchConfig, best: str) -> dict[str, Any]:
+    """Per configuration, the highest offered rate served within the P99 budget, and the
+    throughput gain of each batch size over batchSize 1 at that budget."""
     summary: dict[str, Any] = {"p99_budget_ms": cfg.p99_budget_ms, "configs": []}
-    for key in dict.fromkeys((r["variant"], r["batch_size"], r["workers"], r["threads"]) for r in rows):
-        mine = [r for r in rows if (r["variant"], r["batch_size"], r["workers"], r["threads"]) == key]
+    def key_of(r: dict) -> tuple:
+        return r["variant"], r["batch_size"], r["max_batch_delay_ms"], r["workers"], r["threads"]
+
+    for key in dict.fromkeys(key_of(r) for r in rows):
+        mine = [r for r in rows if key_of(r) == key]
         within = [r for r in mine if sustained(r) and r["p99_ms"] <= cfg.p99_budget_ms]
         best_row = max(within, key=lambda r: r["throughput_rps"]) if within else None
-        summary["configs"].append({"variant": key[0], "batch_size": key[1], "workers": key[2],
-                                   "threads": key[3], "max_rate_within_budget":
+        summary["configs"].append({"variant": key[0], "batch_size": key[1], "max_batch_delay_ms": key[2],
+                                   "workers": key[3], "threads": key[4], "max_rate_within_budget":
                                    best_row["rate_rps"] if best_row else 0,
                                    "throughput_rps": best_row["throughput_rps"] if best_row else 0.0})
     for v in dict.fromkeys([BASELINE, best]):
         per_bs = {c["batch_size"]: c["throughput_rps"] for c in summary["configs"]
-                  if c["variant"] == v and (c["workers"], c["threads"]) == (cfg.workers, cfg.threads)}
-        if 1 in per_bs and per_bs[1]:
-            summary[f"batching_gain_{v}"] = {str(bs): round(tp / per_bs[1], 2) for bs, tp in per_bs.items()}
-    return rows, summary
+                  if c["variant"] == v and (c["workers"], c["threads"]) == (cfg.workers, cfg.threads)
+                  and c["max_batch_delay_ms"] in (cfg.max_batch_delay_ms, 0)}
+        if 1 in per_bs:
+            summary[f"batching_gain_{v}"] = {str(bs): round(tp / per_bs[1], 2) if per_bs[1] else None
+                                             for bs, tp in per_bs.items()}
+    return summary
 
 
 def run_scale(cfg: ServingBenchConfig, work: Path, client, state) -> list[dict]:
@@ -298,7 +317,8 @@ def run_scale(cfg: ServingBenchConfig, work: Path, client, state) -> list[dict]:
     rows = []
     for v in _names(cfg.scale_variants):
         arch = build_archive(art, work, f"s{cfg.scale_items}-{v}", v, batch_size=cfg.batch_size,
-                             delay_ms=cfg.max_batch_delay_ms, workers=cfg.workers, threads=cfg.threads)
+                             delay_ms=cfg.max_batch_delay_ms, workers=cfg.workers, threads=cfg.threads,
+                             min_workers=1)
         log.info("built %s: %.2f GB in %.0f s", arch["archive"], arch["archive_bytes"] / 1e9, arch["build_s"])
         got = serve_and_load(client, state, arch, reqs, _ints(cfg.scale_rates), scale_cfg, ref,
                              catalog=catalog, memory_steps=True)
@@ -372,7 +392,8 @@ def cdf_plots(rows: list[dict], out_dir: Path) -> list[str]:
 
     files = []
     for items in sorted({r["catalog_items"] for r in rows}):
-        mine = [r for r in rows if r["catalog_items"] == items and r.get("_latencies")]
+        mine = [r for r in rows if r["catalog_items"] == items and r.get("_latencies")
+                and r.get("part") != "knobs"]
         if not mine:
             continue
         rate = max(r["rate_rps"] for r in mine if r["variant"] == BASELINE) if any(
@@ -398,7 +419,7 @@ def cdf_plots(rows: list[dict], out_dir: Path) -> list[str]:
     return files
 
 
-RUN_COLUMNS = ["catalog_items", "variant", "batch_size", "workers", "threads", "rate_rps", "p50_ms",
+RUN_COLUMNS = ["catalog_items", "variant", "batch_size", "max_batch_delay_ms", "workers", "threads", "rate_rps", "p50_ms",
                "p95_ms", "p99_ms", "max_ms", "handler_p99_ms", "throughput_rps", "errors", "recall@10",
                "rss_mb_per_worker", "uss_mb_per_worker"]
 
@@ -412,7 +433,8 @@ def markdown(result: dict) -> str:
              tab([r for r in result["runs"] if r.get("part") == "variants"], RUN_COLUMNS), "",
              "## Knobs", "", tab([r for r in result["runs"] if r.get("part") == "knobs"], RUN_COLUMNS), "",
              tab(result.get("knobs", {}).get("configs", []),
-                 ["variant", "batch_size", "workers", "threads", "max_rate_within_budget", "throughput_rps"]),
+                 ["variant", "batch_size", "max_batch_delay_ms", "workers", "threads",
+                  "max_rate_within_budget", "throughput_rps"]),
              "", "## Scale", "",
              tab([r for r in result["runs"] if r.get("part") == "scale"],
                  RUN_COLUMNS + ["archive_bytes", "load_s", "scale_up_s"])]

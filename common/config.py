@@ -214,7 +214,7 @@ class ArchiveConfig:
     torch_threads: int = 1  # intra-op threads per worker (torch, FAISS, ONNX Runtime)
     # serving variant (common/retrieval.py VARIANTS): the index built into the archive; the
     # default is the serving benchmark's winner (benchmarks/results/serving.json)
-    scoring: str = "sq8"
+    scoring: str = "ivf"
 
 
 __all__ += ["ArchiveConfig"]
@@ -243,9 +243,10 @@ class ServingBenchConfig:
     threads: int = 1
     # knobs, measured on the baseline and the best variant
     knob_batch_sizes: str = "1,8,32"
+    knob_batch_delays_ms: str = "1,2,5"          # maxBatchDelay at the default batch size
     knob_workers_threads: str = "2x1,1x2"
     knob_rates: str = "100,200,300,400,500"
-    p99_budget_ms: float = 50.0
+    p99_budget_ms: float = 100.0
     # scale: 0 users skips it
     scale_items: int = 1_000_000
     scale_users: int = 10_000_000

@@ -99,7 +99,10 @@ def default_params(variant: str, n_items: int) -> dict:
         p.update(M=32, ef_construction=100, ef_search=128, storage="flat")
     elif variant == "ivf":
         nlist = _ivf_nlist(n_items)
-        p.update(nlist=nlist, nprobe=min(nlist, max(8, nlist // 16)), train_size=64 * nlist)
+        # probe ~1/16 of the lists, and at least ~5,000 items' worth (small catalogs: all of
+        # them) -- at 5k items nlist/16 lists recalled only 93% of the exact top-10
+        floor = -(-nlist * 5000 // max(n_items, 1))
+        p.update(nlist=nlist, nprobe=min(nlist, max(8, nlist // 16, floor)), train_size=64 * nlist)
     return p
 
 

@@ -15,6 +15,7 @@ worker memory-maps (shared through the page cache):
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Sequence
@@ -23,13 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from common.artifact import ITEMS_FILE, load_artifact, mmap_safetensors
+from common.config import ArchiveConfig
 from common.idtable import IdTable, build_id_table
 from common.retrieval import VARIANTS, build_index, load_index, recall_at_k
 from handlers.engine import ServingData
 
 PACK_FILE = "pack.safetensors"
 SERVING_JSON = "serving.json"
-DEFAULT_VARIANT = "sq8"  # the benchmark's winner (benchmarks/results/serving.json)
+log = logging.getLogger(__name__)
+DEFAULT_VARIANT = ArchiveConfig.scoring  # the serving benchmark's winner (docs/performance.md)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,6 +84,10 @@ def write_pack(artifact_dir: Path, dest: Path, variant: str = DEFAULT_VARIANT,
         searcher = load_index(variant, dest.parent, items, bias, threads=threads)
         got = searcher.search(users, k)[1]
         quality = {"users": n, "k": k, "recall_vs_exact": recall_at_k(exact, got, k)}
+        if quality["recall_vs_exact"] < 0.99:
+            log.warning("serving variant %s recalls %.3f of the exact top-%d on %d known users "
+                        "(< 0.99): pick an exact variant (--scoring sq8) or raise its search "
+                        "parameters", variant, quality["recall_vs_exact"], k, n)
     info = {"variant": variant, "params": index.get("params", {}), "index_files": index.get("files", {}),
             "index_build_s": index.get("build_s"), "pack_build_s": round(t_pack, 3),
             "pack_bytes": dest.stat().st_size, "quality": quality}

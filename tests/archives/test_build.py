@@ -37,12 +37,13 @@ def test_build_from_folder(artifact, tmp_path, capsys):
               "handlers/request.schema.json", "common/artifact.py", "common/__init__.py",
               "common/retrieval.py", "common/idtable.py", "artifact/config.json",
               "artifact/model.safetensors", "serving/pack.safetensors", "serving/serving.json",
-              "serving/sq8.safetensors"):
+              f"serving/{B.ArchiveConfig().scoring}.json"):
         assert f in names, f
     assert not any(n.startswith(("etl/", "archives/", "tests/")) for n in names)
     assert info["version"] == "7" and info["artifact"]["example_users"]
     # the default variant (sq8) and its quality against exact scoring, checked at build time
-    assert info["artifact"]["variant"] == "sq8" and cfg["handler"]["scoring"] == "sq8"
+    default = B.ArchiveConfig().scoring
+    assert info["artifact"]["variant"] == default and cfg["handler"]["scoring"] == default
     assert info["artifact"]["quality"]["recall_vs_exact"] >= 0.95
     assert [(a.model_name, a.version) for a in S.list_archives(out)] == [("recsys", "7")]
     assert B.build_info(out, "recsys", "7")["archive"] == str(mar)

@@ -159,7 +159,7 @@ def test_adapter_matches_artifact_reference(artifact):
     assert out.body["ignored_history"] == ["nope"] and out.strategy == HISTORY
 
 
-@pytest.mark.parametrize("variant", ["sq8", "int8", "hnsw"])
+@pytest.mark.parametrize("variant", ["sq8", "int8", "hnsw", "ivf"])
 def test_variant_pack(artifact, tmp_path, variant):
     """Each serving variant's pack answers like exact fp32 scoring (re-ranked candidates)."""
     root, _ = artifact
@@ -175,4 +175,4 @@ def test_variant_pack(artifact, tmp_path, variant):
     # ids come from the memory-mapped id tables, not Python dicts
     assert type(served.data.user_index).__name__ == "IdTable" and served.data.user_index.get("1") == 0
     with pytest.raises(FileNotFoundError):  # a variant the pack was not built for
-        Recommender.load(root / "art", scoring="ivf", pack_path=tmp_path / "pack.safetensors")
+        Recommender.load(root / "art", scoring="faiss_sq8", pack_path=tmp_path / "pack.safetensors")
