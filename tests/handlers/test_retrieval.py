@@ -148,3 +148,84 @@ def test_recall_at_k():
     exact = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
     assert R.recall_at_k(exact, exact, 4) == 1.0
     assert R.recall_at_k(exact, torch.tensor([[3, 2, 9, 9], [-1, -1, -1, -1]]), 4) == pytest.approx(0.25)
+
+
+@pytest.fixture(scope="module")
+def varied_catalog():
+    """Clustered 5000 x 32 items with varied norms and biases: 5% of the items 2-3x longer than
+    the rest and three far outliers (norm x 30, or a bias of 200)."""
+    g = torch.Generator().manual_seed(11)
+    n, d = 5000, 32
+    centers = torch.randn(40, d, generator=g)
+    items = centers[torch.randint(0, 40, (n,), generator=g)] + 0.4 * torch.randn(n, d, generator=g)
+    items *= torch.empty(n, 1).uniform_(0.5, 1.5, generator=g)
+    long_rows = torch.randperm(n, generator=g)[:250]
+    items[long_rows] *= torch.empty(250, 1).uniform_(2.0, 3.0, generator=g)
+    bias = torch.randn(n, generator=g) * torch.empty(n).uniform_(0.1, 2.0, generator=g)
+    items[17] *= 30.0
+    items[4321] *= 30.0
+    bias[999] = 200.0
+    users = centers[torch.randint(0, 40, (200,), generator=g)] + 0.4 * torch.randn(200, d, generator=g)
+    exact = torch.topk(torch.addmm(bias, users, items.T), 10).indices
+    return items, bias, users, exact
+
+
+def test_hnsw_mips_l2_recall_on_varied_norms(varied_catalog, tmp_path):
+    items, bias, users, exact = varied_catalog
+    info = R.build_index("hnsw", items, bias, tmp_path, threads=1)
+    p = info["params"]
+    assert p["transform"] == "mips_l2" and p["n_outliers"] == 3
+    assert "hnsw.outliers.safetensors" in info["files"]
+    # M is the largest norm of the indexed rows (outliers excluded)
+    keep = torch.ones(items.shape[0], dtype=torch.bool)
+    keep[[17, 999, 4321]] = False
+    norms = torch.cat([items, bias.unsqueeze(1)], 1)[keep].double().norm(dim=1)
+    assert p["max_norm"] == pytest.approx(float(norms.max()), rel=1e-6)
+    s = R.load_index("hnsw", tmp_path, items, bias)
+    scores, idx = s.search(users, 10)
+    assert R.recall_at_k(exact, idx, 10) >= 0.97
+    expect = (items[idx] @ users.unsqueeze(2)).squeeze(2) + bias[idx]
+    torch.testing.assert_close(scores, expect, rtol=1e-5, atol=1e-4)
+    # without re-rank: scores recovered from the L2 distances approximate the exact ones
+    raw_s, raw_i = R.load_index("hnsw", tmp_path, items, bias, params={"rerank_factor": 0}).search(users, 10)
+    assert R.recall_at_k(exact, raw_i, 10) >= 0.9
+    raw_expect = (items[raw_i] @ users.unsqueeze(2)).squeeze(2) + bias[raw_i]
+    torch.testing.assert_close(raw_s, raw_expect, rtol=1e-3, atol=1e-2)
+
+
+def test_hnsw_mips_l2_build_load_reproduces(varied_catalog, tmp_path):
+    import json
+
+    items, bias, users, _ = varied_catalog
+    info = R.build_index("hnsw", items, bias, tmp_path / "a", threads=1)
+    stored = json.loads((tmp_path / "a" / "hnsw.json").read_text())["params"]
+    assert stored["transform"] == "mips_l2" and stored["max_norm"] == info["params"]["max_norm"]
+    a = R.load_index("hnsw", tmp_path / "a", items, bias).search(users, 10)
+    b = R.load_index("hnsw", tmp_path / "a", items.clone(), bias.clone(), threads=2).search(users, 10)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # a request alone gets the same answer as inside a batch
+    s = R.load_index("hnsw", tmp_path / "a", items, bias)
+    for i in (0, 7, 123):
+        one = s.search(users[i:i + 1], 10)
+        assert torch.equal(one[1][0], a[1][i]) and torch.equal(one[0][0], a[0][i])
+    # the same build again (single thread) gives the same index
+    R.build_index("hnsw", items, bias, tmp_path / "b", threads=1)
+    c = R.load_index("hnsw", tmp_path / "b", items, bias).search(users, 10)
+    assert torch.equal(a[1], c[1]) and torch.equal(a[0], c[0])
+
+
+def test_hnsw_inner_product_and_legacy_json_still_load(catalog, tmp_path):
+    import json
+
+    items, bias, users, exact = catalog
+    R.build_index("hnsw", items, bias, tmp_path, params={"transform": "ip"}, threads=1)
+    meta_path = tmp_path / "hnsw.json"
+    meta = json.loads(meta_path.read_text())
+    assert "max_norm" not in meta["params"]
+    for key in ("transform", "outlier_ratio", "max_outliers"):  # as written before mips_l2
+        meta["params"].pop(key)
+    meta_path.write_text(json.dumps(meta))
+    _, idx = R.load_index("hnsw", tmp_path, items, bias).search(users, 10)
+    assert R.recall_at_k(exact, idx, 10) >= 0.5
+    with pytest.raises(ValueError, match="transform"):
+        R.build_index("hnsw", items, bias, tmp_path / "x", params={"transform": "cosine"})
