@@ -172,10 +172,12 @@ class Recommender:
     @staticmethod
     def _allowed(scores: torch.Tensor, idx: torch.Tensor, masked: torch.Tensor,
                  k: int) -> tuple[list[float], list[int]]:
-        """The first ``k`` candidates (best first) that are not masked."""
+        """The first ``k`` candidates (best first) that are not masked. An approximate index pads
+        a short answer with index -1 (score -inf): those slots are dropped too."""
+        keep = idx >= 0
         if len(masked):
-            keep = ~torch.isin(idx, masked)
-            scores, idx = scores[keep], idx[keep]
+            keep &= ~torch.isin(idx, masked)
+        scores, idx = scores[keep], idx[keep]
         return scores[:k].tolist(), idx[:k].tolist()
 
     @torch.inference_mode()

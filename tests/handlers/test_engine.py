@@ -116,6 +116,22 @@ def test_search_path_refetches_when_masks_eat_the_candidates(engine):
     assert ids(out) == ids(full)[:5]
 
 
+def test_short_index_answers_fall_back_to_the_full_scan(engine):
+    """An approximate index may return fewer than k items (padded with -1): never an item id
+    from index -1, and the row is completed by the exact full scan."""
+    if engine.data.search is None:
+        pytest.skip("full-scan engine")
+    exact = engine.data.search
+    engine.data.search = lambda u, k: (torch.full((u.shape[0], k), float("-inf")),
+                                       torch.full((u.shape[0], k), -1, dtype=torch.int64))
+    try:
+        out = engine.recommend([RecRequest("u0", k=5)])[0]
+    finally:
+        engine.data.search = exact
+    full = engine.recommend([RecRequest("u0", k=N_ITEMS)])[0]
+    assert ids(out) == ids(full)[:5]
+
+
 def test_k_larger_than_catalog(engine):
     out = engine.recommend([RecRequest("anon", k=1000)])[0]
     assert len(out.body["items"]) == N_ITEMS
