@@ -384,7 +384,6 @@ def measure_floor(items: list[int], dim: int, threads: int = 1) -> dict[str, Any
         }
         row["bytes_per_scan"] = {"fp32": fp32_bytes, "int8": int8_bytes}
         out["catalogs"][str(n)] = row
-    del big
     return out
 
 

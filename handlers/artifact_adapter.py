@@ -173,7 +173,6 @@ def from_artifact(artifact_dir: Path, scoring: str = "auto", pack_path: Path | N
                                 f"(pack {pack_path}: {meta.get('variant') or 'absent'})")
     searcher = load_index(variant, Path(pack_path).parent if pack_path else Path(artifact_dir),
                           item_vectors, bias, threads=threads)
-    full = searcher.full_scores
 
     def score(u: torch.Tensor) -> torch.Tensor:
         """Exact scores of every item (rows with category filters, fallbacks)."""
@@ -193,8 +192,7 @@ def from_artifact(artifact_dir: Path, scoring: str = "auto", pack_path: Path | N
         user_vectors=art.tensors["user_vectors"],
         hist_indptr=art.tensors["user_history.indptr"], hist_indices=art.tensors["user_history.indices"],
         popularity=art.popularity, encode=_encoder(art), score=score, search=searcher.search,
-        info={"scoring": variant, "dim": art.dim, "params": meta.get("params", {}),
-              "full_scores": full is not None})
+        info={"scoring": variant, "dim": art.dim, "params": meta.get("params", {})})
     data._keep = (art, mm, searcher)  # keep the memory maps alive as long as the data
     return data
 

@@ -282,8 +282,8 @@ class Recommender:
                     "strategy": strategy, "items": items, "ignored_history": ignored}
             out.append(Outcome(body, strategy, len(ignored)))
         t4 = time.perf_counter()
-        self.last_timings = {"resolve": t1 - t0, "score_topk": t3 - t1, "format": t4 - t3,
-                             "scoring_total": t3 - t1, "full_rows": len(full)}
+        self.last_timings = {"resolve": t1 - t0, "scoring_total": t3 - t1, "format": t4 - t3,
+                             "full_rows": len(full)}
         return out
 
 
