@@ -181,8 +181,15 @@ def test_prometheus_metrics(served):
     for line in ('RecRequests{ModelName="recsys",ModelVersion="1",Level="Model",Strategy="popular"',
                  'RecInvalidRequests{ModelName="recsys",ModelVersion="1",Level="Model",Reason="bad_k"',
                  'RecScoringLatencySeconds_bucket{', 'RecHandlerLatencySeconds_count{',
-                 'RecBatchSize_bucket{', 'RecIgnoredHistoryItems{', "ts_inference_requests_total{"):
+                 'RecBatchSize_bucket{', 'RecIgnoredHistoryItems{', "ts_inference_requests_total{",
+                 'RecWorkerStarts{ModelName="recsys",ModelVersion="1",Level="Model"'):
         assert line in text, line
+    # one worker-start count per worker, and each worker's resident memory (a plausible size)
+    starts = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("RecWorkerStarts{")]
+    assert sum(starts) >= 1
+    rss = {ln.split('Worker="')[1].split('"')[0]: float(ln.rsplit(" ", 1)[1])
+           for ln in text.splitlines() if ln.startswith("RecWorkerRssBytes{")}
+    assert rss and all(50e6 < v < 8e9 for v in rss.values()), rss
     # a batch of 8 was recorded: the histogram has an observation above 7.5
     buckets = {ln.split('le="')[1].split('"')[0]: float(ln.rsplit(" ", 1)[1])
                for ln in text.splitlines() if ln.startswith("RecBatchSize_bucket{")}
