@@ -27,7 +27,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers import validation as V
 from handlers.engine import BatchState as _Batch
-from handlers.engine import Recommender
+from handlers.artifact_adapter import load_recommender
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ RSS_EVERY_S = 5.0  # how often a serving worker refreshes RecWorkerRssBytes
 class RecommenderHandler(BaseHandler):
     def __init__(self):
         super().__init__()
-        self.engine: Recommender | None = None
+        self.engine = None  # handlers.engine.Recommender, built in initialize
         self.model_name = "recsys"
         self.model_version = "0"
         self._metrics: dict[str, Any] = {}
@@ -67,7 +67,7 @@ class RecommenderHandler(BaseHandler):
         self.model_version = str(self.manifest.get("model", {}).get("modelVersion", "0"))
         artifact_dir = model_dir / str(cfg.get("artifact_dir", "artifact"))
         pack = model_dir / str(cfg.get("pack", "serving/pack.safetensors"))
-        self.engine = Recommender.load(artifact_dir, scoring=str(cfg.get("scoring", "auto")),
+        self.engine = load_recommender(artifact_dir, scoring=str(cfg.get("scoring", "auto")),
                                        pack_path=pack, threads=torch.get_num_threads())
         # The archive version is the registry version: report it, not what the artifact says.
         self.engine.data.model_version = self.model_version

@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from common.config import TrainConfig, add_dataclass_args, from_args
+from common.config import ArchiveConfig, TrainConfig, add_dataclass_args, from_args
+from common.retrieval import VARIANTS
 from common.report import setup_logging
 
 
@@ -15,7 +16,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     run(Path(args.out), from_args(TrainConfig, args), scheme=args.scheme,
         baselines=not args.no_baselines, als=not args.no_als, register=not args.no_register,
-        int8_backend=args.int8_backend)
+        served_variant=args.served_variant)
     print(f"\nwritten: {Path(args.out) / 'eval.json'}")
     return 0
 
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train, evaluate against baselines, export, register (OUT/eval.json)")
     p.add_argument("--out", required=True, help="run folder holding OUT/etl (from python -m etl)")
     p.add_argument("--scheme", default="temporal", choices=["temporal", "random"])
-    p.add_argument("--int8-backend", default="sq8", choices=["sq8", "torch_ao"])
+    p.add_argument("--served-variant", default=ArchiveConfig.scoring, choices=VARIANTS,
+                   help="the serving variant the archive ships (archives build --scoring): "
+                        "eval.json's served_<variant> row, through the handler's engine")
     p.add_argument("--no-baselines", action="store_true", help="evaluate the hybrid only")
     p.add_argument("--no-als", action="store_true", help="skip the Spark ALS baseline")
     p.add_argument("--no-register", action="store_true", help="no MLflow run or registry version")
