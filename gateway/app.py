@@ -145,8 +145,12 @@ class Gateway:
         log.info("experiment %r loaded (%s): control %s; %s; %s", new.name, source, new.control,
                  weights, "all users reassigned" if moved is None else
                  f"{moved} of 10000 buckets changed owner")
-        if old is not None and old.control_variant.model_version != new.control_variant.model_version:
-            self._spawn(self.refresh_popularity())
+        if old is not None:
+            if old.control_variant.model_version != new.control_variant.model_version:
+                self._spawn(self.refresh_popularity())
+            fresh = [v for v in new.versions if v not in old.versions]
+            if fresh:
+                self._spawn(self.warm_up(E.simple("warm", fresh)))
         return moved
 
     # =========================================================================== records
@@ -449,6 +453,21 @@ class Gateway:
         self.metrics.popularity_items.set(len(self.popularity))
         return True
 
+    async def warm_up(self, exp: E.Experiment, rounds: int = 4) -> None:
+        """A few requests per version before taking traffic: the first answers of a fresh
+        TorchServe worker (page faults into the catalog, first kernels) can take longer than
+        the deadline, and would otherwise be counted as fallbacks."""
+        history = [it["item_id"] for it in self.popularity.items[:5]]
+        for version in exp.versions:
+            for i in range(rounds):
+                body = {"user_id": f"{self.cfg.popularity_probe_user}-warm", "k": 10}
+                if i % 2 and history:
+                    body["history"] = history
+                a = await self.upstream.predict(version, orjson.dumps(body), 30.0)
+                if a.kind != "ok":
+                    log.warning("warm-up of v%s: %s", version, a.kind)
+                    break
+
     async def _popularity_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.popularity_refresh_s if len(self.popularity) else 2.0)
@@ -505,6 +524,7 @@ class Gateway:
             log.warning("serving the saved popularity list of v%s until TorchServe answers",
                         self.popularity.version)
         self.metrics.popularity_items.set(len(self.popularity))
+        await self.warm_up(self.experiment)
         self._spawn(self._popularity_loop())
         self._spawn(self._reload_loop())
         if self.tokens.enabled:

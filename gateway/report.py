@@ -152,6 +152,7 @@ def analyze(exposures: Iterable[dict], events: Iterable[dict], *, name: str | No
         m, v, lo, hi = _mean_ci(arm.conversions)
         r, rv = _ratio(arm.outcomes, arm.user_exposures)
         rh = Z95 * math.sqrt(rv) if rv == rv else math.nan
+        lo, hi = max(0.0, lo), min(1.0, hi)  # a share of users: the interval stays in [0, 1]
         variants[a] = {"users": arm.users, "exposures": arm.exposures, "rate": m, "ci95": [lo, hi],
                        "converted_users": int(arm.conversions.sum()),
                        "outcomes": int(arm.outcomes.sum()),

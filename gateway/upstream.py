@@ -173,6 +173,10 @@ class Upstream:
             return Attempt("overload", seconds=time.perf_counter() - t0)
         try:
             a = await self._post(version, body, timeout_s - (time.perf_counter() - t0))
+            if a.kind == "disconnected":
+                # a pooled keep-alive connection the server had closed (e.g. TorchServe
+                # restarted): one immediate retry on a fresh connection
+                a = await self._post(version, body, timeout_s - (time.perf_counter() - t0))
             if a.kind == "invalid_key" and self.tokens.enabled:
                 used = self.tokens.key
                 if await self.tokens.renew(self.session, "invalid_key", stale_key=used):
