@@ -77,7 +77,10 @@ stop: venv
 # A/B test of the two newest archives in OUT/model-store (the older one is control), 50/50:
 # serve both behind the gateway, replay the held-out test users of OUT/etl, write
 # OUT/experiment/report.{md,json,png}. Earlier logs move to OUT/gateway/previous/.
+# The replay measures the models, not latency: a generous deadline keeps a busy machine's slow
+# answers from turning into fallbacks that dilute the comparison (fallbacks are still reported).
 AB_NAME ?= ab-demo
+ab-demo: GATEWAY_ARGS += --deadline-ms 2000
 ab-demo: venv java
 	$(PY) -m gateway experiment write --out $(OUT) --newest 2 --weights 50,50 --name $(AB_NAME) --force
 	@if [ -d $(OUT)/gateway/exposures ] || [ -d $(OUT)/gateway/events ]; then \

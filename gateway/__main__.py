@@ -7,7 +7,6 @@ See docs/gateway.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys

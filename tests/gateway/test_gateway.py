@@ -22,8 +22,9 @@ from archives.client import TorchServeClient
 from archives.testing import make_random_artifact, running_server
 from gateway import experiment as E
 from gateway.logs import read_jsonl
+from gateway.testing import metric_value
 from tests.gateway.conftest import (MODEL, Client, GatewayProc, build_versions, load,
-                                    metric_value, need_java, register, setup_keys,
+                                    need_java, register, setup_keys,
                                     write_experiment)
 
 pytestmark = pytest.mark.timeout(600)

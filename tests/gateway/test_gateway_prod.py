@@ -15,7 +15,8 @@ import pytest
 from archives import server as S
 from archives.client import TorchServeClient
 from archives.testing import running_server
-from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, load, metric_value,
+from gateway.testing import metric_value
+from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, load,
                                     need_java, register, setup_keys, write_experiment)
 
 pytestmark = pytest.mark.timeout(600)
@@ -62,7 +63,8 @@ def test_gateway_renews_the_key_before_it_expires(prod):
 
 def test_keys_change_when_torchserve_restarts(prod):
     out, ts, keys = prod
-    gw = GatewayProc(out).start()
+    # a generous deadline: this test is about keys, not about a busy machine's latency
+    gw = GatewayProc(out, ["--deadline-ms", "3000"]).start()
     try:
         assert _rec(gw, keys["client"], {"user_id": "1"}).json()["fallback"] is False
         old = ts.keys()["inference"]

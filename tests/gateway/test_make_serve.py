@@ -92,9 +92,8 @@ def test_ab_demo_serves_both_versions_replays_and_reports(tmp_path):
         replay = json.loads((out / "experiment" / "replay.json").read_text())
         assert replay["requests"] == len(test_items) == replay["ok"]
         assert set(replay["variants"]) == {"control", "treatment"}
-        # versions are warmed before traffic; a busy machine may still miss a 300 ms deadline
-        fallbacks = sum(v["fallbacks"] for v in replay["variants"].values())
-        assert fallbacks <= 0.1 * len(test_items), replay
+        # versions are warmed before traffic and ab-demo's deadline is 2 s
+        assert all(v["fallbacks"] == 0 for v in replay["variants"].values()), replay
         # the report
         rep = json.loads((out / "experiment" / "report.json").read_text())
         assert rep["experiment"] == "ab-demo" and rep["control"] == "control"
