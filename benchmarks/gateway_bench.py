@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -205,6 +206,7 @@ def main(argv=None) -> int:
         f"event-loop scheduling on 2 cores shared with TorchServe's frontend, its workers and the "
         f"load generator: at {half:.0f} rps the gateway uses {cpu * half / 1e4:.1f}% of one core.")
     result["seconds"] = round(time.time() - t_start, 1)
+    result["validity"] = validity(result)
     path = write_results("gateway", result)
     md = markdown(result)
     (RESULTS / "gateway.md").write_text(md)
@@ -215,14 +217,37 @@ def main(argv=None) -> int:
     return 0
 
 
+def validity(res: dict) -> dict:
+    """Was the machine quiet enough for the figures to mean anything? Late sends (the load
+    generator itself could not keep the schedule) and the load average say."""
+    runs = res["runs"]["rounds"]
+    late = sum(r["late_sends"] for r in runs) / max(1, sum(r["n"] for r in runs))
+    load = os.getloadavg()[0]
+    cpus = res["machine"]["cpus"] or 1
+    ok = late <= 0.01 and res["machine"]["load_avg_at_start"][0] <= cpus and \
+        res["headline"]["torchserve_alone_max_rps"] > 0
+    return {"late_send_share": round(late, 4), "load_avg_at_start": res["machine"]["load_avg_at_start"],
+            "load_avg_at_end": round(load, 2), "valid": bool(ok),
+            "note": "figures are comparable" if ok else
+            "NOT a valid measurement: the machine was busy with other work (load average above "
+            "the core count and/or > 1% late sends), so queueing on the CPU, not the gateway, "
+            "dominates these latencies. Rerun on a quiet machine."}
+
+
 def markdown(res: dict) -> str:
     h = res["headline"]
+    v = res.get("validity") or {}
+    warn = ([f"**{v['note']}** (late sends {100 * v['late_send_share']:.1f}%, load average "
+             f"{v['load_avg_at_start'][0]} at start, {v['load_avg_at_end']} at the end.)", ""]
+            if v and not v.get("valid") else [])
     lines = ["# Gateway overhead (benchmarks/gateway_bench.py)", "",
              f"Open loop, Poisson arrivals, {res['config']['rounds']} alternating rounds of "
              f"{res['config']['requests']} measured requests per path at {h['rate_rps']:.0f} req/s "
-             f"(half the {h['torchserve_alone_max_rps']:.0f} req/s TorchServe alone sustains), "
+             + (f"(half the {h['torchserve_alone_max_rps']:.0f} req/s TorchServe alone sustains), "
+                if h['torchserve_alone_max_rps'] else "(TorchServe alone sustained none of the "
+                "ramp's rates, so half the lowest), ") +
              f"{res['machine']['cpus']} cores shared by TorchServe, the gateway and the load "
-             "generator.", "",
+             "generator.", "", *warn,
              "| path | P50 ms | P99 ms | highest sustained rate |", "|---|---|---|---|",
              f"| TorchServe alone | {h['direct_p50_ms']:.2f} | {h['direct_p99_ms']:.2f} | "
              f"{h['torchserve_alone_max_rps']:.0f} req/s |",
