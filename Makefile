@@ -8,15 +8,19 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv java demo etl train promote serve stop test bench bench-etl clean
+.PHONY: help venv java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway clean
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
 	@echo "make test                                              run the test suite"
-	@echo "make serve OUT=<dir> / make stop OUT=<dir>             local TorchServe on OUT's challenger model"
+	@echo "make serve OUT=<dir> / make stop OUT=<dir>             TorchServe + the A/B gateway (every version of"
+	@echo "                                                       OUT/gateway/experiment.yaml; else the challenger)"
+	@echo "make ab-demo OUT=<dir>                                 50/50 test of the two newest archives: serve,"
+	@echo "                                                       replay held-out users, report, stop"
 	@echo "make promote OUT=<dir>                                 gate: challenger -> champion"
 	@echo "make bench                                             serving benchmark (benchmarks/results/serving.json)"
 	@echo "make bench-etl                                         ETL throughput benchmark"
+	@echo "make bench-gateway                                     gateway overhead (benchmarks/results/gateway.json)"
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "error: Java 17 is required (Spark, TorchServe)." \
@@ -42,12 +46,51 @@ demo: venv java
 	$(PY) -m archives demo-requests --out $(OUT); rc=$$?; \
 	  $(PY) -m archives stop --out $(OUT); exit $$rc
 
-serve: venv java
-	$(PY) -m archives build --out $(OUT) --model-uri $(MODEL_URI)
-	$(PY) -m archives serve --out $(OUT)
+# TorchServe (python -m archives serve, the TorchServe-only command) and then the gateway in front
+# of it. Ports: TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, GATEWAY_PORT,
+# GATEWAY_METRICS_PORT. TS_CONFIG=prod turns TorchServe's token auth on (the gateway holds and
+# renews its keys). Without OUT/gateway/experiment.yaml the challenger archive is built and
+# served alone. A failed start stops whatever did start.
+TS_CONFIG ?= dev
+GATEWAY_ARGS ?=
+define STOP_BOTH
+$(PY) -m gateway stop --out $(OUT); $(PY) -m archives stop --out $(OUT)
+endef
+define SERVE_BOTH
+if [ ! -f $(OUT)/gateway/experiment.yaml ]; then \
+  $(PY) -m archives build --out $(OUT) --model-uri $(MODEL_URI) || exit 1; fi; \
+$(PY) -m gateway keys init --out $(OUT) && \
+$(PY) -m archives serve --out $(OUT) --config $(TS_CONFIG) && \
+$(PY) -m gateway prepare --out $(OUT) && \
+$(PY) -m gateway serve --out $(OUT) --detach $(GATEWAY_ARGS) \
+  || { echo "start failed: stopping what did start"; $(STOP_BOTH); exit 1; }
+endef
 
+serve: venv java
+	@$(SERVE_BOTH)
+	@echo "Stop both with: make stop OUT=$(OUT)"
+
+# The gateway first (it drains requests and flushes its logs), then TorchServe.
 stop: venv
-	$(PY) -m archives stop --out $(OUT)
+	@$(STOP_BOTH)
+
+# A/B test of the two newest archives in OUT/model-store (the older one is control), 50/50:
+# serve both behind the gateway, replay the held-out test users of OUT/etl, write
+# OUT/experiment/report.{md,json,png}. Earlier logs move to OUT/gateway/previous/.
+# The replay measures the models, not latency: a generous deadline keeps a busy machine's slow
+# answers from turning into fallbacks that dilute the comparison (fallbacks are still reported).
+AB_NAME ?= ab-demo
+ab-demo: GATEWAY_ARGS += --deadline-ms 2000
+ab-demo: venv java
+	$(PY) -m gateway experiment write --out $(OUT) --newest 2 --weights 50,50 --name $(AB_NAME) --force
+	@if [ -d $(OUT)/gateway/exposures ] || [ -d $(OUT)/gateway/events ]; then \
+	  prev=$(OUT)/gateway/previous/$$(date -u +%Y%m%dT%H%M%SZ); mkdir -p $$prev; \
+	  for d in exposures events; do [ -d $(OUT)/gateway/$$d ] && mv $(OUT)/gateway/$$d $$prev/; done; \
+	  echo "earlier logs moved to $$prev"; fi
+	@$(SERVE_BOTH)
+	$(PY) -m gateway replay --out $(OUT); rc=$$?; $(STOP_BOTH); [ $$rc -eq 0 ] || exit $$rc
+	$(PY) -m gateway report --exposures $(OUT)/gateway/exposures --events $(OUT)/gateway/events \
+	  --experiment-file $(OUT)/gateway/experiment.yaml --out $(OUT)/experiment
 
 etl: venv java
 	$(PY) -m etl run $(DATASET_ARG) --out $(OUT)
@@ -67,6 +110,9 @@ bench: venv java
 
 bench-etl: venv java
 	$(PY) -m benchmarks.etl_bench
+
+bench-gateway: venv java
+	$(PY) -m benchmarks.gateway_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf runs spark-warehouse metastore_db derby.log
