@@ -1,0 +1,165 @@
+"""``make monitor OUT=...``: Prometheus against a running ``make serve``, a short load, PNGs.
+
+With TorchServe (and the gateway, when one runs) started by ``make serve OUT=...``, this starts
+the drift exporter and a real Prometheus (the committed scrape config with the ports in use and
+short windows), drives an open-loop load (benchmarks/loadgen.py), then renders the latency
+panels' queries to ``OUT/monitoring/*.png`` and writes ``OUT/monitoring/monitor.json``. It stops
+what it started; TorchServe and the gateway keep running.
+
+The gateway part is pending: the gateway is not on main yet (issue "A/B experiments"). A gateway
+found on the contract's metrics port is scraped; the load goes to TorchServe directly until the
+gateway's client API can be driven from here.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import requests
+
+from archives.client import TorchServeClient
+from archives.server import ServerError, ServerState
+from benchmarks import loadgen
+from monitoring import config as C
+from monitoring.dashboard import rows
+from monitoring.drift_exporter import artifact_dir, build_reference, serve
+from monitoring.promserver import PrometheusServer, render_config
+from monitoring.render import render_panels
+
+log = logging.getLogger("monitoring.monitor")
+INVALID_BODIES = ({"user_id": "1", "k": 0}, {"k": 5}, {"user_id": "1", "history": "10,20"})
+
+
+@dataclass
+class LoadResult:
+    path: str
+    sent: int
+    ok: int
+    errors: int
+    p50_ms: float | None
+    p99_ms: float | None
+    error_kinds: dict[str, int] = field(default_factory=dict)
+
+
+def known_ids(artifact: Path, max_users: int = 2000) -> tuple[list[str], list[str]]:
+    """Known user ids and item ids (most popular first) of a serving artifact."""
+    from common.artifact import load_artifact
+
+    art = load_artifact(artifact)
+    order = art.popularity.argsort(descending=True).tolist()
+    return list(art.user_ids[:max_users]), [art.item_ids[i] for i in order]
+
+
+def torchserve_load(state: ServerState, model: str, versions: list[str], users: list[str],
+                    items: list[str], duration_s: float, rate: float, seed: int = 0,
+                    invalid_every: int = 50) -> list[LoadResult]:
+    """Open-loop load split over ``versions`` (``/predictions/<model>/<v>``), with one invalid
+    request in ``invalid_every`` (so the invalid-request panel has reasons to show)."""
+    client = TorchServeClient(state)
+    headers = client.auth_header("inference")
+    per = rate / max(1, len(versions))
+    n = max(2, int(per * duration_s))
+    runs = []
+    for k, v in enumerate(versions):
+        specs = loadgen.request_mix(users, items, n, seed=seed + k, path=f"/predictions/{model}/{v}")
+        for j in range(0, n, invalid_every):
+            specs[j] = loadgen.RequestSpec(specs[j].path, INVALID_BODIES[(j // invalid_every) % 3], "invalid")
+        runs.append(loadgen.run_open_loop(state.inference_url, specs, per, warmup=0, headers=headers,
+                                          seed=seed + k))
+
+    async def all_runs():
+        return await asyncio.gather(*runs)
+
+    out = []
+    for v, r in zip(versions, asyncio.run(all_runs())):
+        out.append(LoadResult(f"/predictions/{model}/{v}", r.n, r.ok, r.errors, r.p50_ms, r.p99_ms,
+                              r.error_kinds))
+    return out
+
+
+def gateway_metrics_target(explicit: str | None = None) -> str | None:
+    """``host:port`` of a gateway's /metrics: the explicit one, else the contract's default port
+    when something there exports recsys_gateway_* metrics."""
+    if explicit:
+        return explicit
+    target = f"127.0.0.1:{C.port('GATEWAY_METRICS_PORT')}"
+    try:
+        r = requests.get(f"http://{target}/metrics", timeout=2)
+    except requests.RequestException:
+        return None
+    return target if r.status_code == 200 and "recsys_gateway_" in r.text else None
+
+
+def start_drift_exporter(out: Path, port: int, cfg: C.DriftConfig) -> tuple[threading.Thread, threading.Event]:
+    ref = build_reference(out, cfg)
+    stop = threading.Event()
+    t = threading.Thread(target=serve, args=(out, ref, cfg, C.RuleConfig().drift_psi_threshold, port),
+                         kwargs={"stop": stop}, daemon=True, name="drift-exporter")
+    t.start()
+    return t, stop
+
+
+def monitor(out: Path, duration_s: float = 60.0, rate: float = 20.0,
+            prom_cfg: C.PrometheusConfig = C.PrometheusConfig(), gateway_metrics: str | None = None,
+            all_panels: bool = False) -> dict:
+    """The whole ``make monitor`` run; returns (and writes) its summary."""
+    out = Path(out).resolve()
+    try:
+        state = ServerState.load(out)
+    except ServerError as e:
+        raise SystemExit(f"{e}\n(start it with: make serve OUT={out})") from None
+    if not state.alive():
+        raise SystemExit(f"TorchServe of {out} is not running (pid {state.pid}); start it with: "
+                         f"make serve OUT={out}")
+    model = next(iter(state.models), "recsys")
+    versions = sorted(TorchServeClient(state).versions(model))
+    users, items = known_ids(artifact_dir(out))
+    mon = out / "monitoring"
+    gw = gateway_metrics_target(gateway_metrics)
+    drift_port, prom_port = C.port("DRIFT_METRICS_PORT"), C.port("PROMETHEUS_PORT")
+    drift_cfg = C.DriftConfig(window="all", interval_s=5.0)
+    log.info("TorchServe %s (model %s, versions %s); gateway metrics: %s", state.metrics_url, model,
+             versions, gw or "none found (pending: the gateway is not on main yet)")
+    drift_thread, drift_stop = start_drift_exporter(out, drift_port, drift_cfg)
+    targets = {"torchserve": f"{state.client_host}:{state.ports['metrics']}",
+               "recsys-gateway": gw, "recsys-drift": f"127.0.0.1:{drift_port}"}
+    config = render_config(mon / "prometheus", targets, prom_cfg)
+    try:
+        with PrometheusServer(config, mon / "prometheus" / "data", prom_port, prom_cfg) as prom:
+            log.info("Prometheus on %s; load: %.0f req/s for %.0f s over versions %s", prom.url, rate,
+                     duration_s, versions)
+            prom.wait_for('up{job="torchserve"} == 1', timeout=30)
+            start = time.time()
+            load = torchserve_load(state, model, versions, users, items, duration_s, rate)
+            time.sleep(3 * _seconds(prom_cfg.evaluation_interval))
+            end = time.time()
+            latency = [p for r in rows() if r.title == "Latency" for p in r.panels]
+            specs = [p for r in rows() for p in r.panels] if all_panels else latency
+            variables = {"experiment": ".*", "model_version": ".*"}
+            drawn = render_panels(prom, specs, start - 10, end, mon, variables)
+    finally:
+        drift_stop.set()
+        drift_thread.join(timeout=30)
+    summary = {"out": str(out), "prometheus": {"scrape_interval": prom_cfg.scrape_interval,
+                                              "rate_window": prom_cfg.rate_window},
+               "targets": targets, "load": [asdict(x) for x in load], "panels": drawn,
+               "gateway": "scraped" if gw else "pending: no gateway running (not on main yet); "
+                                                "load sent to TorchServe directly"}
+    mon.mkdir(parents=True, exist_ok=True)
+    (mon / "monitor.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _seconds(text: str) -> float:
+    from monitoring.drift_sources import parse_duration
+
+    return parse_duration(text) or 0.0
+
+
+__all__ = ["monitor", "torchserve_load", "known_ids", "gateway_metrics_target", "LoadResult",
+           "start_drift_exporter"]
