@@ -8,7 +8,7 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv java demo etl train promote serve stop test bench bench-etl clean
+.PHONY: help venv java demo etl train promote serve stop test bench bench-etl clean monitor monitoring-files drift
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
@@ -17,6 +17,9 @@ help:
 	@echo "make promote OUT=<dir>                                 gate: challenger -> champion"
 	@echo "make bench                                             serving benchmark (benchmarks/results/serving.json)"
 	@echo "make bench-etl                                         ETL throughput benchmark"
+	@echo "make monitor OUT=<dir>                                 Prometheus + load against make serve; latency PNGs in OUT/monitoring"
+	@echo "make drift OUT=<dir>                                   drift report of OUT/gateway logs vs training data"
+	@echo "make monitoring-files                                  regenerate the rule file and the dashboard JSON"
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "error: Java 17 is required (Spark, TorchServe)." \
@@ -67,6 +70,16 @@ bench: venv java
 
 bench-etl: venv java
 	$(PY) -m benchmarks.etl_bench
+
+MONITOR_ARGS ?=
+monitor: venv
+	$(PY) -m monitoring monitor --out $(OUT) $(MONITOR_ARGS)
+
+drift: venv
+	$(PY) -m monitoring drift --out $(OUT)
+
+monitoring-files: venv
+	$(PY) -m monitoring generate
 
 clean:
 	rm -rf runs spark-warehouse metastore_db derby.log

@@ -32,7 +32,10 @@ from monitoring.promserver import PrometheusServer, render_config
 from monitoring.render import render_panels
 
 log = logging.getLogger("monitoring.monitor")
-INVALID_BODIES = ({"user_id": "1", "k": 0}, {"k": 5}, {"user_id": "1", "history": "10,20"})
+# Mixed into the load now and then: three invalid requests (one per reason) and a visitor whose
+# history holds an id the model does not know (the invalid-request and unknown-history panels).
+SPECIAL_BODIES = ({"user_id": "1", "k": 0}, {"k": 5}, {"user_id": "1", "history": "10,20"},
+                  {"user_id": "visitor", "history": ["no-such-item", "unknown-too"], "k": 10})
 
 
 @dataclass
@@ -57,9 +60,9 @@ def known_ids(artifact: Path, max_users: int = 2000) -> tuple[list[str], list[st
 
 def torchserve_load(state: ServerState, model: str, versions: list[str], users: list[str],
                     items: list[str], duration_s: float, rate: float, seed: int = 0,
-                    invalid_every: int = 50) -> list[LoadResult]:
-    """Open-loop load split over ``versions`` (``/predictions/<model>/<v>``), with one invalid
-    request in ``invalid_every`` (so the invalid-request panel has reasons to show)."""
+                    special_every: int = 50) -> list[LoadResult]:
+    """Open-loop load split over ``versions`` (``/predictions/<model>/<v>``); one request in
+    ``special_every`` is one of :data:`SPECIAL_BODIES` in turn."""
     client = TorchServeClient(state)
     headers = client.auth_header("inference")
     per = rate / max(1, len(versions))
@@ -67,8 +70,9 @@ def torchserve_load(state: ServerState, model: str, versions: list[str], users: 
     runs = []
     for k, v in enumerate(versions):
         specs = loadgen.request_mix(users, items, n, seed=seed + k, path=f"/predictions/{model}/{v}")
-        for j in range(0, n, invalid_every):
-            specs[j] = loadgen.RequestSpec(specs[j].path, INVALID_BODIES[(j // invalid_every) % 3], "invalid")
+        for j in range(0, n, special_every):
+            body = SPECIAL_BODIES[(j // special_every) % len(SPECIAL_BODIES)]
+            specs[j] = loadgen.RequestSpec(specs[j].path, body, "special")
         runs.append(loadgen.run_open_loop(state.inference_url, specs, per, warmup=0, headers=headers,
                                           seed=seed + k))
 

@@ -70,8 +70,9 @@ def render_config(run_dir: Path, targets: dict[str, str | None], cfg: Prometheus
 
 def _longer(window: str) -> str:
     """Three times a short window (windows that must span a restart or several refreshes)."""
-    unit = window.rstrip("0123456789.")
-    return f"{int(float(window[:-len(unit)]) * 3)}{unit}"
+    from monitoring.drift_sources import parse_duration
+
+    return f"{int(3 * (parse_duration(window) or 0))}s"
 
 
 def check_config(path: Path) -> None:

@@ -78,3 +78,8 @@ def test_rules_cli_renders_a_window(capsys):
     assert cli(["rules", "--rate-window", "30s"]) == 0
     out = capsys.readouterr().out
     assert "[30s]" in out and yaml.safe_load(out)["groups"]
+
+
+def test_promtool_check_config_of_committed_scrape_config():
+    r = promtool("check", "config", str(C.SCRAPE_CONFIG))
+    assert r.returncode == 0 and "SUCCESS: 1 rule files found" in r.stdout, r.stdout + r.stderr
