@@ -146,12 +146,15 @@ def serve(out: Path, ref: Reference, cfg: DriftConfig, threshold: float, port: i
             signal.signal(sig, lambda *_: stop.set())
     log.info("drift exporter on http://%s:%d/metrics, every %.0f s, window %s", host, port,
              cfg.interval_s, cfg.window)
+    last = None
     try:
         while not stop.is_set():
             try:
                 rep = run_once(out, ref, cfg, threshold, now=time.time())
                 exporter.update(rep)
-                log.info("drift: %s", json.dumps({"psi": rep.psi, "unknown": rep.unknown_share}))
+                state = json.dumps({"psi": rep.psi, "unknown": rep.unknown_share})
+                (log.info if state != last else log.debug)("drift: %s", state)  # log changes only
+                last = state
             except Exception:  # noqa: BLE001 - a bad file must not stop the exporter
                 exporter.runs.labels("error").inc()
                 log.exception("drift computation failed")
