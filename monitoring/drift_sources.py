@@ -134,10 +134,12 @@ class Reference:
 
 def reference_from_artifact(path: str | Path) -> Reference:
     """Item ids and ``popularity`` (distinct training users per item) of a serving artifact."""
+    import torch
+
     from common.artifact import load_artifact
 
     art = load_artifact(path, mmap=True)
-    pop = art.popularity.to(dtype=__import__("torch").float64).numpy().copy()
+    pop = art.popularity.to(dtype=torch.float64).numpy().copy()
     return Reference(item_ids=[str(i) for i in art.item_ids], popularity=pop,
                      source=f"artifact {Path(path)}", model_version=art.version or None,
                      n_users=art.n_users)
