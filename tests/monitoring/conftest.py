@@ -12,6 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from monitoring import config as C
+from monitoring.dashboard import dashboard_queries
+from monitoring.promql import raw_metrics, recordings_of
+from monitoring.promserver import PrometheusConfig
+from monitoring.rules import rule_groups
+
 N_USERS, N_ITEMS, PER_USER = 1500, 400, 20
 
 
@@ -104,3 +110,32 @@ def write_jsonl(directory: Path, records: list[dict], name: str = "part-0001.jso
         for r in records:
             f.write(json.dumps(r) + "\n")
     return path
+
+
+# ---- the every-panel tests ---------------------------------------------------------------------
+
+PANEL_VARIABLES = {"experiment": ".*", "model_version": ".*"}
+LIVE_PROM = PrometheusConfig(scrape_interval="1s", evaluation_interval="1s", rate_window="10s")
+
+
+def committed_queries() -> list[tuple[str, str, str]]:
+    """(row, panel, expr) of every target of the committed dashboard JSON."""
+    return dashboard_queries(json.loads(C.DASHBOARD_FILE.read_text()))
+
+
+def needs_gateway(expr: str) -> bool:
+    return any(m.startswith("recsys_gateway_") for m in raw_metrics(expr, recordings_of(rule_groups())))
+
+
+def panels_without_data(prom, queries) -> list[str]:
+    """The queries (Grafana variables set to All) that return no series with a finite value."""
+    import math
+
+    from monitoring.render import expand
+
+    empty = []
+    for row, title, expr in queries:
+        result = prom.query(expand(expr, PANEL_VARIABLES))
+        if not [r for r in result if math.isfinite(float(r["value"][1]))]:
+            empty.append(f"{row} / {title}: {expr} -> {result}")
+    return empty
