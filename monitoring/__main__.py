@@ -85,8 +85,7 @@ def cmd_monitor(args) -> int:
     from monitoring.monitor import monitor
 
     cfg = from_args(C.PrometheusConfig, args, prefix="prom-")
-    summary = monitor(Path(args.out), args.duration, args.rate, cfg, args.gateway_metrics,
-                      args.all_panels)
+    summary = monitor(Path(args.out), args.duration, args.rate, cfg, args.all_panels)
     for r in summary["load"]:
         print(f"load {r['path']}: {r['ok']}/{r['sent']} ok, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
     for name, n in summary["panels"].items():
@@ -129,8 +128,6 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True)
     m.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     m.add_argument("--rate", type=float, default=20.0, help="requests per second")
-    m.add_argument("--gateway-metrics", help="host:port of the gateway's /metrics (default: probe "
-                                            "GATEWAY_METRICS_PORT)")
     m.add_argument("--all-panels", action="store_true", help="render every panel, not only latency")
     add_dataclass_args(m, C.PrometheusConfig, prefix="prom-")
     m.set_defaults(func=cmd_monitor)

@@ -6,9 +6,10 @@ short windows), drives an open-loop load (benchmarks/loadgen.py), then renders t
 panels' queries to ``OUT/monitoring/*.png`` and writes ``OUT/monitoring/monitor.json``. It stops
 what it started; TorchServe and the gateway keep running.
 
-The gateway part is pending: the gateway is not on main yet (issue "A/B experiments"). A gateway
-found on the contract's metrics port is scraped; the load goes to TorchServe directly until the
-gateway's client API can be driven from here.
+With a gateway running (``OUT/gateway/gateway.json``, written by ``python -m gateway serve``:
+``url``, ``metrics_url``; client key ``OUT/gateway/client_key``), the load goes through the
+gateway's ``POST /v1/recommendations`` and the gateway is scraped; without one, the load goes to
+TorchServe directly (every registered version) and the gateway panels stay empty.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 
@@ -32,6 +34,7 @@ from monitoring.promserver import PrometheusServer, render_config
 from monitoring.render import render_panels
 
 log = logging.getLogger("monitoring.monitor")
+GATEWAY_PATH = "/v1/recommendations"
 # Mixed into the load now and then: three invalid requests (one per reason) and a visitor whose
 # history holds an id the model does not know (the invalid-request and unknown-history panels).
 SPECIAL_BODIES = ({"user_id": "1", "k": 0}, {"k": 5}, {"user_id": "1", "history": "10,20"},
@@ -86,17 +89,37 @@ def torchserve_load(state: ServerState, model: str, versions: list[str], users: 
     return out
 
 
-def gateway_metrics_target(explicit: str | None = None) -> str | None:
-    """``host:port`` of a gateway's /metrics: the explicit one, else the contract's default port
-    when something there exports recsys_gateway_* metrics."""
-    if explicit:
-        return explicit
-    target = f"127.0.0.1:{C.port('GATEWAY_METRICS_PORT')}"
-    try:
-        r = requests.get(f"http://{target}/metrics", timeout=2)
-    except requests.RequestException:
+@dataclass
+class Gateway:
+    url: str          # API base URL
+    metrics: str      # host:port of /metrics
+    key: str          # client key (rights: recommend, events)
+
+
+def running_gateway(out: Path) -> Gateway | None:
+    """The gateway ``make serve`` started for ``out``, if it answers ``/readyz``."""
+    state, key = out / "gateway" / "gateway.json", out / "gateway" / "client_key"
+    if not state.exists() or not key.exists():
         return None
-    return target if r.status_code == 200 and "recsys_gateway_" in r.text else None
+    try:
+        st = json.loads(state.read_text())
+        if requests.get(st["url"] + "/readyz", timeout=2).status_code != 200:
+            return None
+    except (OSError, ValueError, KeyError, requests.RequestException):
+        return None
+    return Gateway(st["url"], urlparse(st["metrics_url"]).netloc, key.read_text().strip())
+
+
+def gateway_load(gw: Gateway, users: list[str], items: list[str], duration_s: float, rate: float,
+                 seed: int = 0, special_every: int = 50) -> list[LoadResult]:
+    """Open-loop load through the gateway (it assigns each user to a variant)."""
+    n = max(2, int(rate * duration_s))
+    specs = loadgen.request_mix(users, items, n, seed=seed)
+    for j in range(0, n, special_every):
+        specs[j] = loadgen.RequestSpec("", SPECIAL_BODIES[(j // special_every) % len(SPECIAL_BODIES)], "special")
+    r = asyncio.run(loadgen.run_open_loop(gw.url, specs, rate, warmup=0, path=GATEWAY_PATH, seed=seed,
+                                          headers={"Authorization": f"Bearer {gw.key}"}))
+    return [LoadResult(GATEWAY_PATH, r.n, r.ok, r.errors, r.p50_ms, r.p99_ms, r.error_kinds)]
 
 
 def start_drift_exporter(out: Path, port: int, cfg: C.DriftConfig) -> tuple[threading.Thread, threading.Event]:
@@ -109,8 +132,7 @@ def start_drift_exporter(out: Path, port: int, cfg: C.DriftConfig) -> tuple[thre
 
 
 def monitor(out: Path, duration_s: float = 60.0, rate: float = 20.0,
-            prom_cfg: C.PrometheusConfig = C.PrometheusConfig(), gateway_metrics: str | None = None,
-            all_panels: bool = False) -> dict:
+            prom_cfg: C.PrometheusConfig = C.PrometheusConfig(), all_panels: bool = False) -> dict:
     """The whole ``make monitor`` run; returns (and writes) its summary."""
     out = Path(out).resolve()
     try:
@@ -124,22 +146,25 @@ def monitor(out: Path, duration_s: float = 60.0, rate: float = 20.0,
     versions = sorted(TorchServeClient(state).versions(model))
     users, items = known_ids(artifact_dir(out))
     mon = out / "monitoring"
-    gw = gateway_metrics_target(gateway_metrics)
+    gw = running_gateway(out)
     drift_port, prom_port = C.port("DRIFT_METRICS_PORT"), C.port("PROMETHEUS_PORT")
     drift_cfg = C.DriftConfig(window="all", interval_s=5.0)
-    log.info("TorchServe %s (model %s, versions %s); gateway metrics: %s", state.metrics_url, model,
-             versions, gw or "none found (pending: the gateway is not on main yet)")
+    log.info("TorchServe %s (model %s, versions %s); gateway: %s", state.metrics_url, model,
+             versions, gw.url if gw else f"none running ({out / 'gateway' / 'gateway.json'})")
     drift_thread, drift_stop = start_drift_exporter(out, drift_port, drift_cfg)
     targets = {"torchserve": f"{state.client_host}:{state.ports['metrics']}",
-               "recsys-gateway": gw, "recsys-drift": f"127.0.0.1:{drift_port}"}
+               "recsys-gateway": gw.metrics if gw else None, "recsys-drift": f"127.0.0.1:{drift_port}"}
     config = render_config(mon / "prometheus", targets, prom_cfg)
     try:
         with PrometheusServer(config, mon / "prometheus" / "data", prom_port, prom_cfg) as prom:
-            log.info("Prometheus on %s; load: %.0f req/s for %.0f s over versions %s", prom.url, rate,
-                     duration_s, versions)
+            log.info("Prometheus on %s; load: %.0f req/s for %.0f s %s", prom.url, rate, duration_s,
+                     f"through the gateway {gw.url}" if gw else f"to TorchServe versions {versions}")
             prom.wait_for('up{job="torchserve"} == 1', timeout=30)
+            if gw:
+                prom.wait_for('up{job="recsys-gateway"} == 1', timeout=30)
             start = time.time()
-            load = torchserve_load(state, model, versions, users, items, duration_s, rate)
+            load = (gateway_load(gw, users, items, duration_s, rate) if gw else
+                    torchserve_load(state, model, versions, users, items, duration_s, rate))
             time.sleep(3 * _seconds(prom_cfg.evaluation_interval))
             end = time.time()
             latency = [p for r in rows() if r.title == "Latency" for p in r.panels]
@@ -152,8 +177,7 @@ def monitor(out: Path, duration_s: float = 60.0, rate: float = 20.0,
     summary = {"out": str(out), "prometheus": {"scrape_interval": prom_cfg.scrape_interval,
                                               "rate_window": prom_cfg.rate_window},
                "targets": targets, "load": [asdict(x) for x in load], "panels": drawn,
-               "gateway": "scraped" if gw else "pending: no gateway running (not on main yet); "
-                                                "load sent to TorchServe directly"}
+               "gateway": gw.url if gw else "none running: load sent to TorchServe directly"}
     mon.mkdir(parents=True, exist_ok=True)
     (mon / "monitor.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -165,5 +189,5 @@ def _seconds(text: str) -> float:
     return parse_duration(text) or 0.0
 
 
-__all__ = ["monitor", "torchserve_load", "known_ids", "gateway_metrics_target", "LoadResult",
-           "start_drift_exporter"]
+__all__ = ["monitor", "torchserve_load", "gateway_load", "running_gateway", "known_ids", "LoadResult",
+           "Gateway", "SPECIAL_BODIES", "start_drift_exporter"]
