@@ -81,14 +81,14 @@ def handler_exports(metrics_yaml: Path) -> set[str]:
 
 
 def contract_exports(contracts_md: Path) -> set[str]:
-    """``recsys_*`` metric names in a contracts page's Metrics section (histograms with their
-    series; counters as written, with ``_total``)."""
+    """``recsys_*`` metric names written in a contracts page (in backticks); a name followed by
+    "(histogram" also stands for its _bucket/_sum/_count series."""
     text = contracts_md.read_text()
-    names = set(re.findall(r"`(recsys_[a-z_]+)", text))
-    out = set(names)
-    for n in names:
-        if n.endswith("_seconds"):
-            out |= {n + s for s in ("_bucket", "_sum", "_count")}
+    out = set()
+    for m in re.finditer(r"`(recsys_[a-z_]+)[^`]*`( \(histogram)?", text):
+        out.add(m.group(1))
+        if m.group(2):
+            out |= {m.group(1) + s for s in ("_bucket", "_sum", "_count")}
     return out
 
 
