@@ -41,6 +41,9 @@ def build_reference(out: Path, cfg: DriftConfig, source: str = "auto",
     Score reference: always from the artifact (``artifact`` or ``OUT/model/serving_artifact``)."""
     art = Path(artifact) if artifact else artifact_dir(out)
     if source == "auto":
+        if not (art / "config.json").exists() and not (out / "etl").is_dir():
+            raise FileNotFoundError(f"no training side to compare with: neither a serving artifact "
+                                    f"({art}) nor an ETL output ({out / 'etl'})")
         source = "artifact" if (art / "config.json").exists() else "etl"
     if source == "artifact":
         if not (art / "config.json").exists():
