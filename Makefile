@@ -8,7 +8,7 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway clean
+.PHONY: help venv java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway clean monitor monitoring-files drift
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
@@ -21,6 +21,9 @@ help:
 	@echo "make bench                                             serving benchmark (benchmarks/results/serving.json)"
 	@echo "make bench-etl                                         ETL throughput benchmark"
 	@echo "make bench-gateway                                     gateway overhead (benchmarks/results/gateway.json)"
+	@echo "make monitor OUT=<dir>                                 Prometheus + load against make serve; latency PNGs in OUT/monitoring"
+	@echo "make drift OUT=<dir>                                   drift report of OUT/gateway logs vs training data"
+	@echo "make monitoring-files                                  regenerate the rule file and the dashboard JSON"
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "error: Java 17 is required (Spark, TorchServe)." \
@@ -113,6 +116,15 @@ bench-etl: venv java
 
 bench-gateway: venv java
 	$(PY) -m benchmarks.gateway_bench $(BENCH_ARGS)
+MONITOR_ARGS ?=
+monitor: venv
+	$(PY) -m monitoring monitor --out $(OUT) $(MONITOR_ARGS)
+
+drift: venv
+	$(PY) -m monitoring drift --out $(OUT)
+
+monitoring-files: venv
+	$(PY) -m monitoring generate
 
 clean:
 	rm -rf runs spark-warehouse metastore_db derby.log
