@@ -40,14 +40,23 @@ $(VENV)/.installed: requirements.txt
 venv: $(VENV)/.installed
 
 MODEL_URI ?= models:/hybrid-recommender@challenger
+BASELINE_URI ?= models:/hybrid-recommender@baseline
 
+# The main job end to end: ETL, the popularity model (registry alias baseline) and the hybrid
+# (alias challenger) as two registry versions and two archives; TorchServe answers sample requests
+# and the train/serve parity check (OUT/parity.json, fails below 0.99); then the A/B experiment
+# through the gateway (popularity = control, hybrid = treatment): OUT/experiment/report.*.
 demo: venv java
 	$(PY) -m etl run $(DATASET_ARG) --out $(OUT)
+	$(PY) -m training popularity --out $(OUT)
 	$(PY) -m training run --out $(OUT)
+	$(PY) -m archives build --out $(OUT) --model-uri $(BASELINE_URI)
 	$(PY) -m archives build --out $(OUT) --model-uri $(MODEL_URI)
 	$(PY) -m archives serve --out $(OUT)
-	$(PY) -m archives demo-requests --out $(OUT); rc=$$?; \
-	  $(PY) -m archives stop --out $(OUT); exit $$rc
+	$(PY) -m archives demo-requests --out $(OUT) && $(PY) -m archives parity --out $(OUT); rc=$$?; \
+	  $(PY) -m archives stop --out $(OUT); [ $$rc -eq 0 ] || exit $$rc
+	$(MAKE) --no-print-directory ab-demo OUT=$(OUT)
+	@echo "demo done: $(OUT)/eval.json, $(OUT)/parity.json, $(OUT)/experiment/report.md"
 
 # TorchServe (python -m archives serve, the TorchServe-only command) and then the gateway in front
 # of it. Ports: TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, GATEWAY_PORT,
@@ -116,6 +125,7 @@ bench-etl: venv java
 
 bench-gateway: venv java
 	$(PY) -m benchmarks.gateway_bench $(BENCH_ARGS)
+
 MONITOR_ARGS ?=
 monitor: venv
 	$(PY) -m monitoring monitor --out $(OUT) $(MONITOR_ARGS)

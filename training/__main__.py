@@ -1,4 +1,4 @@
-"""Training command line: ``python -m training {run,promote} --help``."""
+"""Training command line: ``python -m training {run,popularity,readme,promote} --help``."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines, als=not args.no_als, register=not args.no_register,
         served_variant=args.served_variant)
     print(f"\nwritten: {Path(args.out) / 'eval.json'}")
+    return 0
+
+
+def cmd_popularity(args: argparse.Namespace) -> int:
+    from training.popularity import register_popularity
+
+    version = register_popularity(Path(args.out), scheme=args.scheme)
+    print(version)
+    return 0
+
+
+def cmd_readme(args: argparse.Namespace) -> int:
+    from training.report import update_readme
+
+    done = update_readme(Path(args.eval), Path(args.readme))
+    print(f"rewrote {', '.join(done) or 'nothing'} in {args.readme}")
     return 0
 
 
@@ -49,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-register", action="store_true", help="no MLflow run or registry version")
     add_dataclass_args(p, TrainConfig)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("popularity", help="export the popularity model as a serving artifact and "
+                                          "register it as the next version (alias baseline); "
+                                          "prints the version")
+    p.add_argument("--out", required=True, help="run folder holding OUT/etl (from python -m etl)")
+    p.add_argument("--scheme", default="temporal", choices=["temporal", "random"])
+    p.set_defaults(fn=cmd_popularity)
+
+    p = sub.add_parser("readme", help="rewrite the README's eval tables from an eval.json")
+    p.add_argument("--eval", required=True, help="OUT/eval.json")
+    p.add_argument("--readme", default="README.md")
+    p.set_defaults(fn=cmd_readme)
 
     p = sub.add_parser("promote", help="move alias champion to the challenger if it passes the gate")
     p.add_argument("--out", required=True, help="run folder whose MLflow store to use")

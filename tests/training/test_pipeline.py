@@ -96,3 +96,30 @@ def test_serving_artifact_matches_the_evaluated_model(pipeline_run):
                           + art.item_bias, data)
     assert res["main"]["recall@10"] == pytest.approx(ev["models"]["hybrid"]["recall@10"], abs=1e-6)
     assert np.isfinite(art.item_vectors.numpy()).all()
+
+
+def test_popularity_version_and_parity_through_torchserve(pipeline_run):
+    """The demo's path on generated data: the popularity model becomes the next registry version
+    (alias baseline); the hybrid's archive is served by a real TorchServe, and every known user's
+    answer equals the answer to a new id sending that user's ETL history (OUT/parity.json)."""
+    from archives import build as B
+    from archives.__main__ import main as archives_main
+    from archives.testing import running_server
+    from training.__main__ import main as train_main
+
+    out, ev = pipeline_run
+    assert train_main(["popularity", "--out", str(out)]) == 0
+    client = tracking.get_client(out_dir=out)
+    baseline = client.get_model_version_by_alias(MODEL_NAME, "baseline")
+    assert int(baseline.version) == ev["mlflow"]["version"] + 1
+    pop = load_artifact(out / "model" / "popularity_artifact")
+    assert pop.config["model_type"] == "popularity" and not pop.item_vectors.any()
+
+    hybrid = B.build_from_registry(ev["mlflow"]["version"], out, config=B.ArchiveConfig(
+        min_workers=1, max_workers=1), archive_format="zip-store")
+    with running_server(out, config="dev", models={"recsys": hybrid.file_name}):
+        assert archives_main(["parity", "--out", str(out), "--max-users", "150"]) == 0
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["users"] == 150 and parity["mean_overlap"] >= 0.99 and parity["passed"]
+    assert parity["user_id_embedding"] is False and parity["history_source"] == "train_full"
+    assert parity["strategies"] == {"personalized/history": 150}
