@@ -182,6 +182,11 @@ model_snapshot={{ dict "name" "startup.cfg" "modelCount" (len .Values.models) "m
 {{- if lt (int $gw.terminationGracePeriodSeconds) (int (add $gw.preStopSleepSeconds 15)) -}}
 {{- fail (printf "gateway.terminationGracePeriodSeconds %d is shorter than preStopSleepSeconds + 15 (the gateway's 10 s drain and its log flush)" (int $gw.terminationGracePeriodSeconds)) -}}
 {{- end -}}
+{{- range $k, $_ := $ts.extraProperties -}}
+{{- if has $k (list "inference_address" "management_address" "metrics_address" "grpc_inference_address" "grpc_management_address" "disable_token_authorization" "load_models" "model_snapshot" "models" "model_store" "metrics_config") -}}
+{{- fail (printf "torchserve.extraProperties.%s is set by the chart (ports, addresses, token auth, the model list): use the chart's own values" $k) -}}
+{{- end -}}
+{{- end -}}
 {{- if lt (int $ts.maxRequestSize) 2097152 -}}
 {{- fail "torchserve.maxRequestSize must be at least 2097152 (the gateway's largest body): the largest valid request (about 1.3 MB) must fit" -}}
 {{- end -}}
