@@ -8,7 +8,7 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway clean monitor monitoring-files drift
+.PHONY: help venv java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway clean monitor monitoring-files drift chart-files
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
@@ -24,6 +24,7 @@ help:
 	@echo "make monitor OUT=<dir>                                 Prometheus + load against make serve; latency PNGs in OUT/monitoring"
 	@echo "make drift OUT=<dir>                                   drift report of OUT/gateway logs vs training data"
 	@echo "make monitoring-files                                  regenerate the rule file and the dashboard JSON"
+	@echo "make chart-files                                       the same, copied into helm/recsys/files"
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "error: Java 17 is required (Spark, TorchServe)." \
@@ -138,3 +139,9 @@ monitoring-files: venv
 
 clean:
 	rm -rf runs spark-warehouse metastore_db derby.log
+
+# The chart's copies of the monitoring files (Helm cannot read files outside the chart):
+# regenerate the sources, then copy them; tests/helm checks that the copies match.
+chart-files: monitoring-files
+	cp monitoring/prometheus/rules/recsys.rules.yaml helm/recsys/files/recsys.rules.yaml
+	cp monitoring/grafana/dashboards/recsys.json helm/recsys/files/recsys.json

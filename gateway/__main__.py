@@ -50,8 +50,8 @@ def cmd_serve(a) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from gateway.app import run
-    if not cfg.paths.key_hashes.exists():
-        print(f"error: {cfg.paths.key_hashes} is missing; create keys first: python -m gateway "
+    if not cfg.keys_path.exists():
+        print(f"error: {cfg.keys_path} is missing; create keys first: python -m gateway "
               f"keys init --out {a.out}", file=sys.stderr)
         return 1
     run(cfg)

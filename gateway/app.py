@@ -80,8 +80,8 @@ class Gateway:
         paths = cfg.paths
         paths.root.mkdir(parents=True, exist_ok=True)
         self.metrics = m = Metrics()
-        self.keys = KeyStore.load(paths.key_hashes, cfg.default_rate_per_s, cfg.default_burst)
-        self.pseudo = Pseudonymizer(ensure_secret(paths.pseudonym_secret))
+        self.keys = KeyStore.load(cfg.keys_path, cfg.default_rate_per_s, cfg.default_burst)
+        self.pseudo = Pseudonymizer(self._pseudonym_secret())
         inference, management, key_file = resolve_upstream(cfg)
         self.tokens = TokenKeeper(key_file, management, m)
         self.upstream = Upstream(inference, cfg.model_name, connections=cfg.upstream_connections,
@@ -99,6 +99,20 @@ class Gateway:
                                on_write=m.log_written.labels("events").inc)
         self._tasks: list[asyncio.Task] = []
         self.ready = False
+
+    def _pseudonym_secret(self) -> bytes:
+        """A secret file named in the config must exist (replicas share it); the default one
+        under OUT/gateway is created on first use."""
+        path = self.cfg.pseudonym_secret_file
+        if path is None:
+            return ensure_secret(self.cfg.paths.pseudonym_secret)
+        try:
+            secret = Path(path).read_text().strip().encode()
+        except OSError as e:
+            raise FileNotFoundError(f"pseudonym secret {path}: {e.strerror or e}") from None
+        if not secret:
+            raise ValueError(f"pseudonym secret {path} is empty")
+        return secret
 
     # =========================================================================== experiment
     def load_experiment_file(self, source: str = "file") -> bool:

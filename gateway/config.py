@@ -127,6 +127,11 @@ class GatewayConfig:
     log_rotate_s: float = 3600.0
     history_logged: int = 50
     # --- security ------------------------------------------------------------------------------
+    keys_file: Path | None = None
+    """The key hashes (keys.json); None = OUT/gateway/keys.json. Kubernetes mounts a Secret."""
+    pseudonym_secret_file: Path | None = None
+    """The pseudonym HMAC secret; None = OUT/gateway/pseudonym_secret (created on first use).
+    A file named here must exist: every replica must share one secret, so none is invented."""
     default_rate_per_s: float = 1000.0
     default_burst: float = 2000.0
     override_header: str = "X-Recsys-Variant"
@@ -134,6 +139,10 @@ class GatewayConfig:
     @property
     def paths(self) -> GatewayPaths:
         return GatewayPaths.under(self.out)
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.keys_file) if self.keys_file else self.paths.key_hashes
 
     @property
     def experiment_path(self) -> Path:
@@ -195,6 +204,9 @@ SERVE_OPTIONS: dict[str, str] = {
     "token_check_interval_s": "how often the key's expiry is checked",
     "log_queue_size": "exposure/event write queue (a full queue drops and counts)",
     "log_rotate_bytes": "rotate a JSON-lines log at this size",
+    "keys_file": "key hashes (default OUT/gateway/keys.json; e.g. a mounted Secret)",
+    "pseudonym_secret_file": "pseudonym secret, must exist (default OUT/gateway/pseudonym_secret, "
+                             "created on first use)",
 }
 
 __all__ = ["GatewayConfig", "GatewayPaths", "SERVE_OPTIONS", "DEFAULT_PORT",
