@@ -410,7 +410,14 @@ class Gateway:
         if missing:
             return _err(409, "unknown_model_version", f"TorchServe does not serve version(s) "
                         f"{missing} of {self.cfg.model_name!r}; register them first")
-        E.write(self.cfg.experiment_path, new)
+        try:
+            E.write(self.cfg.experiment_path, new)
+        except OSError as e:  # e.g. a Kubernetes ConfigMap mount: read-only, shared by replicas
+            return _err(409, "experiment_read_only",
+                        f"this gateway reads its experiment from a read-only file "
+                        f"({self.cfg.experiment_path}: {e.strerror}); change it at its source "
+                        "(on Kubernetes: helm upgrade with new weights, or patch the experiment "
+                        "ConfigMap); every replica reloads it")
         self._file_digest = hashlib.sha256(self.cfg.experiment_path.read_bytes()).hexdigest()
         moved = self.apply(new, "admin")
         return web.json_response({**self._describe(), "moved_buckets": moved})
