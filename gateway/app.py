@@ -23,6 +23,7 @@ import signal
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -33,8 +34,8 @@ from gateway.config import GatewayConfig
 from gateway.fallback import BadRequest, Popularity, RequestView, view_of
 from gateway.logs import JsonlLog, Pseudonymizer
 from gateway.metrics import Metrics
-from gateway.upstream import Attempt, TokenKeeper, Upstream
 from common.ids import try_canonical_id
+from gateway.upstream import Attempt, TokenKeeper, Upstream
 
 log = logging.getLogger("gateway")
 JSON = "application/json"
@@ -225,6 +226,14 @@ class Gateway:
             raise BadRequest("too_large", f"request body is over the limit of {limit} bytes",
                              413) from None
 
+    async def _json(self, request: web.Request) -> tuple[bytes, Any]:
+        """(raw body, its JSON value), or :class:`BadRequest` (too large, not JSON)."""
+        body = await self._body(request)
+        try:
+            return body, orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("not_json", "the body is not valid JSON") from None
+
     # =========================================================================== recommend
     async def recommend(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
@@ -232,11 +241,7 @@ class Gateway:
         if isinstance(entry, web.Response):
             return entry
         try:
-            body = await self._body(request)
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise BadRequest("not_json", "the body is not valid JSON") from None
+            body, doc = await self._json(request)
             if not isinstance(doc, dict):
                 raise BadRequest("not_object", "the body must be a JSON object")
             view = view_of(doc)
@@ -330,11 +335,7 @@ class Gateway:
         if isinstance(entry, web.Response):
             return entry
         try:
-            body = await self._body(request)
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise BadRequest("not_json", "the body is not valid JSON") from None
+            _, doc = await self._json(request)
             docs = doc if isinstance(doc, list) else [doc]
             if len(docs) > 1000:
                 raise BadRequest("too_many", "at most 1000 events per request")
@@ -395,11 +396,7 @@ class Gateway:
         if isinstance(entry, web.Response):
             return entry
         try:
-            body = await self._body(request)
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise BadRequest("not_json", "the body is not valid JSON") from None
+            _, doc = await self._json(request)
             try:
                 new = E.parse(doc, "body")
             except E.ExperimentError as e:

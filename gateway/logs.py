@@ -137,8 +137,12 @@ class JsonlLog:
             self._file = None
 
 
-def read_jsonl(paths: Iterable[str | Path]) -> Iterator[dict]:
-    """Records of JSON-lines files or folders of them (``*.jsonl`` in name order)."""
+def read_jsonl(paths: Iterable[str | Path],
+               on_bad: Callable[[Path, int], None] | None = None) -> Iterator[dict]:
+    """JSON-object records of JSON-lines files or folders of them (``*.jsonl`` in name order).
+
+    A line that is not a JSON object raises, unless ``on_bad(file, line_number)`` is given: then
+    it is reported there and skipped (a log being written may end in half a line)."""
     for p in paths:
         p = Path(p)
         files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
@@ -149,9 +153,15 @@ def read_jsonl(paths: Iterable[str | Path]) -> Iterator[dict]:
                     if not line:
                         continue
                     try:
-                        yield orjson.loads(line)
+                        rec = orjson.loads(line)
                     except orjson.JSONDecodeError:
-                        raise ValueError(f"{f}:{n}: not a JSON line") from None
+                        rec = None
+                    if isinstance(rec, dict):
+                        yield rec
+                    elif on_bad is None:
+                        raise ValueError(f"{f}:{n}: not a JSON object line")
+                    else:
+                        on_bad(f, n)
 
 
 __all__ = ["JsonlLog", "Pseudonymizer", "read_jsonl"]

@@ -11,7 +11,6 @@ known users) or from the ETL's P1 split (``training.data.load_split``: train + v
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from gateway.logs import read_jsonl
 
 log = logging.getLogger("monitoring.drift")
 
@@ -69,29 +70,21 @@ def read_log(directory: Path, since: float | None = None) -> LogRead:
     out = LogRead()
     if not directory.is_dir():
         return out
-    for f in sorted(directory.glob("*.jsonl")):
-        if since is not None and f.stat().st_mtime < since:
+    files = [f for f in sorted(directory.glob("*.jsonl"))
+             if since is None or f.stat().st_mtime >= since]
+    out.files = len(files)
+
+    def bad(f: Path, n: int) -> None:
+        out.bad_lines += 1
+        if out.bad_lines <= 5:
+            log.warning("%s:%d: not a JSON object, skipped", f, n)
+
+    for rec in read_jsonl(files, on_bad=bad):
+        ts = parse_ts(rec.get("ts"))
+        if since is not None and (ts is None or ts < since):
             continue
-        out.files += 1
-        with open(f, "rb") as fh:
-            for n, line in enumerate(fh, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    rec = None
-                if not isinstance(rec, dict):
-                    out.bad_lines += 1
-                    if out.bad_lines <= 5:
-                        log.warning("%s:%d: not a JSON object, skipped", f, n)
-                    continue
-                ts = parse_ts(rec.get("ts"))
-                if since is not None and (ts is None or ts < since):
-                    continue
-                rec["_ts"] = ts
-                out.records.append(rec)
+        rec["_ts"] = ts
+        out.records.append(rec)
     return out
 
 
@@ -164,10 +157,11 @@ def reference_scores(artifact_dir: str | Path, k: int, n_users: int, seed: int =
     (``handlers.engine.Recommender``, exact fp32 scoring: the served variant may be an approximate index
     whose scores differ by its quantization error only) with its defaults (seen items
     excluded), exactly like a live ``{"user_id": u, "k": k}`` request answered ``personalized``."""
-    from handlers.engine import PERSONALIZED, Recommender
+    from handlers.artifact_adapter import load_recommender
+    from handlers.engine import PERSONALIZED
     from handlers.validation import RecRequest
 
-    rec = Recommender.load(artifact_dir, scoring="fp32")
+    rec = load_recommender(artifact_dir, scoring="fp32")
     d = rec.data
     counts = np.diff(d.hist_indptr.numpy())
     users = [uid for uid, u in d.user_index.items() if counts[u] > 0]
