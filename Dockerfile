@@ -44,20 +44,22 @@ RUN --mount=type=bind,target=/ctx \
  && rm -f /app/*/sagemaker/__init__.py
 
 FROM base AS serving-deps
-ARG INPUTS_HASH=unknown
+ARG DEPS_HASH=unknown
 RUN --mount=type=bind,source=build/wheels/serving,target=/wheels \
-    echo "inputs ${INPUTS_HASH}" \
+    echo "dependencies ${DEPS_HASH}" \
  && pip install --no-cache-dir --no-index --find-links /wheels \
       -r /wheels/requirements.txt -c /wheels/constraints.txt
 
 FROM base AS training-deps
-ARG INPUTS_HASH=unknown
+ARG DEPS_HASH=unknown
 RUN --mount=type=bind,source=build/wheels/training,target=/wheels \
-    echo "inputs ${INPUTS_HASH}" \
+    echo "dependencies ${DEPS_HASH}" \
  && pip install --no-cache-dir --no-index --find-links /wheels \
       -r /wheels/requirements.txt -c /wheels/constraints.txt
 
 FROM base AS training
+COPY --from=training-deps /opt/venv /opt/venv
+COPY --from=source /app/training /opt/recsys
 ARG VERSION=dev
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -66,8 +68,6 @@ LABEL org.opencontainers.image.title="recsys-training" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}"
-COPY --from=training-deps /opt/venv /opt/venv
-COPY --from=source /app/training /opt/recsys
 ENV PYTHONPATH=/opt/recsys:/opt/recsys/sagemaker
 USER 10001:10001
 WORKDIR /home/recsys
@@ -77,6 +77,8 @@ ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m"]
 CMD ["training", "--help"]
 
 FROM base AS serving
+COPY --from=serving-deps /opt/venv /opt/venv
+COPY --from=source /app/serving /opt/recsys
 ARG VERSION=dev
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -86,8 +88,6 @@ LABEL org.opencontainers.image.title="recsys" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port="true"
-COPY --from=serving-deps /opt/venv /opt/venv
-COPY --from=source /app/serving /opt/recsys
 # Everything the entry point writes (run folder, TorchServe's logs and unpacked archives) is
 # under RECSYS_RUN_ROOT: /tmp, an emptyDir when the root file system is read-only.
 ENV PYTHONPATH=/opt/recsys:/opt/recsys/sagemaker \

@@ -92,7 +92,7 @@ fi
 echo "building $IMAGE:$TAG (target $TARGET, base $BASE_IMAGE, inputs ${inputs:0:12})"
 start=$(date +%s)
 "$ENGINE" build "${BUILD_FLAGS[@]}" --target "$TARGET" \
-  --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg INPUTS_HASH="$inputs" \
+  --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg INPUTS_HASH="$inputs" --build-arg DEPS_HASH="$deps_hash" \
   --build-arg VERSION="$commit" --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
   --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   --label io.recsys.inputs="$inputs" \
