@@ -6,7 +6,8 @@
 #   serving  (default) TorchServe + Java 17 + the handler's libraries + the gateway; the entry
 #            point `python -m archives.container serve|torchserve|gateway|fetch-models`
 #   training Spark + PyTorch + the MLflow client + our CLIs (etl, training, archives, ...)
-# No compilers: every Python package comes from the wheelhouse, installed with --no-index.
+# No compilers: every Python package comes from the wheelhouse, installed with --no-index
+# (torch's C++ headers and test binaries, 145 MB, are dropped: nothing here compiles against it).
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS base
@@ -48,14 +49,18 @@ ARG DEPS_HASH=unknown
 RUN --mount=type=bind,source=build/wheels/serving,target=/wheels \
     echo "dependencies ${DEPS_HASH}" \
  && pip install --no-cache-dir --no-index --find-links /wheels \
-      -r /wheels/requirements.txt -c /wheels/constraints.txt
+      -r /wheels/requirements.txt -c /wheels/constraints.txt \
+ && rm -rf /opt/venv/lib/python3.11/site-packages/torch/include \
+      /opt/venv/lib/python3.11/site-packages/torch/test
 
 FROM base AS training-deps
 ARG DEPS_HASH=unknown
 RUN --mount=type=bind,source=build/wheels/training,target=/wheels \
     echo "dependencies ${DEPS_HASH}" \
  && pip install --no-cache-dir --no-index --find-links /wheels \
-      -r /wheels/requirements.txt -c /wheels/constraints.txt
+      -r /wheels/requirements.txt -c /wheels/constraints.txt \
+ && rm -rf /opt/venv/lib/python3.11/site-packages/torch/include \
+      /opt/venv/lib/python3.11/site-packages/torch/test
 
 FROM base AS training
 COPY --from=training-deps /opt/venv /opt/venv

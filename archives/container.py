@@ -335,7 +335,8 @@ def parser() -> argparse.ArgumentParser:
                         "$RECSYS_MODEL_STORE or /models)")
     t.set_defaults(fn=cmd_torchserve)
 
-    g = sub.add_parser("gateway", help="python -m gateway serve ARGS (gateway/)")
+    g = sub.add_parser("gateway", help="python -m gateway serve ARGS (gateway/): every argument "
+                                       "after `gateway` is passed on")
     g.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m gateway serve")
     g.set_defaults(fn=cmd_gateway)
 
@@ -357,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gateway"] and argv[1:2] not in (["-h"], ["--help"]):
+        # everything after `gateway` belongs to `python -m gateway serve` (argparse would try
+        # to read its --options as ours)
+        return cmd_gateway(argparse.Namespace(args=argv[1:]))
     args = parser().parse_args(argv)
     if args.cmd == "fetch-models" and not (args.models or args.manifest):
         parser().error("fetch-models: give s3://...mar=SHA256 arguments or --manifest")

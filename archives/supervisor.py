@@ -207,7 +207,8 @@ def run(launch: Launch) -> int:
                      ", ".join(f"{n} v{client.default_version(n)} (default)"
                                for n in sorted({n for n, _ in launch.models})) or "no models")
         except Exception as e:  # reported, then the main loop stops the server
-            failed.append(str(e))
+            if not got:  # a stop requested meanwhile explains any error here
+                failed.append(str(e))
             stop.set()
 
     threading.Thread(target=bring_up, name="bring-up", daemon=True).start()

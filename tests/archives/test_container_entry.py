@@ -132,3 +132,74 @@ def test_staging_registers_the_highest_version_first(tmp_path):
     assert defaults == {"recsys": "10"}
     assert (tmp_path / "run/model-store/recsys-v2.mar").resolve() == (src / "sub2/recsys-v2.mar").resolve()
     assert K.usable_cpus() >= 1
+
+
+@pytest.mark.timeout(600)
+def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
+    """EKS mode on the host: the prod config (token auth on), the model store synced from an S3
+    prefix (moto's server) at start, every archive registered, SIGTERM -> exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    from archives.build import ArchiveConfig, build_from_folder
+    from archives.testing import make_random_artifact
+
+    art = make_random_artifact(tmp_path / "art", n_users=5, n_items=20, model_version="4")
+    mar = build_from_folder(art, tmp_path / "b", version="4", archive_format="zip-store",
+                            config=ArchiveConfig(min_workers=1, max_workers=1)).path
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    proc = None
+    try:
+        host, port = server.get_host_and_port()
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+               "RECSYS_RUN_ROOT": str(tmp_path / "run")}
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.upload_file(str(mar), BUCKET, "eks/recsys-v4.mar")
+        s3.put_object(Bucket=BUCKET, Key="eks/recsys-v4.mar.sha256", Body=F.file_sha256(mar).encode())
+        inf, mgt, met = S.free_ports(3)
+        env.update(TS_INFERENCE_PORT=str(inf), TS_MANAGEMENT_PORT=str(mgt), TS_METRICS_PORT=str(met))
+        proc = subprocess.Popen([sys.executable, "-m", "archives.container", "torchserve",
+                                 "--config", str(S.CONFIGS["prod"]), "--model-store",
+                                 f"s3://{BUCKET}/eks/"], env=env, cwd=S.PACKAGE_DIR.parent,
+                                stdout=open(tmp_path / "console.log", "wb"), stderr=subprocess.STDOUT)
+        key_file = tmp_path / "run" / "torchserve" / "key_file.json"
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "console.log").read_text()[-3000:]
+            if key_file.exists():
+                try:  # TorchServe may be writing the file
+                    key = json.loads(key_file.read_text())["inference"]["key"]
+                    r = requests.post(f"http://127.0.0.1:{inf}/predictions/recsys",
+                                      json={"user_id": "2", "k": 2}, timeout=5,
+                                      headers={"Authorization": f"Bearer {key}"})
+                    if r.status_code == 200:
+                        break
+                except (requests.RequestException, ValueError, KeyError):
+                    pass
+            assert time.monotonic() < deadline, "TorchServe did not answer"
+            time.sleep(0.5)
+        assert r.json()["model_version"] == "4"
+        assert requests.get(f"http://127.0.0.1:{inf}/ping", timeout=5).status_code == 400  # token on
+        while "recsys.container: ready in" not in (tmp_path / "console.log").read_text():  # configured
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+        log = (tmp_path / "console.log").read_text()
+        assert "recsys-v4.mar: " in log and "SIGTERM: draining" in log and "drained" in log
+        assert not S.port_in_use("127.0.0.1", inf)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.stop()

@@ -127,8 +127,12 @@ def test_runs_as_non_root_with_the_management_api_closed(served):
     r = requests.delete(f"{served['management']}/models/recsys/1", timeout=10)
     assert r.status_code == 405, r.text
     # the image's HEALTHCHECK survives (--format docker) and passes
-    hc = engine("inspect", "-f", "{{json .Config.Healthcheck}}", IMAGE).stdout
-    assert "healthcheck" in hc
+    meta = json.loads(engine("image", "inspect", IMAGE).stdout)[0]
+    hc = meta.get("Healthcheck") or meta["Config"].get("Healthcheck")  # Podman / Docker layout
+    assert hc["Test"][-1] == "healthcheck", hc
+    labels = meta.get("Labels") or meta["Config"].get("Labels")
+    assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert labels["org.opencontainers.image.revision"]
     assert engine("healthcheck", "run", name, check=False).returncode == 0
 
 
@@ -160,7 +164,8 @@ def test_gateway_command_of_the_same_image(served, image, tmp_path):
                     break
             except requests.RequestException:
                 pass
-            assert time.monotonic() < deadline, engine("logs", name).stdout[-3000:]
+            logs = engine("logs", name)
+            assert time.monotonic() < deadline, (logs.stdout + logs.stderr)[-3000:]
             time.sleep(0.3)
         key = (out / "gateway" / "client_key").read_text().strip()
         r = requests.post(f"http://127.0.0.1:{port}/v1/recommendations", json={"user_id": "3", "k": 3},
