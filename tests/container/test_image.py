@@ -209,6 +209,26 @@ def test_fetch_models_with_a_plain_run_against_moto(image, model_dir, tmp_path):
         server.stop()
 
 
+def test_make_serve_container_and_stop_container(image, model_dir):
+    """The Makefile's targets: `recsys-serve` on loopback PORT with OUT's archives, then removed."""
+    if engine("container", "exists", "recsys-serve", check=False).returncode == 0:
+        pytest.skip("a container named recsys-serve is already running on this machine")
+    port = S.free_ports(1)[0]
+    try:
+        r = subprocess.run(["make", "serve-container", f"OUT={model_dir.parent}", f"PORT={port}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=10).status_code == 200
+        r = requests.post(f"http://127.0.0.1:{port}/invocations", json={"user_id": "1", "k": 1}, timeout=30)
+        assert r.status_code == 200 and r.json()["model_version"] == "2"
+    finally:
+        r = subprocess.run(["make", "stop-container"], cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert engine("container", "exists", "recsys-serve", check=False).returncode == 1
+    assert not S.port_in_use("127.0.0.1", port)
+
+
 def test_sigterm_drains_the_request_in_flight_and_exits_in_time(served):
     """Last: it stops the container. A lone request waits 1.5 s for its batch; SIGTERM arrives
     while it does, the answer still comes, and the container exits 0 well within 30 s."""
