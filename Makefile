@@ -35,10 +35,13 @@ TORCH_INDEX ?= $(if $(PIP_FIND_LINKS)$(shell $(PYTHON) -m pip config get global.
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 SITE_PACKAGES = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-$(VENV)/.installed: requirements.lock
+# The lock pins everything; the requirement files ride along so that a pin added without
+# `make lock` is still installed (tests/packaging then says the lock is stale).
+$(VENV)/.installed: requirements.lock requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_INDEX_ARG) -r requirements.lock
+	$(PY) -m pip install --quiet $(TORCH_INDEX_ARG) -r requirements.lock -r requirements.txt \
+	  -r requirements-test.txt
 	touch $@
 
 # sagemaker/ holds the package recsys_sagemaker but is no package itself (it must not shadow the
