@@ -27,7 +27,8 @@ from recsys_sagemaker.config import AutoScaling, Deployment, Variant, check_name
 
 log = logging.getLogger(__name__)
 
-RETRIES = Config(retries={"mode": "standard", "max_attempts": 8})
+MAX_ATTEMPTS = 8  # botocore's standard retry mode (throttling and transient errors)
+RETRIES = Config(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS})
 THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException",
               "RequestLimitExceeded", "SlowDown"}
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -49,7 +50,7 @@ def explain(e: Exception, action: str) -> DeployError:
         code, msg = err.get("Code", ""), err.get("Message", str(e))
         if code in THROTTLING:
             return DeployError(f"{action}: AWS throttled the request ({code}) even after "
-                               f"{RETRIES.retries['max_attempts']} attempts; retry in a minute, "
+                               f"{MAX_ATTEMPTS} attempts; retry in a minute, "
                                "or ask for a higher API quota")
         if "assume" in msg.lower() and "role" in msg.lower() or code == "AccessDeniedException" \
                 and "role" in msg.lower():
