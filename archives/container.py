@@ -192,9 +192,10 @@ def stage_models(found: list[S.ArchiveInfo], run_root: Path) -> tuple[list[tuple
     return order, defaults
 
 
-def write_health(run_root: Path, url: str) -> None:
+def write_health(run_root: Path, url: str, key_file: Path | None = None) -> None:
+    """Where ``healthcheck`` looks (and, with token auth on, TorchServe's key file)."""
     run_root.mkdir(parents=True, exist_ok=True)
-    (run_root / HEALTH_FILE).write_text(json.dumps({"url": url}) + "\n")
+    (run_root / HEALTH_FILE).write_text(json.dumps({"url": url, "key_file": key_file and str(key_file)}) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,7 +261,8 @@ def cmd_torchserve(a) -> int:
     models, defaults = stage_models(found, cfg.run_root)
     if props.get("load_models") or props.get("models"):
         models = []  # the config names what to load
-    write_health(cfg.run_root, f"http://127.0.0.1:{ports['inference']}/ping")
+    write_health(cfg.run_root, f"http://127.0.0.1:{ports['inference']}/ping",
+                 S.run_dir(cfg.run_root) / "key_file.json")
     return SV.run(SV.Launch(out=cfg.run_root, base_config=config, ports=ports, models=models,
                             defaults=defaults if models else {}, workers=cfg.workers,
                             ready_timeout=cfg.ready_timeout, drain_timeout=cfg.drain_timeout,
@@ -310,8 +312,12 @@ def cmd_healthcheck(a) -> int:
     import urllib.request
     cfg = ContainerConfig.from_env()
     try:
-        url = json.loads((cfg.run_root / HEALTH_FILE).read_text())["url"]
-        with urllib.request.urlopen(url, timeout=a.timeout) as r:  # noqa: S310 (loopback URL we wrote)
+        health = json.loads((cfg.run_root / HEALTH_FILE).read_text())
+        req = urllib.request.Request(health["url"])
+        key_file = Path(health["key_file"]) if health.get("key_file") else None
+        if key_file and key_file.exists():  # TorchServe with token auth: /ping needs the key
+            req.add_header("Authorization", f"Bearer {json.loads(key_file.read_text())['inference']['key']}")
+        with urllib.request.urlopen(req, timeout=a.timeout) as r:  # noqa: S310 (loopback URL we wrote)
             return 0 if r.status == 200 else 1
     except Exception as e:  # any failure is "unhealthy"; say why for `podman healthcheck run`
         print(f"unhealthy: {e}", file=sys.stderr)

@@ -190,6 +190,9 @@ def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
             time.sleep(0.5)
         assert r.json()["model_version"] == "4"
         assert requests.get(f"http://127.0.0.1:{inf}/ping", timeout=5).status_code == 400  # token on
+        hc = subprocess.run([sys.executable, "-m", "archives.container", "healthcheck"], env=env,
+                            cwd=S.PACKAGE_DIR.parent, capture_output=True, text=True, timeout=30)
+        assert hc.returncode == 0, hc.stderr  # the health check sends the inference key
         while "recsys.container: ready in" not in (tmp_path / "console.log").read_text():  # configured
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.2)
