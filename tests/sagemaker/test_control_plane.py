@@ -75,10 +75,15 @@ def test_deploy_shift_rollback_invoke_delete(moto_aws, out_with_archives):
     models = {v["VariantName"]: c.sagemaker.describe_model(ModelName=v["ModelName"])
               for v in cfg["ProductionVariants"]}
     assert set(models) == {"v3", "v4"}
+    data = {v.name: v.model_data for v in dep.variants}
     for name, m in models.items():
         assert m["PrimaryContainer"]["Image"] == IMAGE and m["ExecutionRoleArn"] == ROLE
-        assert m["PrimaryContainer"]["ModelDataUrl"].endswith(f"/{name}/" + m["PrimaryContainer"]
-                                                               ["ModelDataUrl"].split("/")[-2] + "/model.tar.gz")
+        assert m["PrimaryContainer"]["ModelDataUrl"] == data[name]
+        bucket, key = data[name][5:].split("/", 1)
+        version = name[1:]
+        assert key.startswith(f"recsys/recsys-prod/v{version}/")
+        assert c.s3.head_object(Bucket=bucket, Key=key)["Metadata"]["sha256"] == \
+            P.package(out_with_archives, version).sha256
     assert cfg["DataCaptureConfig"]["DestinationS3Uri"] == f"s3://{BUCKET}/capture"
     assert cfg["DataCaptureConfig"]["InitialSamplingPercentage"] == 20
 
@@ -118,7 +123,7 @@ def test_deploy_shift_rollback_invoke_delete(moto_aws, out_with_archives):
         plane.shift("recsys-prod", {"v9": 1.0})
 
     deleted = plane.delete("recsys-prod")
-    assert f"endpoint recsys-prod" in deleted and sum(x.startswith("model ") for x in deleted) == 2
+    assert "endpoint recsys-prod" in deleted and sum(x.startswith("model ") for x in deleted) == 2
     assert plane.describe("recsys-prod") is None
     assert c.sagemaker.list_models()["Models"] == []
     assert c.autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
