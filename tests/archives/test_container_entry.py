@@ -137,7 +137,8 @@ def test_staging_registers_the_highest_version_first(tmp_path):
 @pytest.mark.timeout(600)
 def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
     """EKS mode on the host: the prod config (token auth on), the model store synced from an S3
-    prefix (moto's server) at start, every archive registered, SIGTERM -> exit 0."""
+    prefix (moto's server) at start, every archive registered, workers from RECSYS_WORKERS over
+    the archive's model-config.yaml, SIGTERM -> drain -> exit 0."""
     import os
     import signal
     import subprocess
@@ -167,7 +168,8 @@ def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
         s3.upload_file(str(mar), BUCKET, "eks/recsys-v4.mar")
         s3.put_object(Bucket=BUCKET, Key="eks/recsys-v4.mar.sha256", Body=F.file_sha256(mar).encode())
         inf, mgt, met = S.free_ports(3)
-        env.update(TS_INFERENCE_PORT=str(inf), TS_MANAGEMENT_PORT=str(mgt), TS_METRICS_PORT=str(met))
+        env.update(TS_INFERENCE_PORT=str(inf), TS_MANAGEMENT_PORT=str(mgt), TS_METRICS_PORT=str(met),
+                   RECSYS_WORKERS="2")  # the archive says 1: the variable wins
         proc = subprocess.Popen([sys.executable, "-m", "archives.container", "torchserve",
                                  "--config", str(S.CONFIGS["prod"]), "--model-store",
                                  f"s3://{BUCKET}/eks/"], env=env, cwd=S.PACKAGE_DIR.parent,
@@ -196,6 +198,10 @@ def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
         while "recsys.container: ready in" not in (tmp_path / "console.log").read_text():  # configured
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.2)
+        mkey = json.loads(key_file.read_text())["management"]["key"]
+        desc = requests.get(f"http://127.0.0.1:{mgt}/models/recsys/4", timeout=10,
+                            headers={"Authorization": f"Bearer {mkey}"}).json()[0]
+        assert desc["minWorkers"] == 2 and [w["status"] for w in desc["workers"]] == ["READY"] * 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
         log = (tmp_path / "console.log").read_text()
