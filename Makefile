@@ -8,13 +8,16 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock java demo etl train promote serve stop test bench bench-etl clean \
-	image serve-container stop-container
+.PHONY: help venv lock java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway clean \
+	monitor monitoring-files drift image serve-container stop-container
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
 	@echo "make test                                              run the test suite"
-	@echo "make serve OUT=<dir> / make stop OUT=<dir>             local TorchServe on OUT's challenger model"
+	@echo "make serve OUT=<dir> / make stop OUT=<dir>             TorchServe + the A/B gateway (every version of"
+	@echo "                                                       OUT/gateway/experiment.yaml; else the challenger)"
+	@echo "make ab-demo OUT=<dir>                                 50/50 test of the two newest archives: serve,"
+	@echo "                                                       replay held-out users, report, stop"
 	@echo "make promote OUT=<dir>                                 gate: challenger -> champion"
 	@echo "make bench                                             serving benchmark (benchmarks/results/serving.json)"
 	@echo "make bench-etl                                         ETL throughput benchmark"
@@ -22,6 +25,10 @@ help:
 	@echo "make serve-container OUT=<dir> [PORT=8080]             the image's SageMaker serve on OUT's archives"
 	@echo "make stop-container                                    remove the recsys-serve container"
 	@echo "make lock                                              re-resolve requirements.lock"
+	@echo "make bench-gateway                                     gateway overhead (benchmarks/results/gateway.json)"
+	@echo "make monitor OUT=<dir>                                 Prometheus + load against make serve; latency PNGs in OUT/monitoring"
+	@echo "make drift OUT=<dir>                                   drift report of OUT/gateway logs vs training data"
+	@echo "make monitoring-files                                  regenerate the rule file and the dashboard JSON"
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "error: Java 17 is required (Spark, TorchServe)." \
@@ -57,21 +64,69 @@ lock: venv
 	  --python-platform x86_64-manylinux_2_28 --native-tls --no-header $(LOCK_TORCH) -o requirements.lock
 
 MODEL_URI ?= models:/hybrid-recommender@challenger
+BASELINE_URI ?= models:/hybrid-recommender@baseline
 
+# The main job end to end: ETL, the popularity model (registry alias baseline) and the hybrid
+# (alias challenger) as two registry versions and two archives; TorchServe answers sample requests
+# and the train/serve parity check (OUT/parity.json, fails below 0.99); then the A/B experiment
+# through the gateway (popularity = control, hybrid = treatment): OUT/experiment/report.*.
 demo: venv java
 	$(PY) -m etl run $(DATASET_ARG) --out $(OUT)
+	$(PY) -m training popularity --out $(OUT)
 	$(PY) -m training run --out $(OUT)
+	$(PY) -m archives build --out $(OUT) --model-uri $(BASELINE_URI)
 	$(PY) -m archives build --out $(OUT) --model-uri $(MODEL_URI)
 	$(PY) -m archives serve --out $(OUT)
-	$(PY) -m archives demo-requests --out $(OUT); rc=$$?; \
-	  $(PY) -m archives stop --out $(OUT); exit $$rc
+	$(PY) -m archives demo-requests --out $(OUT) && $(PY) -m archives parity --out $(OUT); rc=$$?; \
+	  $(PY) -m archives stop --out $(OUT); [ $$rc -eq 0 ] || exit $$rc
+	$(MAKE) --no-print-directory ab-demo OUT=$(OUT)
+	@echo "demo done: $(OUT)/eval.json, $(OUT)/parity.json, $(OUT)/experiment/report.md"
+
+# TorchServe (python -m archives serve, the TorchServe-only command) and then the gateway in front
+# of it. Ports: TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, GATEWAY_PORT,
+# GATEWAY_METRICS_PORT. TS_CONFIG=prod turns TorchServe's token auth on (the gateway holds and
+# renews its keys). Without OUT/gateway/experiment.yaml the challenger archive is built and
+# served alone. A failed start stops whatever did start.
+TS_CONFIG ?= dev
+GATEWAY_ARGS ?=
+define STOP_BOTH
+$(PY) -m gateway stop --out $(OUT); $(PY) -m archives stop --out $(OUT)
+endef
+define SERVE_BOTH
+if [ ! -f $(OUT)/gateway/experiment.yaml ]; then \
+  $(PY) -m archives build --out $(OUT) --model-uri $(MODEL_URI) || exit 1; fi; \
+$(PY) -m gateway keys init --out $(OUT) && \
+$(PY) -m archives serve --out $(OUT) --config $(TS_CONFIG) && \
+$(PY) -m gateway prepare --out $(OUT) && \
+$(PY) -m gateway serve --out $(OUT) --detach $(GATEWAY_ARGS) \
+  || { echo "start failed: stopping what did start"; $(STOP_BOTH); exit 1; }
+endef
 
 serve: venv java
-	$(PY) -m archives build --out $(OUT) --model-uri $(MODEL_URI)
-	$(PY) -m archives serve --out $(OUT)
+	@$(SERVE_BOTH)
+	@echo "Stop both with: make stop OUT=$(OUT)"
 
+# The gateway first (it drains requests and flushes its logs), then TorchServe.
 stop: venv
-	$(PY) -m archives stop --out $(OUT)
+	@$(STOP_BOTH)
+
+# A/B test of the two newest archives in OUT/model-store (the older one is control), 50/50:
+# serve both behind the gateway, replay the held-out test users of OUT/etl, write
+# OUT/experiment/report.{md,json,png}. Earlier logs move to OUT/gateway/previous/.
+# The replay measures the models, not latency: a generous deadline keeps a busy machine's slow
+# answers from turning into fallbacks that dilute the comparison (fallbacks are still reported).
+AB_NAME ?= ab-demo
+ab-demo: GATEWAY_ARGS += --deadline-ms 2000
+ab-demo: venv java
+	$(PY) -m gateway experiment write --out $(OUT) --newest 2 --weights 50,50 --name $(AB_NAME) --force
+	@if [ -d $(OUT)/gateway/exposures ] || [ -d $(OUT)/gateway/events ]; then \
+	  prev=$(OUT)/gateway/previous/$$(date -u +%Y%m%dT%H%M%SZ); mkdir -p $$prev; \
+	  for d in exposures events; do [ -d $(OUT)/gateway/$$d ] && mv $(OUT)/gateway/$$d $$prev/; done; \
+	  echo "earlier logs moved to $$prev"; fi
+	@$(SERVE_BOTH)
+	$(PY) -m gateway replay --out $(OUT); rc=$$?; $(STOP_BOTH); [ $$rc -eq 0 ] || exit $$rc
+	$(PY) -m gateway report --exposures $(OUT)/gateway/exposures --events $(OUT)/gateway/events \
+	  --experiment-file $(OUT)/gateway/experiment.yaml --out $(OUT)/experiment
 
 etl: venv java
 	$(PY) -m etl run $(DATASET_ARG) --out $(OUT)
@@ -123,6 +178,18 @@ serve-container: image
 stop-container:
 	-$(ENGINE_ENV) $(CONTAINER_ENGINE) stop -t 30 recsys-serve
 	-$(ENGINE_ENV) $(CONTAINER_ENGINE) rm -f recsys-serve
+bench-gateway: venv java
+	$(PY) -m benchmarks.gateway_bench $(BENCH_ARGS)
+
+MONITOR_ARGS ?=
+monitor: venv
+	$(PY) -m monitoring monitor --out $(OUT) $(MONITOR_ARGS)
+
+drift: venv
+	$(PY) -m monitoring drift --out $(OUT)
+
+monitoring-files: venv
+	$(PY) -m monitoring generate
 
 clean:
 	rm -rf runs spark-warehouse metastore_db derby.log build

@@ -164,6 +164,22 @@ def cmd_demo(a) -> int:
     return 0 if ok else 1
 
 
+def cmd_parity(a) -> int:
+    from archives.parity import check
+
+    summary = check(a.out, model_name=a.model_name, version=a.version, max_users=a.max_users,
+                    threshold=a.threshold)
+    _print(summary)
+    if summary["user_id_embedding"]:
+        print("note: this artifact adds a user id embedding: the two vectors differ by design",
+              file=sys.stderr)
+    if not summary["passed"]:
+        print(f"error: parity below {a.threshold}: mean top-{summary['k']} overlap "
+              f"{summary['mean_overlap']:.4f} over {summary['users']} users", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # versions through the management API
 # --------------------------------------------------------------------------------------------
@@ -282,6 +298,15 @@ def parser() -> argparse.ArgumentParser:
                                              "unknown user through the inference API")
     common(d)
     d.set_defaults(fn=cmd_demo)
+
+    pa = sub.add_parser("parity", help="known users vs their history sent by a new id, through "
+                                       "the running TorchServe; writes OUT/parity.json, exit 1 "
+                                       "below the threshold")
+    common(pa)
+    pa.add_argument("--version", help="served version to check (default: the default version)")
+    pa.add_argument("--max-users", type=int, default=1000, help="sample size (default 1000)")
+    pa.add_argument("--threshold", type=float, default=0.99, help="minimum mean top-10 overlap")
+    pa.set_defaults(fn=cmd_parity)
 
     r = sub.add_parser("register", help="register an archive as another version (POST /models)")
     common(r)

@@ -152,10 +152,10 @@ def _git_commit() -> str | None:
 def check_artifact(artifact_dir: Path, pack: Path | None = None) -> dict[str, Any]:
     """Load the artifact the way the handler does (fails early on a broken folder) and return a
     summary with a few example ids for demo requests."""
-    from handlers.engine import Recommender
+    from handlers.artifact_adapter import load_recommender
     from handlers.validation import RecRequest
 
-    rec = Recommender.load(artifact_dir, pack_path=pack)
+    rec = load_recommender(artifact_dir, pack_path=pack)
     summary = rec.describe()
     users = summary["example_users"][:1]
     rec.recommend([RecRequest(user_id=u, k=3) for u in users] + [RecRequest(user_id="?", k=3)])

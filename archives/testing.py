@@ -67,16 +67,20 @@ CATEGORIES = ("Comedy", "Drama", "Horror", "Action", "Romance")
 
 
 def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 500, dim: int = 16,
-                         hidden: int = 32, seed: int = 0, model_version: str = "1") -> Path:
+                         hidden: int = 32, seed: int = 0, model_version: str = "1",
+                         recency_boost: float = 2.0, recency_tau: float = 3.0) -> Path:
     """A small, valid serving artifact from random tensors (common.artifact.save_artifact).
 
-    Users ``"1".."n_users"`` each have 3-12 training items; items ``"10", "20", ...`` have
-    category ``CATEGORIES[i % 5]`` (and every 7th item also ``"Comedy"``); popularity decreases
-    with the item index, so the popularity fallback ranks ``"10", "20", "30", ...`` first.
+    Users ``"1".."n_users"`` each have 3-12 training items in a random time order (stored oldest
+    first); their vectors come from the serving user tower (common/encoder.py) with recency
+    weights on, as a trained model's do. Items ``"10", "20", ...`` have category
+    ``CATEGORIES[i % 5]`` (and every 7th item also ``"Comedy"``); popularity decreases with the
+    item index, so the popularity fallback ranks ``"10", "20", "30", ...`` first.
     """
     import torch
 
     from common.artifact import save_artifact
+    from common.encoder import HistoryBagEncoder
 
     g = torch.Generator().manual_seed(seed)
     item_ids = [str(10 * (i + 1)) for i in range(n_items)]
@@ -85,34 +89,31 @@ def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 
     cat_ptr = torch.tensor([0] + [len(c) for c in cats]).cumsum(0)
     cat_idx = torch.tensor([c for cs in cats for c in cs], dtype=torch.int64)
     hist = [torch.randperm(n_items, generator=g)[: int(torch.randint(3, 13, (1,), generator=g))]
-            .sort().values for _ in range(n_users)]
+            for _ in range(n_users)]  # chronological: oldest first
     h_ptr = torch.tensor([0] + [len(h) for h in hist]).cumsum(0)
     h_idx = torch.cat(hist).to(torch.int64)
-    w_in = torch.randn(n_items, hidden, generator=g) * 0.5
-    b_in = torch.randn(hidden, generator=g) * 0.1
-    w1, b1 = torch.randn(dim, hidden, generator=g) * 0.3, torch.zeros(dim)
-
-    def encode(bag):
-        w = torch.full((len(bag),), len(bag) ** -0.5)
-        h = torch.tanh(w @ w_in[bag] + b_in)
-        return torch.tanh(w1 @ h + b1)
-
+    encoder = {"encoder.in.weight": torch.randn(n_items, hidden, generator=g) * 0.5,
+               "encoder.in.bias": torch.randn(hidden, generator=g) * 0.1,
+               "encoder.layers.0.weight": torch.randn(dim, hidden, generator=g) * 0.3,
+               "encoder.layers.0.bias": torch.zeros(dim)}
+    tower = HistoryBagEncoder.from_tensors(encoder, {"n_layers": 1, "recency_boost": recency_boost,
+                                                     "recency_tau": recency_tau})
     n_text = 8
     tensors = {
         "item_vectors": torch.randn(n_items, dim, generator=g),
         "item_bias": torch.randn(n_items, generator=g) * 0.1,
-        "user_vectors": torch.stack([encode(h) for h in hist]),
+        "user_vectors": tower.encode(hist),
         "popularity": torch.arange(n_items, 0, -1, dtype=torch.float32),
         "item_warm": torch.ones(n_items, dtype=torch.uint8),
-        "encoder.in.weight": w_in, "encoder.in.bias": b_in,
-        "encoder.layers.0.weight": w1, "encoder.layers.0.bias": b1,
+        **encoder,
         "content.weight": torch.randn(n_text + len(CATEGORIES), dim, generator=g) * 0.1,
         "content.bias": torch.zeros(n_text + len(CATEGORIES)),
         "item_categories.indptr": cat_ptr.to(torch.int64), "item_categories.indices": cat_idx,
         "user_history.indptr": h_ptr.to(torch.int64), "user_history.indices": h_idx,
     }
     config = {"model_version": model_version, "dim": dim,
-              "encoder": {"n_layers": 1, "dims": [hidden, dim]},
+              "encoder": {**tower.config(), "includes_user_id_embedding": False,
+                          "history_source": "random"},
               "content": {"n_text_features": n_text, "n_categories": len(CATEGORIES),
                           "categories": list(CATEGORIES), "category_weight": 1.0},
               "note": "random test artifact (archives.testing.make_random_artifact)"}

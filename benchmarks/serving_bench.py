@@ -104,9 +104,9 @@ class ExactReference:
     """The exact (fp32, full scan) answer to a request, computed in-process by the same engine."""
 
     def __init__(self, art: Path):
-        from handlers.engine import Recommender
+        from handlers.artifact_adapter import load_recommender
 
-        self.rec = Recommender.load(art, scoring="fp32")
+        self.rec = load_recommender(art, scoring="fp32")
         self._cache: dict[int, list[str]] = {}
 
     def items(self, i: int, body: dict) -> list[str]:

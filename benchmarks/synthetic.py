@@ -8,8 +8,8 @@ time) without training a model on 10M users. Quality is not the point; the artif
 * users: a home cluster each; 1..3*history_mean distinct items, 80 % drawn Zipf-like inside the
   home cluster, the rest Zipf over all items;
 * encoder: one hidden layer whose weights project item vectors into the hidden space and back,
-  so a history's vector points at its cluster; ``user_vectors`` are exactly the encoder applied to
-  each user's history (``ServingArtifact.history_vector``), computed with ``embedding_bag``;
+  so a history's vector points at its cluster; ``user_vectors`` are exactly the user tower
+  (common/encoder.py, recency off) applied to each user's history;
 * ``popularity`` counts distinct users per item, ``item_warm`` marks items with any.
 
 Everything is vectorised and generated in chunks of users: 10M users x 1M items x d=64 stays
@@ -29,7 +29,8 @@ from typing import Iterator, Sequence
 
 import psutil
 import torch
-import torch.nn.functional as F
+
+from common.encoder import Bags, HistoryBagEncoder
 
 log = logging.getLogger("benchmarks.synthetic")
 
@@ -130,14 +131,17 @@ def _user_chunk(m: int, n_items: int, n_clusters: int, history_mean: int, cdfs, 
     return torch.bincount(keys // n_items, minlength=m), keys % n_items
 
 
+ENCODER_CONFIG = {"n_layers": 1, "recency_boost": 0.0, "recency_tau": 1.0,
+                  "includes_user_id_embedding": False}
+
+
 def _encode_users(counts: torch.Tensor, items: torch.Tensor, enc: dict[str, torch.Tensor]) -> torch.Tensor:
-    """ServingArtifact.history_vector for each user: uniform weights 1/sqrt(n) (recency_boost
-    0), tanh(bag + b_in), then the layer."""
+    """The user tower (common/encoder.py) over each user's history, vectorised: with
+    ``recency_boost`` 0 every item weighs 1 whatever its position, so the bags need no order."""
+    tower = HistoryBagEncoder.from_tensors(enc, ENCODER_CONFIG)
     offsets = torch.cumsum(counts, 0) - counts
-    w = torch.repeat_interleave(counts.float().rsqrt(), counts)
-    bag = F.embedding_bag(items, enc["encoder.in.weight"], offsets, mode="sum", per_sample_weights=w)
-    h = torch.tanh(bag + enc["encoder.in.bias"])
-    return torch.tanh(h @ enc["encoder.layers.0.weight"].T + enc["encoder.layers.0.bias"])
+    with torch.inference_mode():
+        return tower(Bags(items, offsets, torch.ones(items.numel())))
 
 
 def _users(n_users: int, n_items: int, dim: int, n_clusters: int, history_mean: int,
@@ -218,8 +222,8 @@ def make_scale_artifact(path: Path, *, n_users: int, n_items: int, dim: int = 64
                "user_history.indptr": h_ptr, "user_history.indices": h_idx}
     names = category_names(n_categories)
     config = {"model_version": model_version, "dim": dim,
-              "encoder": {"n_layers": 1, "dims": [hidden, dim], "recency_boost": 0.0,
-                          "recency_tau": 1.0, "includes_user_id_embedding": False},
+              "encoder": {**HistoryBagEncoder.from_tensors(enc, ENCODER_CONFIG).config(),
+                          "includes_user_id_embedding": False, "history_source": "synthetic"},
               "content": {"n_text_features": N_TEXT_FEATURES, "n_categories": n_categories,
                           "categories": names, "category_weight": 1.0},
               "synthetic": {"n_users": n_users, "n_items": n_items, "hidden": hidden,

@@ -3,7 +3,7 @@
 No pickles: tensors in ``model.safetensors``, everything else JSON / text. Depends only on the
 standard library, torch and safetensors (no numpy, no training code), so it can be shipped alone inside a .mar.
 
-Folder layout (``FORMAT = "hybrid-recsys-artifact"``, ``FORMAT_VERSION = 1``)::
+Folder layout (``FORMAT = "hybrid-recsys-artifact"``, ``FORMAT_VERSION = 2``)::
 
     config.json       format, model_version, created_at, schema_version, dims, counts, encoder
                       and content specs, tensor list, sha256 of the other files, metrics, ...
@@ -27,22 +27,22 @@ Tensors (float32 unless noted; d = ``config["dim"]``)::
     content.bias          [n_text + n_categories]     content part of the item bias
     item_categories.indptr  [n_items + 1] i64, item_categories.indices [nnz] i64  (CSR)
     user_history.indptr     [n_users + 1] i64, user_history.indices   [nnz] i64  (CSR of the
-                          items each known user interacted with: mask them when recommending)
+                          items each known user interacted with, each row in time order, oldest
+                          first: the history the user's vector was computed from, and the items
+                          masked when recommending)
 
-Scoring: ``score = user_vector @ item_vectors.T + item_bias``. A user vector for a history
-(``history_vector``; items oldest first, a repeated item counts once at its latest position):
-w_j = 1 + recency_boost * exp(-(number of items after j) / recency_tau) (``config["encoder"]``),
-w /= ||w||_2, h = tanh(sum_j w_j * encoder.in.weight[item_j] + encoder.in.bias), then
-h = tanh(W_k h + b_k) per layer (``encoder.n_layers``). Known users' ``user_vectors`` are exactly
-this applied to their training history in time order (plus a user id embedding only where
-``encoder.includes_user_id_embedding``). A new item's vector from its TF-IDF (``text_indices``/``text_values``, L2-normalised by
-the vectorizer) and category ids: v = sum_j text_values_j * content.weight[j]
+Scoring: ``score = user_vector @ item_vectors.T + item_bias``. The user tower (the history
+encoder, ``config["encoder"]``) is defined once in ``common/encoder.py``: known users'
+``user_vectors`` are exactly that encoder applied to their ``user_history`` row (plus a user id
+embedding only where ``encoder.includes_user_id_embedding``), and serving applies the same
+encoder to a history sent with a request. A new item's vector from its TF-IDF
+(``text_indices``/``text_values``, L2-normalised by the vectorizer) and category ids:
+v = sum_j text_values_j * content.weight[j]
 + sum_c (category_weight / sqrt(#categories)) * content.weight[n_text + c], likewise the bias.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import mmap as _mmap
 import shutil
@@ -54,8 +54,11 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from common.ids import InvalidId, check_id
+from common.storage import file_sha256
+
 FORMAT = "hybrid-recsys-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: user_history rows in time order; encoder block from common/encoder.py
 TENSORS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 USER_IDS_FILE = "user_ids.txt"
@@ -72,19 +75,20 @@ class ArtifactError(ValueError):
     """The folder is not a valid artifact of a supported format version."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_id(value: str, what: str) -> str:
     s = str(value)
-    if "\n" in s or "\r" in s:
-        raise ValueError(f"{what} {s!r} contains a line break")
+    try:
+        check_id(s)
+    except InvalidId as e:
+        raise ValueError(f"{what} {s!r} is not a valid id: {e}") from None
     return s
+
+
+def _read_ids(path: Path) -> list[str]:
+    """One id per line. Ids may hold any character but control characters (common/ids.py), so
+    lines split on "\n" only: str.splitlines() would also split at U+2028 or U+001C."""
+    text = path.read_text(encoding="utf-8")
+    return text.split("\n")[:-1] if text else []
 
 
 def save_artifact(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], config: Mapping,
@@ -112,15 +116,17 @@ def save_artifact(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], conf
         clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(clean, str(tmp / TENSORS_FILE), metadata={"format": FORMAT,
                                                           "format_version": str(FORMAT_VERSION)})
-        (tmp / USER_IDS_FILE).write_text("".join(_check_id(u, "user id") + "\n" for u in user_ids))
-        (tmp / ITEM_IDS_FILE).write_text("".join(_check_id(i, "item id") + "\n" for i in item_ids))
+        (tmp / USER_IDS_FILE).write_text("".join(_check_id(u, "user id") + "\n" for u in user_ids),
+                                         encoding="utf-8")
+        (tmp / ITEM_IDS_FILE).write_text("".join(_check_id(i, "item id") + "\n" for i in item_ids),
+                                         encoding="utf-8")
         with open(tmp / ITEMS_FILE, "w", encoding="utf-8") as f:
             for i, rec in enumerate(items if items is not None else ({} for _ in item_ids)):
                 row = {"item_idx": i, "item_id": str(item_ids[i]), **dict(rec)}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         if vectorizer is not None:
             shutil.copyfile(vectorizer, tmp / VECTORIZER_FILE)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         cfg = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                **dict(config), "n_users": n_users, "n_items": n_items,
@@ -252,109 +258,10 @@ class ServingArtifact:
         ptr = self.tensors["user_history.indptr"]
         return self.tensors["user_history.indices"][int(ptr[user_idx]):int(ptr[user_idx + 1])]
 
-    def recency_weights(self, n: int) -> torch.Tensor:
-        """Input weights of a chronological bag of ``n`` distinct items (oldest first):
-        1 + boost * exp(-(items after it) / tau), as in training."""
-        enc = self.config["encoder"]
-        boost, tau = float(enc.get("recency_boost", 0.0)), float(enc.get("recency_tau", 1.0))
-        after = torch.arange(n - 1, -1, -1, dtype=torch.float32)
-        if boost == 0.0:
-            return torch.ones(n, dtype=torch.float32)
-        return 1.0 + boost * torch.exp(-after / max(tau, 1e-9))
-
-    def history_bag(self, item_indices, weights=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distinct item indices, encoder input weights) of a request-time history.
-
-        ``item_indices`` in chronological order (oldest first, latest last); a repeated item
-        counts once, at its latest position; weights follow the artifact's recency rule.
-        Explicit ``weights`` replace that rule (repeats are summed)."""
-        idx = torch.as_tensor(item_indices, dtype=torch.long).reshape(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_items):
-            raise IndexError("item index out of range")
-        if weights is not None:
-            w_in = torch.as_tensor(weights, dtype=torch.float32).reshape(-1)
-            if w_in.numel() != idx.numel():
-                raise ValueError("weights and item_indices differ in length")
-            uniq, inv = torch.unique(idx, return_inverse=True)
-            return uniq, torch.zeros(uniq.numel(), dtype=torch.float32).index_add_(0, inv, w_in)
-        # keep each item's latest occurrence, in chronological order
-        rev = torch.flip(idx, [0])
-        uniq, inv = torch.unique(rev, return_inverse=True)
-        first_in_rev = torch.full((uniq.numel(),), rev.numel(), dtype=torch.long)
-        first_in_rev.scatter_reduce_(0, inv, torch.arange(rev.numel()), reduce="amin")
-        order = torch.argsort(first_in_rev, descending=True)  # oldest kept occurrence first
-        items = uniq[order]
-        return items, self.recency_weights(items.numel())
-
-    def history_vector(self, item_indices, weights=None) -> torch.Tensor:
-        """User vector [d] from a history given at request time (see :meth:`history_bag`).
-
-        An empty history gives the encoder's no-history vector; prefer ``popularity`` there."""
-        idx, w = self.history_bag(item_indices, weights)
-        return self._encode([idx], [w])[0]
-
-    def history_vectors(self, bags: Sequence[Sequence[int]]) -> torch.Tensor:
-        """[b, d] user vectors of several chronological history bags."""
-        if not len(bags):
-            return torch.zeros(0, self.dim)
-        pairs = [self.history_bag(b) for b in bags]
-        return self._encode([p[0] for p in pairs], [p[1] for p in pairs])
-
-    def _encode(self, idx_list, w_list) -> torch.Tensor:
-        W_in = self.tensors["encoder.in.weight"]
-        b_in = self.tensors["encoder.in.bias"]
-        rows = []
-        for idx, w in zip(idx_list, w_list):
-            norm = torch.linalg.vector_norm(w)
-            w = w / norm if float(norm) > 0 else w
-            rows.append((w.unsqueeze(0) @ W_in[idx]).squeeze(0) if idx.numel()
-                        else torch.zeros(W_in.shape[1]))
-        h = torch.tanh(torch.stack(rows) + b_in)
-        for k in range(int(self.config["encoder"]["n_layers"])):
-            h = torch.tanh(h @ self.tensors[f"encoder.layers.{k}.weight"].T
-                           + self.tensors[f"encoder.layers.{k}.bias"])
-        return h
-
-    # ---- scoring -----------------------------------------------------------------------------
-    def score(self, user_vectors: torch.Tensor) -> torch.Tensor:
-        """Scores [b, n_items] (a [d] input gives [1, n_items])."""
-        u = torch.as_tensor(user_vectors, dtype=torch.float32)
-        if u.dim() == 1:
-            u = u.unsqueeze(0)
-        return u @ self.item_vectors.T + self.item_bias
-
-    def recommend(self, user_vectors: torch.Tensor, k: int = 10,
-                  exclude: Sequence[Sequence[int]] | None = None,
-                  allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k (scores, item indices) per row; ``exclude`` one index list per row,
-        ``allowed`` a bool mask over items (e.g. :meth:`category_mask`)."""
-        s = self.score(user_vectors)
-        if allowed is not None:
-            s = s.masked_fill(~torch.as_tensor(allowed, dtype=torch.bool).unsqueeze(0),
-                              float("-inf"))
-        if exclude is not None:
-            for r, ex in enumerate(exclude):
-                if len(ex):
-                    s[r, torch.as_tensor(ex, dtype=torch.long)] = float("-inf")
-        k = min(int(k), self.n_items)
-        return torch.topk(s, k, dim=1)
-
     # ---- items -------------------------------------------------------------------------------
     def item_categories(self, item_idx: int) -> torch.Tensor:
         ptr = self.tensors["item_categories.indptr"]
         return self.tensors["item_categories.indices"][int(ptr[item_idx]):int(ptr[item_idx + 1])]
-
-    def category_mask(self, category_ids: Iterable[int]) -> torch.Tensor:
-        """Bool [n_items]: items having at least one of the given category ids (vectorizer
-        order, ``config["content"]["categories"]``)."""
-        ptr = self.tensors["item_categories.indptr"]
-        ind = self.tensors["item_categories.indices"]
-        wanted = torch.zeros(max(int(self.config["content"]["n_categories"]), 1), dtype=torch.bool)
-        for c in category_ids:
-            wanted[int(c)] = True
-        hit = wanted[ind]
-        rows = torch.repeat_interleave(torch.arange(self.n_items), torch.diff(ptr))
-        return torch.zeros(self.n_items, dtype=torch.bool).index_fill_(0, rows[hit], True)
 
     def embed_item(self, text_indices: Sequence[int], text_values: Sequence[float],
                    category_indices: Sequence[int] = ()) -> tuple[torch.Tensor, float]:
@@ -392,7 +299,7 @@ def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False,
                             f"supported (this reader: {FORMAT_VERSION})")
     if verify:
         for name, digest in config.get("files", {}).items():
-            if _sha256(p / name) != digest:
+            if file_sha256(p / name) != digest:
                 raise ArtifactError(f"{p / name}: sha256 mismatch")
     if mmap:
         tensors, mm = mmap_safetensors(p / TENSORS_FILE)
@@ -404,8 +311,8 @@ def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False,
     if missing:
         raise ArtifactError(f"{p}: tensors missing from {TENSORS_FILE}: {missing}")
     if id_lists is None:
-        user_ids: Sequence[str] = (p / USER_IDS_FILE).read_text().splitlines()
-        item_ids: Sequence[str] = (p / ITEM_IDS_FILE).read_text().splitlines()
+        user_ids: Sequence[str] = _read_ids(p / USER_IDS_FILE)
+        item_ids: Sequence[str] = _read_ids(p / ITEM_IDS_FILE)
     else:
         user_ids, item_ids = id_lists
     if len(user_ids) != config["n_users"] or len(item_ids) != config["n_items"]:

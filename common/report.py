@@ -35,3 +35,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     sep = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2))
                          for w, n in zip(widths, numeric)) + "|"
     return "\n".join([line([str(h) for h in headers]), sep, *(line(r) for r in cells)])
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """``text`` with the lines between ``<!-- name -->`` and ``<!-- /name -->`` replaced by
+    ``content``: README tables are generated from results files, never typed by hand."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    a, b = text.find(start), text.find(end)
+    if a < 0 or b < a:
+        raise ValueError(f"no block {start} ... {end} in the text")
+    return text[:a + len(start)] + "\n" + content.rstrip("\n") + "\n" + text[b:]

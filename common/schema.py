@@ -23,8 +23,8 @@ LIST_SEPARATOR = "|"
 RATING_EVENT = "rating"
 IMPLICIT_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
 
-MAX_ID = 2**63 - 1
-ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+# Ids: any string of 1-256 characters without control characters, or a non-negative integer;
+# one canonicalization for every stage: common/ids.py.
 
 
 class Reason:

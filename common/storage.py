@@ -68,3 +68,11 @@ def as_path(value: str | Path | UriPath) -> AnyPath:
 
 def is_local(path: AnyPath) -> bool:
     return isinstance(path, Path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a local file, streamed (``hashlib.file_digest``)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -12,12 +12,11 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from common.config import PrepareConfig, parse_weights
-from common.schema import LIST_SEPARATOR, MAX_ID, RATING_EVENT, Reason
+from common.ids import MAX_ID_CHARS, WHITESPACE_JAVA_CLASS
+from common.schema import LIST_SEPARATOR, RATING_EVENT, Reason
 from etl.readers import CORRUPT, SOURCE
 
 REASON = "reason"
-_INT_ID = r"^[0-9]{1,40}$"
-_TOKEN_ID = r"^[A-Za-z][A-Za-z0-9_.:\-]{0,127}$"
 _EPOCH_S = r"^[0-9]{1,11}$"
 _EPOCH_MS = r"^[0-9]{12,14}$"
 
@@ -26,16 +25,26 @@ def _blank(c: Column) -> Column:
     return c.isNull() | (F.trim(c) == "")
 
 
+def canonical_id(c: Column) -> Column:
+    """common/ids.py's canonical form as a column: a string of ASCII digits loses its leading
+    zeros ("007" is "7"); any other string is NFC-normalised (ICU's ``Normalizer.compose``, on
+    Spark's classpath: Spark has no normalize function, and this stays in the JVM), not trimmed."""
+    digits = c.rlike("^[0-9]+$")
+    nfc = F.try_reflect(F.lit("com.ibm.icu.text.Normalizer"), F.lit("compose"), c, F.lit(False))
+    return F.when(digits, F.regexp_replace(c, "^0+(?!$)", "")).otherwise(nfc)
+
+
 def normalize_id(c: Column) -> Column:
-    """Integer ids lose leading zeros ("007" == "7"); token ids are kept as written; else null."""
-    s = F.trim(c)
-    as_int = s.try_cast("decimal(38,0)")
-    return (F.when(s.rlike(_INT_ID) & (as_int <= F.lit(MAX_ID)), as_int.cast("bigint").cast("string"))
-            .when(s.rlike(_TOKEN_ID), s))
+    """The canonical id (common/ids.py), or null when it is not a valid id: 1-256 code points,
+    no control character (Unicode Cc), not only white space."""
+    s = canonical_id(c)
+    valid = ((F.char_length(s) >= 1) & (F.char_length(s) <= MAX_ID_CHARS) & ~s.rlike(r"\p{Cc}")
+             & ~s.rlike(f"^{WHITESPACE_JAVA_CLASS}+$"))
+    return F.when(valid, s)
 
 
 def _id_reasons(c: Column, missing: str, bad: str) -> Column:
-    return F.when(_blank(c), F.lit(missing)).when(normalize_id(c).isNull(), F.lit(bad))
+    return F.when(c.isNull() | (c == ""), F.lit(missing)).when(normalize_id(c).isNull(), F.lit(bad))
 
 
 def parse_epoch_seconds(c: Column) -> Column:

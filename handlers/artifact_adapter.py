@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from common.artifact import ITEMS_FILE, load_artifact, mmap_safetensors
 from common.config import ArchiveConfig
+from common.encoder import HistoryBagEncoder
 from common.idtable import IdTable, build_id_table
 from common.retrieval import VARIANTS, build_index, load_index, recall_at_k
-from handlers.engine import ServingData
+from handlers.engine import Recommender, ServingData
 
 PACK_FILE = "pack.safetensors"
 SERVING_JSON = "serving.json"
@@ -113,27 +113,6 @@ class _Titles(Sequence[str]):
         return bytes(self.blob[a:b].numpy()).decode("utf-8", "replace")
 
 
-def _encoder(art):
-    t = art.tensors
-    w_in, b_in = t["encoder.in.weight"], t["encoder.in.bias"].to(torch.float32)
-    layers = [(t[f"encoder.layers.{k}.weight"].to(torch.float32),
-               t[f"encoder.layers.{k}.bias"].to(torch.float32))
-              for k in range(int(art.config.get("encoder", {}).get("n_layers", 0)))]
-
-    def encode(indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Binary bags: weight 1 per item, L2-normalised per bag (common/artifact.py's rule)."""
-        n = indices.numel()
-        lengths = torch.diff(offsets, append=torch.tensor([n]))
-        w = torch.repeat_interleave(lengths.clamp_min(1).to(torch.float32).rsqrt(), lengths)
-        h = torch.tanh(F.embedding_bag(indices, w_in, offsets, mode="sum",
-                                       per_sample_weights=w) + b_in)
-        for wk, bk in layers:
-            h = torch.tanh(F.linear(h, wk, bk))
-        return h
-
-    return encode
-
-
 def _categories(art) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     names = (art.config.get("content") or {}).get("categories")
     t = art.tensors
@@ -184,6 +163,7 @@ def from_artifact(artifact_dir: Path, scoring: str = "auto", pack_path: Path | N
         with open(Path(artifact_dir) / ITEMS_FILE, encoding="utf-8") as f:
             titles = [str(json.loads(line).get("title") or "") for line in f]
     cat_names, cat_ptr, cat_idx = _categories(art)
+    enc_cfg = dict(art.config.get("encoder") or {})
     data = ServingData(
         model_version=art.version or None, item_ids=art.item_ids,
         item_index=items_t if items_t is not None else art.item_index,
@@ -191,11 +171,21 @@ def from_artifact(artifact_dir: Path, scoring: str = "auto", pack_path: Path | N
         user_index=users if users is not None else art.user_index,
         user_vectors=art.tensors["user_vectors"],
         hist_indptr=art.tensors["user_history.indptr"], hist_indices=art.tensors["user_history.indices"],
-        popularity=art.popularity, encode=_encoder(art), score=score, search=searcher.search,
+        popularity=art.popularity, encode=HistoryBagEncoder.from_tensors(art.tensors, enc_cfg).encode,
+        score=score, search=searcher.search,
+        user_offsets=bool(enc_cfg.get("includes_user_id_embedding", False)),
         info={"scoring": variant, "dim": art.dim, "params": meta.get("params", {})})
     data._keep = (art, mm, searcher)  # keep the memory maps alive as long as the data
     return data
 
 
-__all__ = ["from_artifact", "write_pack", "PACK_FILE", "SERVING_JSON",
+def load_recommender(artifact_dir: str | Path, scoring: str = "auto",
+                     pack_path: str | Path | None = None, threads: int = 1) -> Recommender:
+    """The engine over an artifact folder (and the archive's serving pack, when given);
+    ``scoring``: a serving variant (common/retrieval.py) or ``auto`` (the pack's)."""
+    return Recommender(from_artifact(Path(artifact_dir), scoring=scoring,
+                                     pack_path=Path(pack_path) if pack_path else None, threads=threads))
+
+
+__all__ = ["from_artifact", "load_recommender", "write_pack", "PACK_FILE", "SERVING_JSON",
            "DEFAULT_VARIANT"]

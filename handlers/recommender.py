@@ -27,7 +27,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers import validation as V
 from handlers.engine import BatchState as _Batch
-from handlers.engine import Recommender
+from handlers.artifact_adapter import load_recommender
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,20 @@ METRIC_DEFS = {  # name -> (unit, extra dimension, type); must match archives/me
     "RecScoringLatencySeconds": ("s", None, MetricTypes.HISTOGRAM),
     "RecHandlerLatencySeconds": ("s", None, MetricTypes.HISTOGRAM),
     "RecBatchSize": ("Count", None, MetricTypes.HISTOGRAM),
+    "RecWorkerStarts": ("Count", None, MetricTypes.COUNTER),
+    "RecWorkerRssBytes": ("Bytes", "Worker", MetricTypes.GAUGE),
 }
+RSS_EVERY_S = 5.0  # how often a serving worker refreshes RecWorkerRssBytes
 
 
 class RecommenderHandler(BaseHandler):
     def __init__(self):
         super().__init__()
-        self.engine: Recommender | None = None
+        self.engine = None  # handlers.engine.Recommender, built in initialize
         self.model_name = "recsys"
         self.model_version = "0"
         self._metrics: dict[str, Any] = {}
+        self._rss_at = 0.0
 
     # ---- start-up ---------------------------------------------------------------------------
     def initialize(self, context):
@@ -63,11 +67,13 @@ class RecommenderHandler(BaseHandler):
         self.model_version = str(self.manifest.get("model", {}).get("modelVersion", "0"))
         artifact_dir = model_dir / str(cfg.get("artifact_dir", "artifact"))
         pack = model_dir / str(cfg.get("pack", "serving/pack.safetensors"))
-        self.engine = Recommender.load(artifact_dir, scoring=str(cfg.get("scoring", "auto")),
+        self.engine = load_recommender(artifact_dir, scoring=str(cfg.get("scoring", "auto")),
                                        pack_path=pack, threads=torch.get_num_threads())
         # The archive version is the registry version: report it, not what the artifact says.
         self.engine.data.model_version = self.model_version
         self._init_metrics(context)
+        self._emit("RecWorkerStarts", 1)
+        self._emit_rss(force=True)
         self.initialized = True
         rss = _memory()
         log.info("recommender %s v%s ready in %.2f s: %d items, %d users, scoring=%s, threads=%d, "
@@ -163,7 +169,19 @@ class RecommenderHandler(BaseHandler):
                 out.append(json.dumps(batch.bodies[idx]))
         self._emit("RecBatchSize", batch.n)
         self._emit("RecHandlerLatencySeconds", time.perf_counter() - batch.started)
+        self._emit_rss()
         return out
+
+    def _emit_rss(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._rss_at >= RSS_EVERY_S:
+            self._rss_at = now
+            try:
+                import psutil
+
+                self._emit("RecWorkerRssBytes", psutil.Process().memory_info().rss, str(os.getpid()))
+            except Exception:  # noqa: BLE001 - metrics must never fail a request
+                log.debug("RSS not emitted", exc_info=True)
 
 
 def _memory() -> str:

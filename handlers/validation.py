@@ -20,23 +20,23 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# Limits (documented in docs/serving.md and request.schema.json).
-MAX_BODY_BYTES = 256 * 1024  # our limit; TorchServe's max_request_size (frontend) is set to 2 MiB
+from common.ids import MAX_ID_CHARS, InvalidId, canonical_id
+
+# Limits (documented in docs/serving.md and request.schema.json). The largest valid request --
+# 5,000 history ids of 256 characters, about 1.3 MB as ASCII, 3.9 MB as 3-byte UTF-8 -- fits
+# under our limit, which stays under TorchServe's max_request_size (6 MiB, archives/config).
+MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_K = 10
 MIN_K, MAX_K = 1, 1000
 MAX_HISTORY = 5000
 MAX_EXCLUDE = 5000
 MAX_CATEGORIES = 100
-MAX_ID_INT = 2**63 - 1
-# Same rule as the ETL (common/schema.py ID_PATTERN); duplicated because the archive ships this
-# file alone, a test keeps the two equal.
-ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
-_ID_RE = re.compile(ID_PATTERN)
 MAX_CATEGORY_CHARS = 128
+ID_RULE = (f"ids are strings of 1-{MAX_ID_CHARS} characters without control characters and not "
+           "only white space (emails, UUIDs, names in any script), or non-negative integers")
 
 FIELDS = ("user_id", "k", "history", "exclude_seen", "filters", "exclude")
 FILTER_FIELDS = ("include_categories", "exclude_categories")
@@ -192,17 +192,12 @@ def _as_int(v: Any) -> int | None:
     return None
 
 
-def normalize_id(v: Any) -> str | None:
-    """An id as the ETL stores it (a string), or None when ``v`` is not a valid id.
-
-    Strings must match ``ID_PATTERN``; integers must lie in ``[0, 2**63 - 1]``.
-    """
-    if isinstance(v, str):
-        return v if _ID_RE.fullmatch(v) else None
-    i = _as_int(v)
-    if i is None or not 0 <= i <= MAX_ID_INT:
-        return None
-    return str(i)
+def _id(v: Any, field: str, reason: str) -> str:
+    """The canonical id (common/ids.py, the ETL's rule) or a 400 naming the field and why."""
+    try:
+        return canonical_id(v)
+    except InvalidId as e:
+        raise InvalidRequest(reason, f"{field} is not a valid id: {_short(v)} ({e}; {ID_RULE})") from None
 
 
 def _id_list(value: Any, field: str, reason: str, limit: int) -> tuple[str, ...]:
@@ -213,15 +208,7 @@ def _id_list(value: Any, field: str, reason: str, limit: int) -> tuple[str, ...]
                                      f"{_short(value)}")
     if len(value) > limit:
         raise InvalidRequest(reason, f"{field} has {len(value)} entries; at most {limit} are allowed")
-    out: dict[str, None] = {}
-    for i, v in enumerate(value):
-        norm = normalize_id(v)
-        if norm is None:
-            raise InvalidRequest(reason, f"{field}[{i}] is not a valid item id: {_short(v)} (ids are "
-                                         "strings of 1-128 characters A-Z a-z 0-9 _ . : - or "
-                                         "non-negative integers)")
-        out.setdefault(norm, None)  # de-duplicate, keep the first occurrence's order
-    return tuple(out)
+    return tuple(_id(v, f"{field}[{i}]", reason) for i, v in enumerate(value))
 
 
 def _category_list(value: Any, field: str) -> tuple[str, ...] | None:
@@ -253,11 +240,7 @@ def validate_request(obj: Any) -> RecRequest:
     if obj.get("user_id") is None:
         raise InvalidRequest(MISSING_USER_ID, "user_id is required (a string or a non-negative "
                                               "integer)")
-    user_id = normalize_id(obj["user_id"])
-    if user_id is None:
-        raise InvalidRequest(BAD_USER_ID, f"user_id must be a string of 1-128 characters "
-                                          f"A-Z a-z 0-9 _ . : - or a non-negative integer, got "
-                                          f"{_json_type(obj['user_id'])} {_short(obj['user_id'])}")
+    user_id = _id(obj["user_id"], "user_id", BAD_USER_ID)
 
     k_raw = obj.get("k")
     if k_raw is None:
@@ -320,6 +303,6 @@ def body_of(row: Mapping[str, Any]) -> tuple[Any, str | None]:
 
 
 __all__ = ["InvalidRequest", "RecRequest", "decode_body", "validate_request", "parse_request",
-           "body_of", "normalize_id", "is_json_content_type", "REASONS", "MAX_BODY_BYTES",
+           "body_of", "is_json_content_type", "REASONS", "MAX_BODY_BYTES",
            "DEFAULT_K", "MIN_K", "MAX_K", "MAX_HISTORY", "MAX_EXCLUDE", "MAX_CATEGORIES",
-           "ID_PATTERN"]
+           "ID_RULE"]

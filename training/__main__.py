@@ -1,4 +1,4 @@
-"""Training command line: ``python -m training {run,promote} --help``."""
+"""Training command line: ``python -m training {run,popularity,readme,promote} --help``."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from common.config import TrainConfig, add_dataclass_args, from_args
+from common.config import ArchiveConfig, TrainConfig, add_dataclass_args, from_args
+from common.retrieval import VARIANTS
 from common.report import setup_logging
 
 
@@ -15,8 +16,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     run(Path(args.out), from_args(TrainConfig, args), scheme=args.scheme,
         baselines=not args.no_baselines, als=not args.no_als, register=not args.no_register,
-        int8_backend=args.int8_backend)
+        served_variant=args.served_variant)
     print(f"\nwritten: {Path(args.out) / 'eval.json'}")
+    return 0
+
+
+def cmd_popularity(args: argparse.Namespace) -> int:
+    from training.popularity import register_popularity
+
+    version = register_popularity(Path(args.out), scheme=args.scheme)
+    print(version)
+    return 0
+
+
+def cmd_readme(args: argparse.Namespace) -> int:
+    from training.report import update_readme
+
+    done = update_readme(Path(args.eval), Path(args.readme))
+    print(f"rewrote {', '.join(done) or 'nothing'} in {args.readme}")
     return 0
 
 
@@ -40,12 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train, evaluate against baselines, export, register (OUT/eval.json)")
     p.add_argument("--out", required=True, help="run folder holding OUT/etl (from python -m etl)")
     p.add_argument("--scheme", default="temporal", choices=["temporal", "random"])
-    p.add_argument("--int8-backend", default="sq8", choices=["sq8", "torch_ao"])
+    p.add_argument("--served-variant", default=ArchiveConfig.scoring, choices=VARIANTS,
+                   help="the serving variant the archive ships (archives build --scoring): "
+                        "eval.json's served_<variant> row, through the handler's engine")
     p.add_argument("--no-baselines", action="store_true", help="evaluate the hybrid only")
     p.add_argument("--no-als", action="store_true", help="skip the Spark ALS baseline")
     p.add_argument("--no-register", action="store_true", help="no MLflow run or registry version")
     add_dataclass_args(p, TrainConfig)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("popularity", help="export the popularity model as a serving artifact and "
+                                          "register it as the next version (alias baseline); "
+                                          "prints the version")
+    p.add_argument("--out", required=True, help="run folder holding OUT/etl (from python -m etl)")
+    p.add_argument("--scheme", default="temporal", choices=["temporal", "random"])
+    p.set_defaults(fn=cmd_popularity)
+
+    p = sub.add_parser("readme", help="rewrite the README's eval tables from an eval.json")
+    p.add_argument("--eval", required=True, help="OUT/eval.json")
+    p.add_argument("--readme", default="README.md")
+    p.set_defaults(fn=cmd_readme)
 
     p = sub.add_parser("promote", help="move alias champion to the challenger if it passes the gate")
     p.add_argument("--out", required=True, help="run folder whose MLflow store to use")

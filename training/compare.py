@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,7 +17,8 @@ import scipy.sparse as sp
 
 from training.baselines import ContentModel, EASEModel, PopularityModel, SparkALSModel
 from training.data import SplitData
-from training.evaluation import evaluate, split_cold_items, users_with_few_interactions
+from training.evaluation import (RankFn, evaluate, evaluate_ranked, split_cold_items,
+                                 users_with_few_interactions, users_with_long_histories)
 
 log = logging.getLogger("training.compare")
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -30,6 +32,10 @@ PROTOCOL = {
     "ranking": "full ranking over items with training interactions, user's training items masked",
     "cold_items": "test positives on items absent from training; ranked among those items only",
     "few_interactions": "users with at most 10 training items, main protocol",
+    "long_history": "users with more than 50 training items, main protocol",
+    "served": "served_<variant> / hybrid_int8_<variant>: the handler's engine answering "
+              "{user_id, k} per test user over the variant's serving pack, its list read down to "
+              "the first K candidates of the slice (no MRR: no full ranking)",
     "metrics": "Recall@K = hits / min(K, |test|); NDCG@K binary gains, ideal DCG over "
                "min(K, |test|); MRR over the full ranking; HitRate@K; coverage@K = distinct "
                "recommended items / candidate items; means over users with a test item",
@@ -57,15 +63,33 @@ class WarmOnly:
         return out
 
 
-def evaluate_slices(score_fn: ScoreFn, data: SplitData, ks=(10, 20)) -> dict[str, dict]:
-    """{"main": ..., "cold_items": ..., "few_interactions": ...} for one model."""
+@dataclass(frozen=True)
+class Ranked:
+    """A model evaluated from the ranked lists it answers (the serving engine), not from scores."""
+
+    rank: RankFn
+
+
+SLICES = ("cold_items", "few_interactions", "long_history")
+
+
+def evaluate_slices(model: "ScoreFn | Ranked", data: SplitData, ks=(10, 20)) -> dict[str, dict]:
+    """{"main": ..., "cold_items": ..., "few_interactions": ..., "long_history": ...} for one
+    model (a score function, or :class:`Ranked`)."""
     test_warm, test_cold, cold = split_cold_items(data.train_full, data.test)
     few = users_with_few_interactions(data.train_full, max_n=10)
+    long = users_with_long_histories(data.train_full, min_n=51)
+
+    def ev(test, **kw):
+        if isinstance(model, Ranked):
+            return evaluate_ranked(model.rank, data.train_full, test, ks=ks, **kw)
+        return evaluate(model, data.train_full, test, ks=ks, **kw)
+
     return {
-        "main": evaluate(score_fn, data.train_full, test_warm, ks=ks, candidate_items=~cold),
-        "cold_items": evaluate(score_fn, data.train_full, test_cold, ks=ks, candidate_items=cold),
-        "few_interactions": evaluate(score_fn, data.train_full, test_warm, ks=ks, users=few,
-                                     candidate_items=~cold),
+        "main": ev(test_warm, candidate_items=~cold),
+        "cold_items": ev(test_cold, candidate_items=cold),
+        "few_interactions": ev(test_warm, users=few, candidate_items=~cold),
+        "long_history": ev(test_warm, users=long, candidate_items=~cold),
     }
 
 
@@ -89,10 +113,10 @@ def fit_baselines(data: SplitData, spark=None, *, als: bool = True) -> dict[str,
     return fitted
 
 
-def comparison(models: dict[str, ScoreFn], data: SplitData, ks=(10, 20)) -> tuple[dict, dict]:
+def comparison(models: "dict[str, ScoreFn | Ranked]", data: SplitData, ks=(10, 20)) -> tuple[dict, dict]:
     """(models section, slices section) of eval.json for already fitted score functions."""
     main: dict[str, dict] = {}
-    slices: dict[str, dict[str, dict]] = {"cold_items": {}, "few_interactions": {}}
+    slices: dict[str, dict[str, dict]] = {name: {} for name in SLICES}
     for name, fn in models.items():
         res = evaluate_slices(fn, data, ks)
         main[name] = res["main"]

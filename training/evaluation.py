@@ -93,6 +93,76 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.gather(vals, 1, order), torch.gather(idx, 1, order)
 
 
+class _Prepared:
+    """The P1 preliminaries shared by :func:`evaluate` and :func:`evaluate_ranked`: canonical
+    matrices, unrankable test positives dropped, the users to score."""
+
+    def __init__(self, train, test, users, candidate_items, ks):
+        self.ks = sorted({int(k) for k in ks})
+        if not self.ks or self.ks[0] < 1:
+            raise ValueError("ks must be positive integers")
+        train, test = _csr(train), _csr(test).astype(np.float64)
+        if train.shape != test.shape:
+            raise ValueError(f"train {train.shape} and test {test.shape} differ in shape")
+        self.n_users, self.n_items = train.shape
+        self.cand = _candidate_mask(candidate_items, self.n_items)
+        self.n_cand = int(self.cand.sum())
+        # Drop unrankable test positives: non-candidates and items already in the user's training row.
+        test = _keep_columns(test, self.cand)
+        self.test = _csr(test - test.multiply(train.astype(bool)))
+        self.train = train
+        self.n_test = np.diff(self.test.indptr)
+        if users is None:
+            pool = np.arange(self.n_users)
+        else:
+            pool = np.unique(np.asarray(users, dtype=np.int64))
+            if pool.size and (pool[0] < 0 or pool[-1] >= self.n_users):
+                raise ValueError("user index out of range")
+        self.scored = pool[self.n_test[pool] > 0]
+        self.k_max = min(self.ks[-1], self.n_cand)  # never recommend a masked item to fill a slot
+        self.discounts = 1.0 / np.log2(np.arange(2, self.ks[-1] + 2))
+        self.ideal = np.concatenate([[0.0], np.cumsum(self.discounts)])  # IDCG with m relevant
+        self.sums = {f"{name}@{k}": 0.0 for k in self.ks for name in ("recall", "ndcg", "hit")}
+        self.recommended = {k: np.zeros(self.n_items, dtype=bool) for k in self.ks}
+        self.cand_t = torch.from_numpy(self.cand)
+
+    def batches(self, batch_size: int):
+        for start in range(0, len(self.scored), batch_size):
+            yield self.scored[start:start + batch_size]
+
+    def allowed(self, batch: np.ndarray) -> torch.Tensor:
+        return self.cand_t.unsqueeze(0) & ~_rows_to_dense(self.train, batch)
+
+    def add(self, batch: np.ndarray, idx: torch.Tensor, allowed: torch.Tensor) -> None:
+        """Accumulate the top-``k_max`` lists ``idx`` (item indices, -1 = empty slot) of a batch;
+        a slot holding a masked or non-candidate item counts as a miss."""
+        safe = idx.clamp_min(0)
+        valid = (torch.gather(allowed, 1, safe) & (idx >= 0)).numpy()
+        hits = (torch.gather(_rows_to_dense(self.test, batch), 1, safe).numpy()) & valid
+        idx = idx.numpy()
+        n_rel = self.n_test[batch]
+        for k in self.ks:
+            h = hits[:, :k]
+            n_hits = h.sum(axis=1)
+            denom = np.minimum(k, n_rel)
+            self.sums[f"recall@{k}"] += float((n_hits / denom).sum())
+            dcg = (h * self.discounts[: h.shape[1]]).sum(axis=1)
+            self.sums[f"ndcg@{k}"] += float((dcg / self.ideal[denom]).sum())
+            self.sums[f"hit@{k}"] += float((n_hits > 0).sum())
+            self.recommended[k][idx[:, :k][valid[:, :k]]] = True
+
+    def result(self) -> dict[str, float]:
+        n = len(self.scored)
+        result: dict[str, float] = {}
+        for k in self.ks:
+            for name in ("recall", "ndcg", "hit"):
+                result[f"{name}@{k}"] = self.sums[f"{name}@{k}"] / n if n else math.nan
+            result[f"coverage@{k}"] = float(self.recommended[k].sum()) / self.n_cand \
+                if n and self.n_cand else 0.0
+        result["users"] = n
+        return result
+
+
 def evaluate(
     score_fn: ScoreFn,
     train,
@@ -123,88 +193,66 @@ def evaluate(
         ``{"recall@K", "ndcg@K", "hit@K", "coverage@K" for each K, "mrr", "users"}``; metrics
         are NaN (coverage 0.0) when no user could be scored.
     """
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError("ks must be positive integers")
-    train, test = _csr(train), _csr(test).astype(np.float64)
-    if train.shape != test.shape:
-        raise ValueError(f"train {train.shape} and test {test.shape} differ in shape")
-    n_users, n_items = train.shape
-    cand = _candidate_mask(candidate_items, n_items)
-    n_cand = int(cand.sum())
-
-    # Drop unrankable test positives: non-candidates and items already in the user's training row.
-    test = _keep_columns(test, cand)
-    test = _csr(test - test.multiply(train.astype(bool)))
-    n_test = np.diff(test.indptr)
-
-    if users is None:
-        pool = np.arange(n_users)
-    else:
-        pool = np.unique(np.asarray(users, dtype=np.int64))
-        if pool.size and (pool[0] < 0 or pool[-1] >= n_users):
-            raise ValueError("user index out of range")
-    scored = pool[n_test[pool] > 0]
-
-    k_max = min(ks[-1], n_cand)  # never recommend a masked item just to fill a slot
-    discounts = 1.0 / np.log2(np.arange(2, ks[-1] + 2))
-    ideal = np.concatenate([[0.0], np.cumsum(discounts)])  # ideal[m] = IDCG with m relevant
-    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg", "hit")}
+    P = _Prepared(train, test, users, candidate_items, ks)
     rr_sum = 0.0
-    recommended = {k: np.zeros(n_items, dtype=bool) for k in ks}
-    cand_t = torch.from_numpy(cand)
-
-    for start in range(0, len(scored), batch_size):
-        batch = scored[start:start + batch_size]
+    for batch in P.batches(batch_size):
         scores = score_fn(batch)
         scores = torch.as_tensor(np.asarray(scores) if not torch.is_tensor(scores) else scores)
         scores = scores.detach().to("cpu", torch.float32)
-        if scores.shape != (len(batch), n_items):
+        if scores.shape != (len(batch), P.n_items):
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, "
-                             f"expected ({len(batch)}, {n_items})")
+                             f"expected ({len(batch)}, {P.n_items})")
         if torch.isnan(scores).any():
             raise ValueError("score_fn returned NaN scores")
         # Masked items must sort after every allowed item, even one the model scored -inf.
         scores = scores.clone()
         scores[torch.isneginf(scores)] = torch.finfo(torch.float32).min
-        allowed = cand_t.unsqueeze(0) & ~_rows_to_dense(train, batch)
+        allowed = P.allowed(batch)
         scores.masked_fill_(~allowed, float("-inf"))
-        relevant = _rows_to_dense(test, batch)
-
-        _, idx = top_k(scores, k_max)
-        valid = torch.gather(allowed, 1, idx).numpy()
-        hits = torch.gather(relevant, 1, idx).numpy()
-        idx = idx.numpy()
-        n_rel = n_test[batch]
-        for k in ks:
-            h = hits[:, :k]
-            n_hits = h.sum(axis=1)
-            denom = np.minimum(k, n_rel)
-            sums[f"recall@{k}"] += float((n_hits / denom).sum())
-            dcg = (h * discounts[: h.shape[1]]).sum(axis=1)
-            sums[f"ndcg@{k}"] += float((dcg / ideal[denom]).sum())
-            sums[f"hit@{k}"] += float((n_hits > 0).sum())
-            recommended[k][idx[:, :k][valid[:, :k]]] = True
+        _, idx = top_k(scores, P.k_max)
+        P.add(batch, idx, allowed)
 
         # Full-ranking rank of the first relevant item: the relevant item that sorts first
         # (highest score, lowest index); its rank = #items before it in the same order + 1.
+        relevant = _rows_to_dense(P.test, batch)
         rel_scores = scores.masked_fill(~relevant, float("-inf"))
         _, first = top_k(rel_scores, 1)
         s_first = torch.gather(scores, 1, first)
-        item_ids = torch.arange(n_items).unsqueeze(0)
+        item_ids = torch.arange(P.n_items).unsqueeze(0)
         before = (scores > s_first) | ((scores == s_first) & (item_ids < first))
         rank = before.sum(dim=1).numpy() + 1
         rr_sum += float((1.0 / rank).sum())
-
-    n = len(scored)
-    result: dict[str, float] = {}
-    for k in ks:
-        for name in ("recall", "ndcg", "hit"):
-            result[f"{name}@{k}"] = sums[f"{name}@{k}"] / n if n else math.nan
-        result[f"coverage@{k}"] = float(recommended[k].sum()) / n_cand if n and n_cand else 0.0
-    result["mrr"] = rr_sum / n if n else math.nan
-    result["users"] = n
+    result = P.result()
+    result["mrr"] = rr_sum / result["users"] if result["users"] else math.nan
     return result
+
+
+RankFn = Callable[[np.ndarray, int, np.ndarray], torch.Tensor]
+
+
+def evaluate_ranked(
+    rank_fn: RankFn,
+    train,
+    test,
+    *,
+    ks: Iterable[int] = (10, 20),
+    users=None,
+    candidate_items=None,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """:func:`evaluate` for a model that answers ranked lists instead of scores (the serving
+    engine: training/served.py). ``rank_fn(users, k, candidates)`` returns int64 item indices
+    ``[len(users), k]``, best first, restricted to the bool mask ``candidates`` and padded with
+    -1; the user's training items must already be left out (a returned one counts as a miss).
+    Same metrics as :func:`evaluate` but no ``mrr`` (it needs the full ranking)."""
+    P = _Prepared(train, test, users, candidate_items, ks)
+    for batch in P.batches(batch_size):
+        idx = torch.as_tensor(rank_fn(batch, P.k_max, P.cand), dtype=torch.int64)
+        if idx.shape != (len(batch), P.k_max):
+            raise ValueError(f"rank_fn returned shape {tuple(idx.shape)}, "
+                             f"expected ({len(batch)}, {P.k_max})")
+        P.add(batch, idx, P.allowed(batch))
+    return P.result()
 
 
 def split_cold_items(train, test) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
@@ -230,3 +278,8 @@ def users_with_few_interactions(train, max_n: int = 10, min_n: int = 1) -> np.nd
     """
     counts = np.diff(_csr(train).indptr)
     return np.flatnonzero((counts >= min_n) & (counts <= max_n))
+
+
+def users_with_long_histories(train, min_n: int = 51) -> np.ndarray:
+    """Indices of users with at least ``min_n`` training items (the long-history slice)."""
+    return np.flatnonzero(np.diff(_csr(train).indptr) >= min_n)

@@ -12,12 +12,15 @@ import torch
 from common.artifact import save_artifact
 from common.schema import SCHEMA_VERSION
 from training.data import SplitData
-from training.model import HybridModel, bags_from_csr
+from training.model import HybridModel, chronological_rows
 
 
-def _csr_tensors(prefix: str, m: sp.csr_matrix) -> dict[str, torch.Tensor]:
+def _csr_tensors(prefix: str, m: sp.csr_matrix, keep_order: bool = False) -> dict[str, torch.Tensor]:
+    """indptr/indices of ``m``; rows sorted by column unless ``keep_order`` (a time-ordered
+    history keeps its order)."""
     m = sp.csr_matrix(m)
-    m.sort_indices()
+    if not keep_order:
+        m.sort_indices()
     return {f"{prefix}.indptr": torch.from_numpy(m.indptr.astype(np.int64)),
             f"{prefix}.indices": torch.from_numpy(m.indices.astype(np.int64))}
 
@@ -26,17 +29,24 @@ def _csr_tensors(prefix: str, m: sp.csr_matrix) -> dict[str, torch.Tensor]:
 def artifact_tensors(model: HybridModel, data: SplitData, batch_size: int = 4096) -> dict:
     """Every tensor of the artifact, computed from ``model`` in eval mode on the CPU.
 
-    Known users' vectors come from their train_full history (what P1 masks), weighted exactly as
-    the artifact's ``history_vector`` weights a chronologically ordered bag."""
+    Known users' vectors come from their train_full history (what P1 masks) through the user
+    tower (common/encoder.py), the same module that encodes a history sent at serving time; the
+    artifact stores that history in time order (``user_history``)."""
     was = model.training
     model.eval()
     m = model.to("cpu")
     item_vecs, item_bias = m.item_vectors()
-    hist = m.history_matrix(data.train_full, data.timestamps)
+    history = chronological_rows(data.train_full, data.timestamps)
     users = []
     for s in range(0, data.n_users, batch_size):
         rows = np.arange(s, min(s + batch_size, data.n_users))
-        users.append(m.user_vectors(bags_from_csr(hist, rows), torch.from_numpy(rows)))
+        # the serving path: chronological item lists -> common/encoder.py's bags -> the tower
+        lists = [torch.from_numpy(history.indices[history.indptr[u]:history.indptr[u + 1]]
+                                  .astype(np.int64)) for u in rows]
+        v = m.user_tower(m.user_tower.bags(lists))
+        if m.user_emb is not None:
+            v = v + m.user_emb(torch.from_numpy(rows))
+        users.append(v)
     user_vecs = torch.cat(users) if users else torch.zeros(0, m.dim)
     binary = sp.csr_matrix(data.train_full, dtype=np.float32, copy=True)
     binary.data[:] = 1.0
@@ -47,12 +57,8 @@ def artifact_tensors(model: HybridModel, data: SplitData, batch_size: int = 4096
         "user_vectors": user_vecs.float().contiguous(),
         "popularity": torch.from_numpy(pop),
         "item_warm": m.warm.to(torch.uint8).contiguous(),
-        "encoder.in.weight": m.enc_in.weight.detach().float().contiguous(),
-        "encoder.in.bias": m.enc_in_bias.detach().float().contiguous(),
+        **m.user_tower.artifact_tensors(),
     }
-    for k, lin in enumerate(m.enc_layers):
-        t[f"encoder.layers.{k}.weight"] = lin.weight.detach().float().contiguous()
-        t[f"encoder.layers.{k}.bias"] = lin.bias.detach().float().contiguous()
     n_text, n_cat = data.n_features, data.n_categories
     if m.use_content:
         t["content.weight"] = m.content_proj.weight.detach().float().contiguous()
@@ -61,7 +67,7 @@ def artifact_tensors(model: HybridModel, data: SplitData, batch_size: int = 4096
         t["content.weight"] = torch.zeros(n_text + n_cat, m.dim)
         t["content.bias"] = torch.zeros(n_text + n_cat)
     t.update(_csr_tensors("item_categories", data.item_categories))
-    t.update(_csr_tensors("user_history", data.train_full))
+    t.update(_csr_tensors("user_history", history, keep_order=True))
     model.train(was)
     return t
 
@@ -84,19 +90,9 @@ def export_artifact(model: HybridModel, data: SplitData, out_dir: str | Path, ve
         "model_type": "hybrid-history-encoder",
         "dim": int(model.dim),
         "scoring": "dot(user_vector, item_vectors[i]) + item_bias[i]",
-        "encoder": {
-            "type": "history_bag_mlp",
-            "input": "item indices in chronological order (oldest first); a repeated item counts "
-                     "once, at its latest position",
-            "recency_boost": spec["recency_boost"],
-            "recency_tau": spec["recency_tau"],
-            "weighting": "w = 1 + recency_boost * exp(-(items after it) / recency_tau)",
-            "input_norm": "l2",
-            "activation": "tanh",
-            "dims": spec["encoder_dims"],
-            "n_layers": len(spec["encoder_dims"]) - 1,
-            "includes_user_id_embedding": bool(spec["user_ids"]),
-        },
+        "encoder": {**model.user_tower.config(),
+                    "includes_user_id_embedding": bool(spec["user_ids"]),
+                    "history_source": "train_full"},
         "content": {"n_text_features": data.n_features, "n_categories": data.n_categories,
                     "categories": list(data.categories),
                     "category_weight": spec["category_weight"],

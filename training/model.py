@@ -19,36 +19,13 @@ id part (warm items only) plus a content part.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class Bags:
-    """A batch of weighted item bags in EmbeddingBag layout."""
-
-    indices: torch.Tensor  # int64 [nnz]
-    offsets: torch.Tensor  # int64 [batch]
-    weights: torch.Tensor  # float32 [nnz]
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.offsets.numel())
-
-    def to(self, device) -> "Bags":
-        return Bags(self.indices.to(device), self.offsets.to(device), self.weights.to(device))
-
-    def row_ids(self) -> torch.Tensor:
-        """Which bag each entry belongs to."""
-        n = self.indices.numel()
-        lengths = torch.diff(self.offsets, append=torch.tensor([n], device=self.offsets.device))
-        return torch.repeat_interleave(torch.arange(self.batch_size, device=self.offsets.device),
-                                       lengths)
+from common.encoder import Bags, HistoryBagEncoder, recency_weights
 
 
 def bags_from_csr(m: sp.csr_matrix, rows=None, device=None) -> Bags:
@@ -58,20 +35,6 @@ def bags_from_csr(m: sp.csr_matrix, rows=None, device=None) -> Bags:
     return Bags(torch.from_numpy(sub.indices.astype(np.int64)),
                 torch.from_numpy(sub.indptr[:-1].astype(np.int64)),
                 torch.from_numpy(sub.data.astype(np.float32))).to(device or "cpu")
-
-
-def bags_from_lists(items: list, weights: list | None = None, device=None) -> Bags:
-    """Bags from Python lists of item indices (and optional weights, default 1.0)."""
-    lengths = [len(x) for x in items]
-    idx = np.concatenate([np.asarray(x, dtype=np.int64) for x in items]) if sum(lengths) else \
-        np.zeros(0, dtype=np.int64)
-    if weights is None:
-        w = np.ones(len(idx), dtype=np.float32)
-    else:
-        w = np.concatenate([np.asarray(x, dtype=np.float32) for x in weights]) if sum(lengths) \
-            else np.zeros(0, dtype=np.float32)
-    off = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    return Bags(torch.from_numpy(idx), torch.from_numpy(off), torch.from_numpy(w)).to(device or "cpu")
 
 
 def time_ranks(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
@@ -89,22 +52,25 @@ def time_ranks(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
     return sp.csr_matrix((ranks, X.indices.copy(), X.indptr.copy()), shape=X.shape)
 
 
-def recency_weights(ranks: np.ndarray, n: np.ndarray, boost: float, tau: float) -> np.ndarray:
-    """Input weight of the item at time rank ``ranks`` (1 = oldest) in a bag of ``n`` items:
-    1 + boost * exp(-(n - rank) / tau); the latest item gets 1 + boost."""
-    if boost == 0:
-        return np.ones(len(ranks), dtype=np.float32)
-    after = np.maximum(np.asarray(n, dtype=np.float64) - ranks, 0.0)  # items after this one
-    return (1.0 + boost * np.exp(-after / max(tau, 1e-9))).astype(np.float32)
-
-
 def history_matrix(X: sp.csr_matrix, ts: sp.csr_matrix | None, boost: float,
                    tau: float) -> sp.csr_matrix:
     """X's pattern with each user's recency weights as values: the encoder input."""
     R = time_ranks(X, ts)
     n = np.repeat(np.diff(R.indptr), np.diff(R.indptr)).astype(np.float64)
-    return sp.csr_matrix((recency_weights(R.data, n, boost, tau), R.indices, R.indptr),
+    return sp.csr_matrix((recency_weights(n - R.data, boost, tau), R.indices, R.indptr),
                          shape=R.shape)
+
+
+def chronological_rows(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
+    """X's pattern with each row's item indices in time order (ties by item index): row u lists
+    user u's history oldest first, the order a request's ``history`` uses and the artifact's
+    ``user_history`` CSR stores."""
+    R = time_ranks(X, ts)
+    order = np.lexsort((R.data, np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))))
+    out = sp.csr_matrix((np.ones(R.nnz, dtype=np.float32), R.indices[order], R.indptr.copy()),
+                        shape=R.shape)
+    out.has_sorted_indices = False
+    return out
 
 
 def content_matrix(item_features: sp.csr_matrix, item_categories: sp.csr_matrix,
@@ -141,16 +107,17 @@ class HybridModel(nn.Module):
         if not (self.use_item_ids or self.use_content):
             raise ValueError("the item tower needs item ids, content, or both")
 
-        # user tower
-        self.enc_in = nn.EmbeddingBag(self.n_items, self.dims[0], mode="sum")
-        self.enc_in_bias = nn.Parameter(torch.zeros(self.dims[0]))
-        self.enc_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.dims[:-1], self.dims[1:]))
+        # user tower (common/encoder.py: the same module serves requests)
+        self.user_tower = HistoryBagEncoder(self.n_items, self.dims, recency_boost=recency_boost,
+                                            recency_tau=recency_tau, linear_dim=linear_dim,
+                                            dropout=dropout)
+        enc_in = self.user_tower.enc_in
         bound = (6.0 / (self.n_items + self.dims[0])) ** 0.5  # Xavier-uniform, as a dense Linear
-        nn.init.uniform_(self.enc_in.weight, -bound, bound)
+        nn.init.uniform_(enc_in.weight, -bound, bound)
         with torch.no_grad():  # items absent from training never get a gradient: keep them
             cold = torch.from_numpy(~np.asarray(warm_items, dtype=bool))  # out of the input
-            self.enc_in.weight[cold] = 0.0
-        for lin in self.enc_layers:
+            enc_in.weight[cold] = 0.0
+        for lin in self.user_tower.enc_layers:
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
         self.user_emb = nn.Embedding(self.n_users, self.dim) if self.use_user_ids else None
@@ -181,29 +148,7 @@ class HybridModel(nn.Module):
     # ---- user tower -------------------------------------------------------------------------
     def encode(self, bags: Bags, drop: bool | None = None) -> torch.Tensor:
         """History bags -> user vectors [b, dim] (no user id part)."""
-        drop = self.training if drop is None else drop
-        w = bags.weights
-        rows = bags.row_ids()
-        norm = torch.zeros(bags.batch_size, device=w.device).index_add_(0, rows, w * w).sqrt()
-        w = w / norm.clamp_min(1e-12)[rows]
-        if drop and self.dropout > 0:
-            keep = torch.rand_like(w) >= self.dropout
-            w = w * keep / (1.0 - self.dropout)
-        h = self.enc_in(bags.indices, bags.offsets, per_sample_weights=w) + self.enc_in_bias
-        layers = list(self.enc_layers)
-        h = self._act(h, last=not layers)
-        for k, lin in enumerate(layers):
-            h = self._act(lin(h), last=k == len(layers) - 1)
-        return h
-
-    def _act(self, h: torch.Tensor, last: bool) -> torch.Tensor:
-        """tanh, except the last ``linear_dim`` units of the output layer (a linear path)."""
-        k = self.linear_dim if last else 0
-        if k <= 0:
-            return torch.tanh(h)
-        if k >= h.shape[1]:
-            return h
-        return torch.cat([torch.tanh(h[:, :-k]), h[:, -k:]], dim=1)
+        return self.user_tower(bags, drop=self.training if drop is None else drop)
 
     def user_vectors(self, bags: Bags, users: torch.Tensor | None = None,
                      drop: bool | None = None) -> torch.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,20 +14,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.artifact import load_artifact
-from common.config import TrainConfig
+from common.config import ArchiveConfig, TrainConfig
 from common.report import table
 from common.schema import EtlLayout
 from training import tracking
-from training.compare import PROTOCOL, comparison, fit_baselines
+from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
 from training.data import load_split
-from training.quantize import make_scorer
+from training.served import engine_rank_fn, served_recommenders
 from training.train import fit
 
 log = logging.getLogger("training.pipeline")
 MODEL_NAME = "hybrid-recommender"
 EXPERIMENT = "hybrid-recommender"
-INT8_BACKENDS = ("sq8", "torch_ao")
+# INT8 serving variants (common/retrieval.py) evaluated next to the shipped one
+INT8_VARIANTS = ("int8", "sq8")
 
 
 def split_hash(etl: EtlLayout, scheme: str) -> str:
@@ -45,28 +47,24 @@ def next_version(out: Path) -> int:
     return max((int(v.version) for v in versions), default=0) + 1
 
 
-def artifact_score_fn(artifact_dir: Path, train_full, backend: str):
-    """Score users through the serving artifact (what TorchServe runs), with an INT8 scorer."""
-    art = load_artifact(artifact_dir)
-    scorer = make_scorer(art.item_vectors, art.item_bias, backend=backend)
-
-    def score(users: np.ndarray) -> torch.Tensor:
-        return scorer.score(art.user_vector(torch.as_tensor(users, dtype=torch.long)))
-
-    return score
-
-
 def _print_table(models: dict[str, dict], slices: dict[str, dict[str, dict]]) -> None:
-    rows = [[name, m["recall@10"], m["ndcg@10"], m["recall@20"], m["mrr"], m["coverage@10"],
-             slices["cold_items"][name]["recall@10"], slices["few_interactions"][name]["recall@10"]]
+    rows = [[name, m["recall@10"], m["ndcg@10"], m["recall@20"], m.get("mrr", ""), m["coverage@10"],
+             slices["cold_items"][name]["recall@10"], slices["few_interactions"][name]["recall@10"],
+             slices["long_history"][name]["recall@10"]]
             for name, m in sorted(models.items(), key=lambda kv: -kv[1]["ndcg@10"])]
     print(table(["model", "recall@10", "ndcg@10", "recall@20", "mrr", "coverage@10",
-                 "cold recall@10", "few-int. recall@10"], rows))
+                 "cold recall@10", "few-int. recall@10", "long-hist. recall@10"], rows))
 
 
 def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: bool = True,
-        als: bool = True, register: bool = True, int8_backend: str = "sq8") -> dict[str, Any]:
-    """Train, evaluate, export, log and register; writes OUT/eval.json and OUT/model/."""
+        als: bool = True, register: bool = True,
+        served_variant: str = ArchiveConfig.scoring) -> dict[str, Any]:
+    """Train, evaluate, export, log and register; writes OUT/eval.json and OUT/model/.
+
+    ``served_variant`` is the serving variant the archive will ship (``archives build
+    --scoring``, default :class:`ArchiveConfig`'s): its row ``served_<variant>`` is evaluated
+    through the handler's engine, as are the other INT8 variants (``hybrid_int8_<variant>``).
+    """
     started = time.perf_counter()
     etl = EtlLayout.under(out)
     data = load_split(etl, scheme)
@@ -92,24 +90,31 @@ def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: boo
         for name, (fn, seconds) in fit_baselines(data, spark, als=als).items():
             models[name], fit_seconds[name] = fn, seconds
 
-    # Export first (unversioned) so INT8 is evaluated through the serving artifact itself.
+    # Export first (unversioned) so the served variants are evaluated through the artifact and
+    # the handler's engine: what TorchServe will run.
     export_artifact(result.model, data, artifact_dir, version="0", metrics=None)
-    models["hybrid_int8"] = artifact_score_fn(artifact_dir, data.train_full, int8_backend)
-    for backend in INT8_BACKENDS:
-        if backend != int8_backend:
-            models[f"hybrid_int8_{backend}"] = artifact_score_fn(artifact_dir, data.train_full, backend)
-
-    t = time.perf_counter()
-    main, slices = comparison(models, data)
-    log.info("evaluated %d models in %.1f s", len(models), time.perf_counter() - t)
+    variants = [served_variant] + [v for v in INT8_VARIANTS if v != served_variant]
+    work = Path(tempfile.mkdtemp(prefix=".served-eval-", dir=out / "model"))
+    try:
+        for variant, rec in served_recommenders(artifact_dir, variants, work).items():
+            name = f"served_{variant}" if variant == served_variant else f"hybrid_int8_{variant}"
+            models[name] = Ranked(engine_rank_fn(rec, data.user_ids))
+        t = time.perf_counter()
+        main, slices = comparison(models, data)
+        log.info("evaluated %d models in %.1f s", len(models), time.perf_counter() - t)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     hash_ = split_hash(etl, scheme)
     evaluation = {
         "protocol": PROTOCOL | {"scheme": scheme, "split_hash": hash_},
         "dataset": json.loads(Path(etl.manifest).read_text())["inputs"].get("source", {}),
         "models": main,
         "slices": slices,
-        "int8": {"backend": int8_backend,
-                 "recall@10_relative_loss": 1 - main["hybrid_int8"]["recall@10"] / main["hybrid"]["recall@10"]},
+        "served": {"variant": served_variant, "row": f"served_{served_variant}",
+                   "recall@10_relative_loss":
+                       1 - main[f"served_{served_variant}"]["recall@10"] / main["hybrid"]["recall@10"],
+                   "ndcg@10_relative_loss":
+                       1 - main[f"served_{served_variant}"]["ndcg@10"] / main["hybrid"]["ndcg@10"]},
         "fit_seconds": fit_seconds,
         "train": {"best_epoch": result.best_epoch, "best_val_ndcg@10": result.best_val_ndcg,
                   "seconds": result.seconds, "config": asdict(cfg)},
@@ -122,19 +127,20 @@ def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: boo
 
         with tracking.start_run(EXPERIMENT, out, run_name=f"hybrid-{cfg.loss}",
                                 params={"train": asdict(cfg), "scheme": scheme,
-                                        "int8_backend": int8_backend}) as mlrun:
+                                        "served_variant": served_variant}) as mlrun:
             tracking.log_epoch_metrics(result.history)
             tracking.log_curves_png(result.history, out / "model" / "curves.png")
             # Metrics: the model table and slices; the whole evaluation as a JSON artifact.
-            tracking.log_eval_table({k: evaluation[k] for k in ("models", "slices", "int8")},
-                                    split_hash=hash_, primary="models.hybrid")
+            tracking.log_eval_table({k: evaluation[k] for k in ("models", "slices", "served")},
+                                    split_hash=hash_, primary=f"models.served_{served_variant}")
             eval_path.write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
             mlflow.log_artifact(str(eval_path))
             # The registry version number becomes the artifact's model_version.
             version = str(next_version(out))
+            served = main[f"served_{served_variant}"]
             export_artifact(result.model, data, artifact_dir, version=version,
-                            metrics={"recall@10": main["hybrid"]["recall@10"],
-                                     "ndcg@10": main["hybrid"]["ndcg@10"]})
+                            metrics={"recall@10": served["recall@10"], "ndcg@10": served["ndcg@10"],
+                                     "served_variant": served_variant})
             tracking.log_serving_artifact(artifact_dir)
             registered = tracking.register_version(mlrun.info.run_id, MODEL_NAME, split_hash=hash_)
             if str(registered) != version:

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from common.config import TrainConfig
 from training.data import SplitData
 from training.evaluation import evaluate, split_cold_items
-from training.model import Bags, HybridModel, content_matrix, recency_weights, time_ranks
+from common.encoder import Bags, recency_weights
+from training.model import HybridModel, content_matrix, time_ranks
 
 LOSSES = ("softmax", "sampled_softmax", "bpr")
 
@@ -120,7 +121,7 @@ class _Trainer:
         cut_e = np.repeat(cut, lengths)
         before = r.data <= cut_e
         after = ~before | ~np.repeat(use, lengths)
-        w = recency_weights(r.data, cut_e, cfg.recency_boost, cfg.recency_tau) * before
+        w = recency_weights(np.maximum(cut_e - r.data, 0), cfg.recency_boost, cfg.recency_tau) * before
         inp = sp.csr_matrix((w.astype(np.float32), r.indices, r.indptr), shape=r.shape)
         inp.eliminate_zeros()
         tv = after.astype(np.float32)
@@ -161,7 +162,7 @@ class _Trainer:
         keep = np.where(prefix, sub.data < t_e, sub.data != t_e)
         # items after each kept one, in the bag: prefix bags end just before the target
         after = np.where(prefix, t_e - 1 - sub.data, n_e - sub.data - (sub.data < t_e))
-        w = recency_weights(np.zeros(len(after)), after, cfg.recency_boost, cfg.recency_tau)
+        w = recency_weights(np.maximum(after, 0), cfg.recency_boost, cfg.recency_tau)
         rows = np.repeat(np.arange(len(users)), lengths)[keep]
         new_len = np.bincount(rows, minlength=len(users))
         offsets = np.concatenate([[0], np.cumsum(new_len)[:-1]]).astype(np.int64)

@@ -6,6 +6,7 @@ import yaml
 
 from archives import build as B
 from archives import server as S
+from handlers.validation import MAX_BODY_BYTES
 
 
 def test_ports_from_env(monkeypatch):
@@ -25,7 +26,8 @@ def test_configs(tmp_path):
     assert prod["disable_token_authorization"] == "false"
     for p in (dev, prod):
         assert p["enable_model_api"] == "true" and p["metrics_mode"] == "prometheus"
-        assert int(p["max_request_size"]) == 2 * 2**20
+        # the handler's own limit (a JSON 413) stays under the frontend's (an empty 413)
+        assert int(p["max_request_size"]) == 6 * 2**20 > MAX_BODY_BYTES
     assert "amazonaws" in prod["allowed_urls"] and "allowed_urls" not in dev
     assert dev["inference_address"].startswith("http://127.0.0.1")
 

@@ -1,4 +1,8 @@
-"""`python -m archives serve / stop` as the Makefile runs them (dev config, ports from env)."""
+"""`python -m archives serve / stop`, the TorchServe-only commands (dev config, ports from env).
+
+`make serve` runs `archives serve` first and then the gateway; its output (both services' URLs,
+the key files) and `make stop` are pinned in tests/gateway/test_make_serve.py.
+"""
 from __future__ import annotations
 
 import os

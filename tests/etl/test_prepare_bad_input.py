@@ -14,10 +14,12 @@ BAD_ROWS = {
     f"1,2,view,,{T0},extra": Reason.MALFORMED,                 # too many fields
     "1,2": Reason.MALFORMED,                                    # too few fields
     f'1,"3,view,,{T0}': Reason.MALFORMED,                       # unbalanced quote
-    f"-5,2,view,,{T0}": Reason.BAD_USER,                        # negative id
-    f"99999999999999999999999,2,view,,{T0}": Reason.BAD_USER,   # id beyond int64
-    f"1,-2,view,,{T0}": Reason.BAD_ITEM,
-    f"1,1.5,view,,{T0}": Reason.BAD_ITEM,                       # not an id at all
+    f"{'u' * 257},2,view,,{T0}": Reason.BAD_USER,               # 257 characters (max 256)
+    f"a\tb,2,view,,{T0}": Reason.BAD_USER,                      # a control character
+    f"   ,2,view,,{T0 + 1}": Reason.MISSING_USER,                    # CSV fields are trimmed: empty
+    f"1,\u00a0\u3000,view,,{T0}": Reason.BAD_ITEM,              # only (Unicode) white space
+    f"1,x\x7fy,view,,{T0}": Reason.BAD_ITEM,                    # DEL is a control character
+    f"1,1.5,view,,{T0}": Reason.UNKNOWN_ITEM,                   # a valid id, not in the catalog
     f",2,view,,{T0}": Reason.MISSING_USER,
     f"1,2,like,,{T0}": Reason.BAD_EVENT_TYPE,
     "1,2,view,,yesterday": Reason.BAD_TIMESTAMP,
@@ -30,6 +32,10 @@ BAD_ROWS = {
     f"1,999,view,,{T0}": Reason.UNKNOWN_ITEM,                    # not in the catalog
 }
 NON_UTF8 = f"1,2,vi\xe9w,,{T0}\n".encode("latin-1")  # invalid UTF-8 byte inside a field
+# ids as users have them (common/ids.py): kept, canonicalized (NFC; digits lose leading zeros)
+EXOTIC = {"anna@example.com": "anna@example.com", "Ju\u0308rgen": "J\u00fcrgen", "用户42": "用户42",
+          "0007": "7"}
+EXOTIC_ROWS = [f"{u},{i},view,,{T0 + 60 * k}" for k, u in enumerate(EXOTIC) for i in (3, 4, 5)]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,7 @@ def messy(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("messy")
     good = good_events()
     duplicates = good[:3]  # exact repeats of three valid events
-    rows = good + duplicates + list(BAD_ROWS)
+    rows = good + duplicates + list(BAD_ROWS) + EXOTIC_ROWS
     events, catalog = write_inputs(root, rows, newline="\r\n", raw_bytes=NON_UTF8)
     result, layout = run_prepare(spark, root, events, catalog, PrepareConfig(min_user_positives=3))
     return result, layout, len(rows) + 1
@@ -50,7 +56,15 @@ def test_every_row_is_accounted_for(messy):
     assert c["input"] == c["kept"] + c["filtered"] + c["duplicates"] + c["quarantined"]
     assert c["duplicates"] == 3
     assert c["quarantined"] == len(BAD_ROWS) + 1
-    assert c["kept"] == len(good_events())
+    assert c["kept"] == len(good_events()) + len(EXOTIC_ROWS)
+
+
+def test_ids_as_users_have_them_are_kept_canonical(messy):
+    _, layout, _ = messy
+    kept = read(layout.interactions)
+    users = set(kept.user_id)
+    assert {"anna@example.com", "J\u00fcrgen", "用户42"} <= users
+    assert "Ju\u0308rgen" not in users and "0007" not in users
 
 
 def test_each_bad_row_is_quarantined_with_its_reason(messy):
@@ -58,7 +72,7 @@ def test_each_bad_row_is_quarantined_with_its_reason(messy):
     q = read(layout.quarantine_events)
     assert len(q) == len(BAD_ROWS) + 1
     for row, reason in BAD_ROWS.items():
-        fields = row.split(",")
+        fields = [f.strip(" ") for f in row.split(",")]  # the CSV reader trims ASCII spaces
         if reason == Reason.MALFORMED:
             match = q[q.raw_line.fillna("") == row]
         else:
@@ -87,7 +101,7 @@ def test_reason_counts_in_result(messy):
     result, _, _ = messy
     assert result.quarantine_reasons[Reason.MALFORMED] == 3
     assert result.quarantine_reasons[Reason.BAD_TIMESTAMP] == 3  # malformed lines carry only that
-    assert result.quarantine_reasons[Reason.UNKNOWN_ITEM] == 1
+    assert result.quarantine_reasons[Reason.UNKNOWN_ITEM] == 2
 
 
 def test_missing_column_is_a_clear_error(spark, tmp_path):
@@ -132,7 +146,7 @@ def test_json_lines_input_quarantines_broken_lines(spark, tmp_path):
 def test_bad_catalog_rows_are_quarantined(spark, tmp_path):
     catalog = ("item_id,title,description,categories,tags,created_at\n"
                + "".join(f"{i},Item {i},d,c,t,2023-01-01\n" for i in range(1, 21))
-               + "-3,Negative,d,c,t,2023-01-01\n,No id,d,c,t,\n21,,d,c,t,\n5,Second copy of 5,d,c,t,2024-01-01\n")
+               + "x\x7fy,Control character,d,c,t,2023-01-01\n,No id,d,c,t,\n21,,d,c,t,\n5,Second copy of 5,d,c,t,2024-01-01\n")
     events, cat = write_inputs(tmp_path, good_events(), catalog=catalog)
     result, layout = run_prepare(spark, tmp_path, events, cat, PrepareConfig(min_user_positives=3))
     q = read(layout.quarantine_catalog)

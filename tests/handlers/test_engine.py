@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from handlers.engine import HISTORY, PERSONALIZED, POPULAR, Recommender, ServingData
-from handlers.artifact_adapter import write_pack
+from handlers.artifact_adapter import load_recommender, write_pack
 from handlers.validation import RecRequest
 
 N_ITEMS, DIM = 40, 8
@@ -27,9 +27,9 @@ def engine(request) -> Recommender:
     hist = [[0, 1, 2], [5]]
     calls = []
 
-    def encode(idx, off):
-        calls.append(len(off))
-        return torch.nn.functional.embedding_bag(idx, enc, off, mode="mean")
+    def encode(histories):
+        calls.append(len(histories))
+        return torch.stack([enc[h].mean(0) for h in histories])
 
     def score(u):
         return u @ items.T
@@ -66,7 +66,7 @@ def test_strategies_and_one_scoring_call_per_batch(engine):
     engine.calls.clear()
     engine.recommend([RecRequest("new", history=("i1",)), RecRequest("u1", history=("i9",)),
                       RecRequest("new2", history=("i2", "i3"))])
-    assert engine.calls == [4]  # all bags in one call: 1 + (stored+sent, stored) + 1
+    assert engine.calls == [3]  # one call for the batch: new, u1 (stored + sent), new2
     assert [len(o.body["items"]) for o in outs] == [5, 3, 4, 2]
     assert outs[1].body["ignored_history"] == ["zzz"] and outs[1].ignored_history == 1
     assert ids(outs[2]) == ["i0", "i1", "i2", "i3"]  # popularity order
@@ -153,26 +153,42 @@ def artifact(tmp_path_factory):
     return root, None
 
 
-def test_adapter_matches_artifact_reference(artifact):
+def test_history_request_is_the_known_user(artifact):
+    """Parity at the engine: a new id sending a known user's stored history, oldest first,
+    gets the known user's vector (recency weights on) and so the same ranking."""
     from common.artifact import load_artifact
 
-    root, info = artifact
+    root, _ = artifact
     art = load_artifact(root / "art")
-    rec = Recommender.load(root / "art", scoring="fp32")
-    bags = [torch.tensor([1, 5, 7]), torch.tensor([3]), torch.tensor([], dtype=torch.int64)]
-    lengths = torch.tensor([3, 1, 0])
-    mine = rec.data.encode(torch.cat(bags), torch.cumsum(lengths, 0) - lengths)
-    ref = torch.stack([art.history_vector(b) for b in bags])
-    assert torch.allclose(mine, ref, atol=1e-5)
-    # known user, no extra history: the stored vector; fp32 scores = the artifact's
-    out = rec.recommend([RecRequest("1", k=5, exclude_seen=False)])[0]
-    s, i = art.recommend(art.user_vector(0).unsqueeze(0), k=5)
-    assert ids(out) == [art.item_ids[j] for j in i[0].tolist()]
-    # history-only user = the artifact's history_vector of the known items
-    out = rec.recommend([RecRequest("new", k=5, history=("10", "50", "nope"), exclude_seen=False)])[0]
-    s, i = art.recommend(art.history_vector([0, 4]).unsqueeze(0), k=5)
-    assert ids(out) == [art.item_ids[j] for j in i[0].tolist()]
+    assert art.config["encoder"]["recency_boost"] > 0
+    rec = load_recommender(root / "art", scoring="fp32")
+    for u in range(art.n_users):
+        hist = tuple(art.item_ids[i] for i in art.seen_items(u).tolist())
+        known, new = rec.recommend([RecRequest(art.user_ids[u], k=10),
+                                    RecRequest(f"new-{u}", k=10, history=hist)])
+        assert (known.strategy, new.strategy) == (PERSONALIZED, HISTORY)
+        assert ids(known) == ids(new)
+        torch.testing.assert_close(torch.tensor([it["score"] for it in new.body["items"]]),
+                                   torch.tensor([it["score"] for it in known.body["items"]]),
+                                   atol=1e-5, rtol=0)
+    # the order matters: reversed, the recency weights move and the vector changes
+    hist = art.seen_items(0).tolist()
+    fwd, rev = rec.data.encode([torch.tensor(hist), torch.tensor(hist[::-1])])
+    assert not torch.allclose(fwd, rev, atol=1e-4)
+    # unknown ids in the history are ignored and echoed
+    out = rec.recommend([RecRequest("new", k=5, history=("10", "50", "nope"))])[0]
     assert out.body["ignored_history"] == ["nope"] and out.strategy == HISTORY
+
+
+def test_known_user_with_extra_history_is_reencoded(artifact):
+    root, _ = artifact
+    rec = load_recommender(root / "art", scoring="fp32")
+    stored = rec.stored_history(0)
+    extra = next(i for i in range(rec.data.n_items) if i not in set(stored.tolist()))
+    out = rec.recommend([RecRequest("1", k=5, history=(rec.data.item_ids[extra],))])[0]
+    ref = rec.recommend([RecRequest("other", k=5, history=tuple(
+        rec.data.item_ids[i] for i in [*stored.tolist(), extra]))])[0]
+    assert ids(out) == ids(ref) and out.strategy == PERSONALIZED
 
 
 @pytest.mark.parametrize("variant", ["sq8", "int8", "hnsw", "ivf"])
@@ -181,8 +197,8 @@ def test_variant_pack(artifact, tmp_path, variant):
     root, _ = artifact
     info = write_pack(root / "art", tmp_path / "pack.safetensors", variant=variant)
     assert info["variant"] == variant and info["quality"]["recall_vs_exact"] >= 0.95
-    fp = Recommender.load(root / "art", scoring="fp32")
-    served = Recommender.load(root / "art", scoring="auto", pack_path=tmp_path / "pack.safetensors")
+    fp = load_recommender(root / "art", scoring="fp32")
+    served = load_recommender(root / "art", scoring="auto", pack_path=tmp_path / "pack.safetensors")
     assert fp.data.info["scoring"] == "fp32" and served.data.info["scoring"] == variant
     reqs = [RecRequest(str(u), k=10) for u in range(1, 31)] + [RecRequest("new", history=("10", "20"))]
     overlap = [len(set(ids(a)) & set(ids(b))) / 10 for a, b in zip(fp.recommend(reqs), served.recommend(reqs))]
@@ -191,4 +207,4 @@ def test_variant_pack(artifact, tmp_path, variant):
     # ids come from the memory-mapped id tables, not Python dicts
     assert type(served.data.user_index).__name__ == "IdTable" and served.data.user_index.get("1") == 0
     with pytest.raises(FileNotFoundError):  # a variant the pack was not built for
-        Recommender.load(root / "art", scoring="faiss_sq8", pack_path=tmp_path / "pack.safetensors")
+        load_recommender(root / "art", scoring="faiss_sq8", pack_path=tmp_path / "pack.safetensors")

@@ -59,6 +59,22 @@ def test_history_only_user(served):
     assert len(got) == 10 and not got & {"10", "20", "30"}  # seen items excluded by default
 
 
+@pytest.mark.parametrize("uid", ["anna@example.com", "Jürgen", "用户42", "x" * 256])
+def test_ids_as_users_have_them(served, uid):
+    d = ok(served, {"user_id": uid, "k": 3, "history": ["10", "Ju\u0308rgen's item"]})
+    assert d["user_id"] == uid and d["strategy"] == "history"
+    assert d["ignored_history"] == ["Jürgen's item"]  # canonical (NFC) form echoed
+
+
+def test_largest_valid_request_fits_every_limit(served):
+    """5,000 history ids of 256 characters (~1.3 MB): under the handler's limit, which is under
+    TorchServe's max_request_size."""
+    body = json.dumps({"user_id": "big", "history": [f"{i:05d}" + "h" * 251 for i in range(5000)]})
+    assert len(body) > 1_280_000
+    d = ok(served, json.loads(body))
+    assert d["strategy"] == "popular" and len(d["ignored_history"]) == 5000
+
+
 def test_unknown_user_gets_flagged_popular_fallback(served):
     d = ok(served, {"user_id": "stranger", "k": 4})
     assert d["strategy"] == "popular"
@@ -108,8 +124,11 @@ BAD = [
     ("filters include a string", {"user_id": "1", "filters": {"include_categories": "Comedy"}}, 400,
      "bad_filters"),
     ("filters unknown key", {"user_id": "1", "filters": {"genre": ["Comedy"]}}, 400, "bad_filters"),
-    ("1 MB body", b'{"user_id": "1", "history": [' + b",".join([b'"1234567"'] * 100_000) + b"]}",
+    ("5 MB body", b'{"user_id": "1", "history": [' + b",".join([b'"1234567"'] * 500_000) + b"]}",
      413, "too_large"),
+    ("newline in user_id", {"user_id": "a\nb"}, 400, "bad_user_id"),
+    ("empty user_id", {"user_id": ""}, 400, "bad_user_id"),
+    ("300-character user_id", {"user_id": "x" * 300}, 400, "bad_user_id"),
 ]
 
 
@@ -123,7 +142,7 @@ def test_bad_request(served, name, body, status, reason):
 
 
 def test_body_over_frontend_cap_is_refused_by_torchserve(served):
-    r = predict(served, b"x" * (3 * 2**20))
+    r = predict(served, b"x" * (7 * 2**20))
     assert r.status_code == 413 and r.content == b""
 
 
@@ -181,8 +200,15 @@ def test_prometheus_metrics(served):
     for line in ('RecRequests{ModelName="recsys",ModelVersion="1",Level="Model",Strategy="popular"',
                  'RecInvalidRequests{ModelName="recsys",ModelVersion="1",Level="Model",Reason="bad_k"',
                  'RecScoringLatencySeconds_bucket{', 'RecHandlerLatencySeconds_count{',
-                 'RecBatchSize_bucket{', 'RecIgnoredHistoryItems{', "ts_inference_requests_total{"):
+                 'RecBatchSize_bucket{', 'RecIgnoredHistoryItems{', "ts_inference_requests_total{",
+                 'RecWorkerStarts{ModelName="recsys",ModelVersion="1",Level="Model"'):
         assert line in text, line
+    # one worker-start count per worker, and each worker's resident memory (a plausible size)
+    starts = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("RecWorkerStarts{")]
+    assert sum(starts) >= 1
+    rss = {ln.split('Worker="')[1].split('"')[0]: float(ln.rsplit(" ", 1)[1])
+           for ln in text.splitlines() if ln.startswith("RecWorkerRssBytes{")}
+    assert rss and all(50e6 < v < 8e9 for v in rss.values()), rss
     # a batch of 8 was recorded: the histogram has an observation above 7.5
     buckets = {ln.split('le="')[1].split('"')[0]: float(ln.rsplit(" ", 1)[1])
                for ln in text.splitlines() if ln.startswith("RecBatchSize_bucket{")}

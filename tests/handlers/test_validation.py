@@ -38,11 +38,12 @@ def test_body_shapes(body):
 
 
 def test_defaults_and_normalization():
-    r = parse({"user_id": 42, "k": 5.0, "history": [1, "2", 1, "x:y-z_1.0"], "exclude_seen": False,
+    r = parse({"user_id": 42, "k": 5.0, "history": [1, "2", "001", "x:y-z_1.0"], "exclude_seen": False,
                "filters": {"include_categories": ["Comedy", "Comedy"], "exclude_categories": ["Horror"]},
                "exclude": ["7"]})
     assert r.user_id == "42" and r.k == 5
-    assert r.history == ("1", "2", "x:y-z_1.0")  # de-duplicated, order kept
+    # canonical ids, oldest first, repeats kept: the encoder counts a repeat at its latest position
+    assert r.history == ("1", "2", "1", "x:y-z_1.0")
     assert r.exclude_seen is False
     assert r.include_categories == ("Comedy",) and r.exclude_categories == ("Horror",)
     assert r.exclude == ("7",)
@@ -88,9 +89,19 @@ def test_missing_user_id(obj):
     reject(obj, v.MISSING_USER_ID)
 
 
-@pytest.mark.parametrize("uid", ["", "a b", "x" * 129, -1, 2**63, 1.5, True, [1], {"a": 1}, "é"])
+@pytest.mark.parametrize("uid,canonical", [
+    ("anna@example.com", "anna@example.com"), ("Jürgen", "Jürgen"), ("Ju\u0308rgen", "Jürgen"),
+    ("用户42", "用户42"), ("a b", "a b"), ("x" * 256, "x" * 256), (2**63, str(2**63)), ("007", "7"),
+    ("550e8400-e29b-41d4-a716-446655440000", "550e8400-e29b-41d4-a716-446655440000")])
+def test_ids_as_users_have_them(uid, canonical):
+    assert parse({"user_id": uid}).user_id == canonical
+
+
+@pytest.mark.parametrize("uid", ["", "   ", "x" * 257, "line\nbreak", "tab\t", "\x00", -1, 1.5,
+                                 True, [1], {"a": 1}])
 def test_bad_user_id(uid):
-    reject({"user_id": uid}, v.BAD_USER_ID)
+    e = reject({"user_id": uid}, v.BAD_USER_ID)
+    assert "user_id is not a valid id" in e.message
 
 
 @pytest.mark.parametrize("k", [0, 1001, "ten", 2.5, -3, True, "10", [10], {"n": 1}])
@@ -100,7 +111,7 @@ def test_bad_k(k):
 
 
 @pytest.mark.parametrize("history", ["1,2,3", 5, {"1": 1}, True, [1, [2]], [1, None], [""],
-                                     list(range(v.MAX_HISTORY + 1))])
+                                     ["ok", "new\nline"], list(range(v.MAX_HISTORY + 1))])
 def test_bad_history(history):
     reject({"user_id": "1", "history": history}, v.BAD_HISTORY)
 
@@ -131,15 +142,18 @@ def test_unknown_field():
     assert "'kk'" in e.message
 
 
-def test_one_megabyte_body_is_413_before_parsing():
-    body = b'{"user_id": "1", "history": [' + b",".join([b'"12345678"'] * 95_000) + b"]}"
-    assert len(body) > 1_000_000
+def test_largest_valid_request_fits_and_a_larger_body_is_413_before_parsing():
+    # 5,000 history ids of 256 characters (3-byte UTF-8 each): valid, and under the limit
+    biggest = json.dumps({"user_id": "u", "history": [f"{i:05d}" + "用" * 251 for i in range(5000)]},
+                         ensure_ascii=False).encode()
+    assert 3_800_000 < len(biggest) < v.MAX_BODY_BYTES
+    assert len(parse(biggest).history) == 5000
+    body = b'{"user_id": "1", "history": [' + b",".join([b'"12345678"'] * 500_000) + b"]}"
+    assert len(body) > v.MAX_BODY_BYTES
     reject(body, v.TOO_LARGE, status=413)
     reject(body.decode(), v.TOO_LARGE, status=413, content_type="text/plain")
     reject(json.loads(body), v.TOO_LARGE, status=413)  # already decoded by TorchServe
-    reject(b"x" * (1 << 20), v.TOO_LARGE, status=413)  # size is checked before JSON
-    ok = b'{"user_id": "1", "history": [' + b",".join([b'"1"'] * 1000) + b"]}"
-    assert parse(ok).history == ("1",)
+    reject(b"x" * (v.MAX_BODY_BYTES + 1), v.TOO_LARGE, status=413)  # size is checked before JSON
 
 
 def test_body_of_rows():
@@ -149,10 +163,15 @@ def test_body_of_rows():
     assert v.body_of({}) == (None, None)
 
 
-def test_id_pattern_matches_etl():
-    from common.schema import ID_PATTERN
+def test_ids_follow_the_shared_rule_on_its_table_of_cases():
+    """The handler uses common/ids.py, the rule the ETL's Spark expression is tested against."""
+    from common.ids import CASES
 
-    assert v.ID_PATTERN == ID_PATTERN
+    for raw, expected in CASES:
+        if expected is None:
+            reject({"user_id": raw}, v.BAD_USER_ID)
+        else:
+            assert parse({"user_id": raw}).user_id == expected
 
 
 def test_reasons_are_distinct_metric_labels():
@@ -172,7 +191,10 @@ CROSS_CHECK = [
     {"user_id": "u", "exclude": [1.5]}, {"user_id": "u", "exclude_seen": 1},
     {"user_id": "u", "extra": 1}, {"user_id": "bad id"}, {"user_id": -5}, {"user_id": True},
     {"user_id": "u", "k": None, "history": None, "filters": None, "exclude": None},
-    {"user_id": "u", "history": ["a" * 129]},
+    {"user_id": "u", "history": ["a" * 257]}, {"user_id": "u", "history": ["a" * 256]},
+    {"user_id": "anna@example.com"}, {"user_id": "用户42"}, {"user_id": "   "}, {"user_id": ""},
+    {"user_id": "a\nb"}, {"user_id": "\u00a0"}, {"user_id": "0" * 300}, {"user_id": "1" + "0" * 300},
+    {"user_id": 2**70},
 ]
 
 

@@ -13,6 +13,7 @@ import torch
 
 from common.artifact import (FORMAT, FORMAT_VERSION, ArtifactError, load_artifact,
                              save_artifact)
+from common.encoder import HistoryBagEncoder
 from training.export import export_artifact
 from training.model import time_ranks
 from training.train import fit
@@ -37,30 +38,30 @@ def chronological(data, u: int) -> list[int]:
 
 @pytest.mark.parametrize("mmap", [True, False])
 def test_round_trip_gives_identical_scores(exported, mmap):
+    """The artifact's vectors (known users through the serving tower) score like the model
+    (known users through training's sparse bag path): both bag constructions agree."""
     data, model, path = exported
     art = load_artifact(path, mmap=mmap, verify=True)
     users = np.arange(data.n_users)
     expected = model.score_users(model.history_matrix(data.train_full, data.timestamps), users)
-    got = art.score(art.user_vector(users.tolist()))
+    got = art.user_vector(users.tolist()) @ art.item_vectors.T + art.item_bias
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    # identical top-10 lists
     assert torch.equal(torch.topk(got, 10).indices, torch.topk(expected, 10).indices)
 
 
 def test_history_only_vector_equals_known_user_vector(exported):
     data, _, path = exported
     art = load_artifact(path)
+    tower = HistoryBagEncoder.from_tensors(art.tensors, art.config["encoder"])
+    assert art.config["encoder"]["recency_boost"] > 0  # the test means something only with recency
     for u in range(0, data.n_users, 37):
         items = chronological(data, u)
-        torch.testing.assert_close(art.history_vector(items), art.user_vector(u),
+        assert art.seen_items(u).tolist() == items  # stored oldest first
+        torch.testing.assert_close(tower.encode([torch.tensor(items)])[0], art.user_vector(u),
                                    rtol=1e-5, atol=1e-6)
         # a repeated older item counts once, at its latest position
-        torch.testing.assert_close(art.history_vector([items[-1]] + items), art.user_vector(u),
-                                   rtol=1e-5, atol=1e-6)
-    bags = [chronological(data, u) for u in (1, 2)]
-    torch.testing.assert_close(art.history_vectors(bags), art.user_vector([1, 2]),
-                               rtol=1e-5, atol=1e-6)
-    assert art.seen_items(5).tolist() == sorted(data.train_full[5].indices.tolist())
+        torch.testing.assert_close(tower.encode([torch.tensor([items[-1]] + items)])[0],
+                                   art.user_vector(u), rtol=1e-5, atol=1e-6)
 
 
 def test_content_embedding_of_new_items_matches_the_model(exported):
@@ -111,17 +112,26 @@ def test_layout_config_and_metadata(exported):
     np.testing.assert_array_equal(pop, np.diff(data.train_full.tocsc().indptr).astype(np.float32))
 
 
-def test_category_filter(exported):
+def test_item_categories(exported):
     data, _, path = exported
     art = load_artifact(path)
-    mask = art.category_mask([0]).numpy()
-    expected = np.asarray(data.item_categories[:, 0].todense()).ravel() > 0
-    np.testing.assert_array_equal(mask, expected)
-    assert art.item_categories(3).tolist() == data.item_categories[3].indices.tolist()
-    _, idx = art.recommend(art.user_vector([0]), k=5, exclude=[art.seen_items(0).tolist()],
-                           allowed=torch.from_numpy(mask))
-    assert all(mask[i] for i in idx[0].tolist())
-    assert not set(idx[0].tolist()) & set(art.seen_items(0).tolist())
+    for i in (0, 3, data.n_items - 1):
+        assert art.item_categories(i).tolist() == data.item_categories[i].indices.tolist()
+
+
+def test_ids_as_users_have_them_round_trip(tmp_path):
+    """Any valid id (common/ids.py) survives the id files, U+2028 (a line break to
+    str.splitlines) included; an id with a control character is refused."""
+    from archives.testing import make_random_artifact
+
+    src = load_artifact(make_random_artifact(tmp_path / "a", n_users=4, n_items=5))
+    users = ["anna@example.com", "Jürgen", "用户42", "sep\u2028ok"]
+    items = ["x\u2029y", "1", "b", "c", "d"]
+    save_artifact(tmp_path / "b", dict(src.tensors), {"dim": src.dim}, users, items)
+    back = load_artifact(tmp_path / "b")
+    assert list(back.user_ids) == users and list(back.item_ids) == items
+    with pytest.raises(ValueError, match="not a valid id"):
+        save_artifact(tmp_path / "c", dict(src.tensors), {"dim": src.dim}, ["a\tb", *users[1:]], items)
 
 
 def test_loads_without_training_code(exported):
@@ -131,7 +141,9 @@ def test_loads_without_training_code(exported):
             "sys.modules['training'] = None\n"
             "from common.artifact import load_artifact\n"
             f"a = load_artifact({str(path)!r})\n"
-            "print(a.score(a.history_vector([1, 2, 3])).shape[1] == a.n_items)")
+            "from common.encoder import HistoryBagEncoder\n"
+            "t = HistoryBagEncoder.from_tensors(a.tensors, a.config['encoder'])\n"
+            "print(tuple(t.encode([[1, 2, 3]]).shape) == (1, a.dim))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -140,9 +152,6 @@ def test_loads_without_training_code(exported):
 
 def test_rejects_other_formats_and_bad_input(exported, tmp_path):
     _, _, path = exported
-    art = load_artifact(path)
-    with pytest.raises(IndexError):
-        art.history_vector([art.n_items])
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"format": FORMAT, "format_version": 99}))

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from training.evaluation import (evaluate, split_cold_items, top_k,
+from training.evaluation import (evaluate, evaluate_ranked, split_cold_items, top_k,
                                  users_with_few_interactions)
 
 LOG2_3 = math.log2(3)  # discount of rank 2 is 1/log2(3) = 0.6309
@@ -243,3 +243,38 @@ def test_split_cold_items_and_sparse_users():
     # sparse users: 1..2 training items -> user 0 only (user 2 has none)
     assert users_with_few_interactions(train, max_n=2).tolist() == [0]
     assert users_with_few_interactions(train, max_n=2, min_n=0).tolist() == [0, 2]
+
+
+def test_ranked_lists_give_the_same_metrics_as_scores():
+    """evaluate_ranked (what the serving engine is scored with) agrees with evaluate on the same
+    rankings, and a returned training item or non-candidate counts as a miss."""
+    rng = np.random.default_rng(3)
+    n_users, n_items = 40, 30
+    table = rng.random((n_users, n_items)).astype(np.float32)
+    train = sp.csr_matrix(rng.random((n_users, n_items)) < 0.2, dtype=np.float32)
+    test = sp.csr_matrix((rng.random((n_users, n_items)) < 0.15) & ~train.toarray().astype(bool),
+                         dtype=np.float32)
+    cand = np.arange(n_items) % 4 != 0
+
+    def ranked(users, k, candidates):
+        s = torch.from_numpy(table[users]).clone()
+        s[~torch.from_numpy(candidates).unsqueeze(0).expand_as(s)] = float("-inf")
+        s[torch.from_numpy(train[users].toarray() > 0)] = float("-inf")
+        idx = top_k(s, k)[1]
+        return torch.where(torch.isfinite(torch.gather(s, 1, idx)), idx, -1)
+
+    ref = evaluate(fixed(table), train, test, ks=(5, 10), candidate_items=cand)
+    got = evaluate_ranked(ranked, train, test, ks=(5, 10), candidate_items=cand)
+    assert "mrr" not in got and got["users"] == ref["users"] > 0
+    for key in got:
+        assert got[key] == pytest.approx(ref[key]), key
+
+    def cheating(users, k, candidates):  # returns training items first
+        out = ranked(users, k, candidates)
+        for row, u in enumerate(users):
+            seen = train[u].indices[:k]
+            out[row, :len(seen)] = torch.from_numpy(seen.astype(np.int64))
+        return out
+
+    assert evaluate_ranked(cheating, train, test, ks=(10,), candidate_items=cand)["recall@10"] \
+        < ref["recall@10"]

@@ -11,8 +11,9 @@ import torch
 from common.config import TrainConfig
 from training.baselines import PopularityModel
 from training.evaluation import evaluate, split_cold_items
-from training.model import (HybridModel, bags_from_lists, content_matrix, history_matrix,
-                            recency_weights, time_ranks)
+from common.encoder import history_bags
+from training.model import (HybridModel, chronological_rows, content_matrix, history_matrix,
+                            time_ranks)
 from training.train import build_model, evaluate_p1, fit, train
 
 from .conftest import FAST
@@ -40,7 +41,7 @@ def test_shapes_and_dtypes(tiny):
     v, b = model.item_vectors()
     assert v.shape == (tiny.n_items, 8) and b.shape == (tiny.n_items,)
     assert v.dtype == torch.float32 and b.dtype == torch.float32
-    u = model.user_vectors(bags_from_lists([[0, 1], [], [5]]), torch.tensor([0, 1, 2]), drop=False)
+    u = model.user_vectors(history_bags([[0, 1], [], [5]], 0.0, 1.0), torch.tensor([0, 1, 2]), drop=False)
     assert u.shape == (3, 8) and u.dtype == torch.float32
     assert model.score(u).shape == (3, tiny.n_items)
     sub_v, sub_b = model.item_vectors(torch.tensor([3, 0, 21]))
@@ -57,7 +58,8 @@ def test_time_ranks_and_recency_weights():
     assert r.toarray().tolist() == [[3, 1, 2, 0]]  # tie at t=10 broken by item index
     w = history_matrix(X, ts, boost=2.0, tau=1.0).toarray()[0]
     np.testing.assert_allclose(w[:3], [3.0, 1 + 2 * np.exp(-2), 1 + 2 * np.exp(-1)], rtol=1e-6)
-    assert recency_weights(np.array([1.0, 2.0]), np.array([2.0, 2.0]), 0.0, 5.0).tolist() == [1, 1]
+    # the time order a request's history and the artifact's user_history use
+    assert chronological_rows(X, ts).indices.tolist() == [1, 2, 0]
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sampled_softmax", "bpr"])

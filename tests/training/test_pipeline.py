@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from common.artifact import load_artifact
+from common.config import ArchiveConfig
 from training import tracking
 from training.pipeline import MODEL_NAME
 
@@ -30,11 +31,17 @@ def pipeline_run(spark, tmp_path_factory):
 def test_eval_json_layout(pipeline_run):
     _, ev = pipeline_run
     assert ev["protocol"]["name"] == "P1" and ev["protocol"]["split_hash"]
-    for model in ("hybrid", "hybrid_int8", "popularity", "ease", "content"):
+    shipped = f"served_{ArchiveConfig.scoring}"
+    assert ev["served"]["row"] == shipped and ev["served"]["variant"] == ArchiveConfig.scoring
+    for model in ("hybrid", shipped, "hybrid_int8_int8", "hybrid_int8_sq8", "popularity", "ease",
+                  "content"):
         m = ev["models"][model]
-        assert {"recall@10", "ndcg@10", "mrr", "hit@10", "coverage@10", "users"} <= set(m)
+        assert {"recall@10", "ndcg@10", "hit@10", "coverage@10", "users"} <= set(m)
+        assert ("mrr" in m) == (model in ("hybrid", "popularity", "ease", "content"))
         assert 0.0 <= m["recall@10"] <= 1.0
-        assert model in ev["slices"]["cold_items"] and model in ev["slices"]["few_interactions"]
+        assert m["users"] == ev["models"]["hybrid"]["users"] > 0
+        for name in ("cold_items", "few_interactions", "long_history"):
+            assert model in ev["slices"][name]
 
 
 def test_hybrid_beats_popularity_on_generated_data(pipeline_run):
@@ -47,10 +54,15 @@ def test_hybrid_beats_popularity_on_generated_data(pipeline_run):
     assert cold["hybrid"]["recall@10"] > cold["popularity"]["recall@10"]
 
 
-def test_int8_keeps_recall(pipeline_run):
+def test_shipped_variant_keeps_recall(pipeline_run):
+    """The engine over the shipped pack (an approximate index + exact re-rank) is evaluated on
+    the same users and keeps the fp32 model's quality; so do the exact INT8 scans."""
     _, ev = pipeline_run
-    fp32, int8 = ev["models"]["hybrid"]["recall@10"], ev["models"]["hybrid_int8"]["recall@10"]
-    assert int8 >= 0.97 * fp32
+    fp32 = ev["models"]["hybrid"]["recall@10"]
+    for row in (ev["served"]["row"], "hybrid_int8_int8", "hybrid_int8_sq8"):
+        assert ev["models"][row]["recall@10"] >= 0.97 * fp32, row
+    assert ev["served"]["recall@10_relative_loss"] == pytest.approx(
+        1 - ev["models"][ev["served"]["row"]]["recall@10"] / fp32)
 
 
 def test_mlflow_run_and_registry(pipeline_run):
@@ -60,6 +72,7 @@ def test_mlflow_run_and_registry(pipeline_run):
     run = client.get_run(info["run_id"])
     assert run.data.params["train.loss"] == ev["train"]["config"]["loss"]
     assert "models.hybrid.recall_at_10" in run.data.metrics
+    assert f"models.served_{ArchiveConfig.scoring}.recall_at_10" in run.data.metrics
     assert "slices.cold_items.hybrid.recall_at_10" in run.data.metrics
     assert len(client.get_metric_history(info["run_id"], "loss")) >= 2  # one per epoch
     names = {a.path for a in client.list_artifacts(info["run_id"])}
@@ -79,6 +92,34 @@ def test_serving_artifact_matches_the_evaluated_model(pipeline_run):
     from training.data import load_split
 
     data = load_split(out)
-    res = evaluate_slices(lambda u: art.score(art.user_vector(torch.as_tensor(u))), data)
+    res = evaluate_slices(lambda u: art.user_vector(torch.as_tensor(u)) @ art.item_vectors.T
+                          + art.item_bias, data)
     assert res["main"]["recall@10"] == pytest.approx(ev["models"]["hybrid"]["recall@10"], abs=1e-6)
     assert np.isfinite(art.item_vectors.numpy()).all()
+
+
+def test_popularity_version_and_parity_through_torchserve(pipeline_run):
+    """The demo's path on generated data: the popularity model becomes the next registry version
+    (alias baseline); the hybrid's archive is served by a real TorchServe, and every known user's
+    answer equals the answer to a new id sending that user's ETL history (OUT/parity.json)."""
+    from archives import build as B
+    from archives.__main__ import main as archives_main
+    from archives.testing import running_server
+    from training.__main__ import main as train_main
+
+    out, ev = pipeline_run
+    assert train_main(["popularity", "--out", str(out)]) == 0
+    client = tracking.get_client(out_dir=out)
+    baseline = client.get_model_version_by_alias(MODEL_NAME, "baseline")
+    assert int(baseline.version) == ev["mlflow"]["version"] + 1
+    pop = load_artifact(out / "model" / "popularity_artifact")
+    assert pop.config["model_type"] == "popularity" and not pop.item_vectors.any()
+
+    hybrid = B.build_from_registry(ev["mlflow"]["version"], out, config=B.ArchiveConfig(
+        min_workers=1, max_workers=1), archive_format="zip-store")
+    with running_server(out, config="dev", models={"recsys": hybrid.file_name}):
+        assert archives_main(["parity", "--out", str(out), "--max-users", "150"]) == 0
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["users"] == 150 and parity["mean_overlap"] >= 0.99 and parity["passed"]
+    assert parity["user_id_embedding"] is False and parity["history_source"] == "train_full"
+    assert parity["strategies"] == {"personalized/history": 150}

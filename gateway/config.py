@@ -1,0 +1,201 @@
+"""Every tunable of the gateway in one typed place.
+
+Ports follow ``../shared/CONTRACTS.md``: ``GATEWAY_PORT`` (API, default 8090) and
+``GATEWAY_METRICS_PORT`` (Prometheus, default 8091). The upstream is one TorchServe that holds
+every model version of the experiment; locally its URL, token mode and key file come from the
+run folder ``OUT/torchserve`` that ``python -m archives serve`` wrote, on EKS from
+``GATEWAY_UPSTREAM_URL``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8090
+DEFAULT_METRICS_PORT = 8091
+
+
+@dataclass(frozen=True)
+class GatewayPaths:
+    """Files of one gateway under ``OUT/gateway`` (CONTRACTS.md, "Files under OUT")."""
+
+    root: Path
+
+    @classmethod
+    def under(cls, out: str | Path) -> "GatewayPaths":
+        return cls(Path(out).expanduser().resolve() / "gateway")
+
+    @property
+    def out(self) -> Path:
+        return self.root.parent
+
+    @property
+    def experiment(self) -> Path:
+        return self.root / "experiment.yaml"
+
+    @property
+    def client_key(self) -> Path:
+        return self.root / "client_key"
+
+    @property
+    def admin_key(self) -> Path:
+        return self.root / "admin_key"
+
+    @property
+    def key_hashes(self) -> Path:
+        """What the gateway reads: key ids, sha256 hashes, rights, rate limits (no keys)."""
+        return self.root / "keys.json"
+
+    @property
+    def pseudonym_secret(self) -> Path:
+        return self.root / "pseudonym_secret"
+
+    @property
+    def exposures(self) -> Path:
+        return self.root / "exposures"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events"
+
+    @property
+    def popularity(self) -> Path:
+        """Last popularity list fetched from control (so a restart without TorchServe has one)."""
+        return self.root / "popularity.json"
+
+    @property
+    def state(self) -> Path:
+        """pid and ports of a gateway started with ``serve --detach``."""
+        return self.root / "gateway.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "gateway.log"
+
+    @property
+    def torchserve_dir(self) -> Path:
+        return self.out / "torchserve"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The gateway's settings. ``from_env`` fills ports from the environment."""
+
+    out: Path = Path("runs/demo")
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    # --- upstream (TorchServe) ---------------------------------------------------------------
+    upstream_url: str = ""
+    """TorchServe inference URL; '' = from OUT/torchserve/server.json."""
+    management_url: str = ""
+    """TorchServe management URL (only for token renewal via GET /token); '' = from server.json."""
+    model_name: str = "recsys"
+    token_auth: bool | None = None
+    """None = as OUT/torchserve/server.json says; True reads OUT/torchserve/key_file.json."""
+    key_file: Path | None = None
+    """TorchServe's key_file.json; None = OUT/torchserve/key_file.json."""
+    token_renew_margin_s: float = 300.0
+    """Renew TorchServe's inference key (GET /token) this long before it expires."""
+    token_check_interval_s: float = 30.0
+    upstream_connections: int = 256
+    """Pooled connections to TorchServe (one ClientSession for the upstream)."""
+    per_version_concurrency: int = 64
+    """In-flight requests per model version; more wait (within the deadline) or fall back,
+    so a slow version cannot take every connection."""
+    # --- per request ---------------------------------------------------------------------------
+    deadline_ms: float = 300.0
+    """The whole request, fallbacks included."""
+    fallback_reserve_ms: float = 100.0
+    """Kept back from a treatment's attempt for the control attempt that may follow."""
+    max_body_bytes: int = 2 * 1024 * 1024
+    """Same as TorchServe's max_request_size: bigger bodies get our 413 here."""
+    # --- experiment ----------------------------------------------------------------------------
+    experiment_file: Path | None = None
+    """None = OUT/gateway/experiment.yaml."""
+    reload_interval_s: float = 1.0
+    """How often the experiment file's content hash is checked (SIGHUP reloads at once)."""
+    # --- fallback list -----------------------------------------------------------------------
+    popularity_k: int = 1000
+    popularity_refresh_s: float = 60.0
+    popularity_probe_user: str = "__recsys_gateway_popularity__"
+    # --- logs ----------------------------------------------------------------------------------
+    log_queue_size: int = 100_000
+    log_rotate_bytes: int = 64 * 1024 * 1024
+    log_rotate_s: float = 3600.0
+    history_logged: int = 50
+    # --- security ------------------------------------------------------------------------------
+    default_rate_per_s: float = 1000.0
+    default_burst: float = 2000.0
+    override_header: str = "X-Recsys-Variant"
+
+    @property
+    def paths(self) -> GatewayPaths:
+        return GatewayPaths.under(self.out)
+
+    @property
+    def experiment_path(self) -> Path:
+        return Path(self.experiment_file) if self.experiment_file else self.paths.experiment
+
+    @classmethod
+    def from_env(cls, out: str | Path, **overrides: Any) -> "GatewayConfig":
+        """Defaults, then GATEWAY_PORT / GATEWAY_METRICS_PORT / GATEWAY_UPSTREAM_URL, then
+        ``overrides`` (keys of this dataclass whose value is not None)."""
+        env: dict[str, Any] = {}
+        for key, var, typ in (("port", "GATEWAY_PORT", int),
+                              ("metrics_port", "GATEWAY_METRICS_PORT", int),
+                              ("upstream_url", "GATEWAY_UPSTREAM_URL", str)):
+            if os.environ.get(var):
+                try:
+                    env[key] = typ(os.environ[var])
+                except ValueError:
+                    raise ValueError(f"{var}={os.environ[var]!r} is not a valid {typ.__name__}") from None
+        names = {f.name for f in fields(cls)}
+        bad = set(overrides) - names
+        if bad:
+            raise ValueError(f"unknown gateway settings: {sorted(bad)}")
+        cfg = cls(out=Path(out).expanduser().resolve(), **env)
+        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        for name in ("port", "metrics_port"):
+            p = getattr(self, name)
+            if not 0 <= p <= 65535:
+                raise ValueError(f"{name} {p} is out of range")
+        if self.port == self.metrics_port and self.port != 0:
+            raise ValueError("the API and metrics ports must differ")
+        if self.deadline_ms <= 0 or self.fallback_reserve_ms < 0:
+            raise ValueError("deadline_ms must be > 0 and fallback_reserve_ms >= 0")
+        if self.fallback_reserve_ms >= self.deadline_ms:
+            raise ValueError("fallback_reserve_ms must be below deadline_ms")
+        if self.per_version_concurrency < 1 or self.upstream_connections < 1:
+            raise ValueError("concurrency limits must be >= 1")
+        if not 1 <= self.popularity_k <= 1000:
+            raise ValueError("popularity_k must be 1..1000 (the handler's k range)")
+
+
+# Fields exposed as serve options (name -> help); the rest keep their defaults.
+SERVE_OPTIONS: dict[str, str] = {
+    "host": "bind address",
+    "upstream_url": "TorchServe inference URL (default: OUT/torchserve/server.json)",
+    "management_url": "TorchServe management URL (token renewal)",
+    "model_name": "TorchServe model name",
+    "deadline_ms": "per-request deadline, fallbacks included",
+    "fallback_reserve_ms": "time kept back from a treatment attempt for control",
+    "per_version_concurrency": "in-flight requests per model version",
+    "max_body_bytes": "largest request body",
+    "experiment_file": "experiment YAML (default OUT/gateway/experiment.yaml)",
+    "reload_interval_s": "experiment file check interval",
+    "popularity_refresh_s": "popularity list refresh interval",
+    "token_renew_margin_s": "renew TorchServe's key this long before expiry",
+    "token_check_interval_s": "how often the key's expiry is checked",
+    "log_queue_size": "exposure/event write queue (a full queue drops and counts)",
+    "log_rotate_bytes": "rotate a JSON-lines log at this size",
+}
+
+__all__ = ["GatewayConfig", "GatewayPaths", "SERVE_OPTIONS", "DEFAULT_PORT",
+           "DEFAULT_METRICS_PORT", "field"]

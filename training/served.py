@@ -1,0 +1,75 @@
+"""Offline evaluation of what an archive ships: the serving engine itself, per variant.
+
+The rows ``served_<variant>`` and ``hybrid_int8_<variant>`` of eval.json come from here: the
+exported serving artifact, a serving pack built for the variant exactly as ``archives build``
+builds it (handlers/artifact_adapter.py ``write_pack``), and the handler's engine
+(handlers/engine.py) answering ``{"user_id": u, "k": K}`` for every test user. P1 ranks only the
+slice's candidate items (training items for the main slice, cold items for the cold slice), so
+the engine's answer is read down to the first K candidates, asking for a deeper list when the
+first one holds fewer (what the engine answers for that deeper request, index path included;
+the cold slice asks past the API's k <= 1000 at once, which the engine answers by its exact scan).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from handlers.artifact_adapter import PACK_FILE, load_recommender, write_pack
+from handlers.engine import Recommender
+from handlers.validation import RecRequest
+
+log = logging.getLogger("training.served")
+BATCH = 64  # requests per engine call (TorchServe hands the handler batches of up to batchSize)
+
+
+def engine_rank_fn(rec: Recommender, user_ids) -> Callable[[np.ndarray, int, np.ndarray], torch.Tensor]:
+    """A ``training.evaluation.evaluate_ranked`` rank function answering through ``rec``."""
+    index = rec.data.item_index
+    n_items = rec.data.n_items
+
+    def rank(users: np.ndarray, k: int, candidates: np.ndarray) -> torch.Tensor:
+        out = torch.full((len(users), k), -1, dtype=torch.int64)
+        n_other = int((~candidates).sum())
+        # the cold slice (few candidates) goes deep at once; the main slice doubles from 2k
+        fetch = min(n_items, 2 * k if n_other < n_items // 2 else k + n_other)
+        todo = list(range(len(users)))
+        while todo:
+            retry = []
+            for s in range(0, len(todo), BATCH):
+                rows = todo[s:s + BATCH]
+                outs = rec.recommend([RecRequest(str(user_ids[users[r]]), k=fetch) for r in rows])
+                for r, o in zip(rows, outs):
+                    got = [index.get(it["item_id"]) for it in o.body["items"]]
+                    kept = [i for i in got if i is not None and candidates[i]][:k]
+                    if len(kept) < k and len(got) >= fetch and fetch < n_items:
+                        retry.append(r)
+                    else:
+                        out[r, :len(kept)] = torch.tensor(kept, dtype=torch.int64)
+            todo, fetch = retry, min(n_items, 2 * fetch)
+        return out
+
+    return rank
+
+
+def served_recommenders(artifact_dir: Path, variants: list[str], work: Path | None = None,
+                        threads: int = 1) -> dict[str, Recommender]:
+    """variant -> the engine over ``artifact_dir`` with a pack built for that variant."""
+    root = Path(work or tempfile.mkdtemp(prefix="served-"))
+    out = {}
+    for variant in variants:
+        t = time.perf_counter()
+        pack = root / variant / PACK_FILE
+        info = write_pack(artifact_dir, pack, variant=variant, threads=threads)
+        out[variant] = load_recommender(artifact_dir, scoring=variant, pack_path=pack, threads=threads)
+        log.info("serving pack %s built in %.1f s (recall vs exact %s)", variant,
+                 time.perf_counter() - t, info.get("quality", {}).get("recall_vs_exact"))
+    return out
+
+
+__all__ = ["engine_rank_fn", "served_recommenders"]
