@@ -33,7 +33,7 @@ fi
 if [ "$TARGET" = serving ]; then
   REQS=requirements-serving.txt; TAG=latest; DIRS="common archives handlers gateway sagemaker"
 else
-  REQS=requirements.txt; TAG=training; DIRS="common archives handlers gateway sagemaker etl training"
+  REQS=requirements.txt; TAG=training; DIRS="common archives handlers gateway sagemaker etl training monitoring"
 fi
 
 hash_files() { # sha256 over the names and contents of the given files, in a stable order
