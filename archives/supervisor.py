@@ -124,12 +124,13 @@ def _java_pid(rd: Path, launcher: subprocess.Popen, timeout: float = 60.0) -> in
     """TorchServe's launcher writes the Java frontend's pid into its TMPDIR."""
     pid_file = rd / "tmp" / ".model_server.pid"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and launcher.poll() is None:
+    while True:
         try:
             return int(pid_file.read_text().strip())
         except (OSError, ValueError):
+            if time.monotonic() >= deadline or launcher.poll() is not None:
+                return None
             time.sleep(0.05)
-    return None
 
 
 def configure(launch: Launch, client: TorchServeClient) -> None:
@@ -179,6 +180,21 @@ def run(launch: Launch) -> int:
                                 start_new_session=True)
     pump = LogPump(launcher.stdout, sys.stdout.buffer)
     pump.start()
+    try:
+        return _supervise(launch, launcher, pump, props, grpc, token_auth, stop, got, t0)
+    except BaseException:  # never leave TorchServe behind: its launcher leads its process group
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise
+
+
+def _supervise(launch: Launch, launcher: subprocess.Popen, pump: LogPump, props: dict,
+               grpc: dict[str, int], token_auth: bool, stop: threading.Event, got: list[int],
+               t0: float) -> int:
+    out = launch.out
+    rd = S.run_dir(out)
     java = _java_pid(rd, launcher)
     if java is None:
         code = launcher.wait()

@@ -211,4 +211,5 @@ def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+        S.stop(tmp_path / "run")  # TorchServe, if the entry point did not get to stop it
         server.stop()
