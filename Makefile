@@ -8,7 +8,8 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway clean monitor monitoring-files drift chart-files
+.PHONY: help venv lock java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway clean \
+	monitor monitoring-files drift chart-files image serve-container stop-container
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
@@ -20,6 +21,10 @@ help:
 	@echo "make promote OUT=<dir>                                 gate: challenger -> champion"
 	@echo "make bench                                             serving benchmark (benchmarks/results/serving.json)"
 	@echo "make bench-etl                                         ETL throughput benchmark"
+	@echo "make image [TARGET=training] [CONTAINER_ENGINE=docker]  build localhost/recsys (only when inputs changed)"
+	@echo "make serve-container OUT=<dir> [PORT=8080]             the image's SageMaker serve on OUT's archives"
+	@echo "make stop-container                                    remove the recsys-serve container"
+	@echo "make lock                                              re-resolve requirements.lock"
 	@echo "make bench-gateway                                     gateway overhead (benchmarks/results/gateway.json)"
 	@echo "make monitor OUT=<dir>                                 Prometheus + load against make serve; latency PNGs in OUT/monitoring"
 	@echo "make drift OUT=<dir>                                   drift report of OUT/gateway logs vs training data"
@@ -32,13 +37,32 @@ java:
 	@java -version 2>&1 | grep -qE 'version "(17|1[89]|2[0-9])' || { echo "error: Java 17+ is required;" \
 	  "found: $$(java -version 2>&1 | head -1)"; exit 1; }
 
-$(VENV)/.installed: requirements.txt
-	$(PYTHON) -m venv $(VENV)
+# pip takes torch from PyTorch's CPU index unless pip is already set up with a local wheel store
+# (find-links), as on the project's machines; `make venv TORCH_INDEX=` turns the index off.
+TORCH_INDEX ?= $(if $(PIP_FIND_LINKS)$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+SITE_PACKAGES = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+# The lock pins everything; the requirement files ride along so that a pin added without
+# `make lock` is still installed (tests/packaging then says the lock is stale).
+$(VENV)/.installed: requirements.lock requirements.txt requirements-test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet $(TORCH_INDEX_ARG) -r requirements.lock -r requirements.txt \
+	  -r requirements-test.txt
 	touch $@
 
+# sagemaker/ holds the package recsys_sagemaker but is no package itself (it must not shadow the
+# AWS SDK `sagemaker`): a .pth file puts the folder on the venv's path.
 venv: $(VENV)/.installed
+	@echo "$(CURDIR)/sagemaker" > "$(SITE_PACKAGES)/recsys-sagemaker.pth"
+
+# requirements.lock: requirements.txt + requirements-test.txt with every transitive version, for
+# CPython 3.11 on x86-64 Linux (what CI and the image run). Re-run after changing a pin.
+LOCK_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),))
+lock: venv
+	$(VENV)/bin/uv pip compile requirements.txt requirements-test.txt --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --native-tls --no-header $(LOCK_TORCH) -o requirements.lock
 
 MODEL_URI ?= models:/hybrid-recommender@challenger
 BASELINE_URI ?= models:/hybrid-recommender@baseline
@@ -124,6 +148,37 @@ bench: venv java
 bench-etl: venv java
 	$(PY) -m benchmarks.etl_bench
 
+# ---- container image (docs/contracts.md, "Container") ---------------------------------------
+CONTAINER_ENGINE ?= podman
+TARGET ?= serving
+IMAGE ?= localhost/recsys
+PORT ?= 8080
+ENGINE_ENV := $(if $(filter podman,$(CONTAINER_ENGINE)),CONTAINERS_CONF=$(CURDIR)/container/containers.conf,)
+
+image: venv
+	CONTAINER_ENGINE=$(CONTAINER_ENGINE) IMAGE=$(IMAGE) PYTHON=$(PY) TORCH_INDEX=$(TORCH_INDEX) \
+	  container/image.sh $(TARGET)
+
+# SageMaker's `serve` on OUT's archives, mounted read-only where SageMaker unpacks model.tar.gz.
+# Host networking (Podman here): the container's ports are the host's, so every TorchServe port
+# comes from a variable: inference on PORT, the others from PORT+1..PORT+99.
+serve-container: image
+	@test -d "$(OUT)/model-store" || { echo "error: $(OUT)/model-store does not exist (make serve OUT=$(OUT) or python -m archives build)"; exit 1; }
+	-@$(ENGINE_ENV) $(CONTAINER_ENGINE) rm -f recsys-serve >/dev/null 2>&1
+	$(ENGINE_ENV) $(CONTAINER_ENGINE) run -d --name recsys-serve --network=host \
+	  -v "$(abspath $(OUT))/model-store:/opt/ml/model:ro" \
+	  -e SAGEMAKER_BIND_TO_PORT=$(PORT) -e SAGEMAKER_SAFE_PORT_RANGE=$$(($(PORT)+1))-$$(($(PORT)+99)) \
+	  $(IMAGE):latest serve
+	@for i in $$(seq 300); do curl -sf http://127.0.0.1:$(PORT)/ping >/dev/null && break; \
+	  if ! $(ENGINE_ENV) $(CONTAINER_ENGINE) inspect -f '{{.State.Running}}' recsys-serve 2>/dev/null | grep -q true; then \
+	    $(ENGINE_ENV) $(CONTAINER_ENGINE) logs --tail 40 recsys-serve; echo "error: recsys-serve exited"; exit 1; fi; sleep 1; done
+	@echo "recsys-serve is up: curl -s http://127.0.0.1:$(PORT)/ping"
+	@echo "  curl -s -H 'Content-Type: application/json' -d '{\"user_id\": \"1\", \"k\": 5}' http://127.0.0.1:$(PORT)/invocations"
+	@echo "stop it with: make stop-container"
+
+stop-container:
+	-$(ENGINE_ENV) $(CONTAINER_ENGINE) stop -t 30 recsys-serve
+	-$(ENGINE_ENV) $(CONTAINER_ENGINE) rm -f recsys-serve
 bench-gateway: venv java
 	$(PY) -m benchmarks.gateway_bench $(BENCH_ARGS)
 
@@ -138,7 +193,7 @@ monitoring-files: venv
 	$(PY) -m monitoring generate
 
 clean:
-	rm -rf runs spark-warehouse metastore_db derby.log
+	rm -rf runs spark-warehouse metastore_db derby.log build
 
 # The chart's copies of the monitoring files (Helm cannot read files outside the chart):
 # regenerate the sources, then copy them; tests/helm checks that the copies match.

@@ -98,9 +98,15 @@ def read_manifest(mar: Path) -> dict:
 
 def list_archives(out: str | Path) -> list[ArchiveInfo]:
     """Archives in ``OUT/model-store`` (name and version from each MANIFEST), oldest first."""
-    store = model_store(out)
+    return archives_in(model_store(out))
+
+
+def archives_in(folder: Path, recursive: bool = False) -> list[ArchiveInfo]:
+    """The readable ``.mar`` files in ``folder`` (name and version from each MANIFEST), oldest
+    version first per model name; files that are not archives are skipped."""
     found = []
-    for p in sorted(store.glob("*.mar")) if store.is_dir() else []:
+    pattern = "**/*.mar" if recursive else "*.mar"
+    for p in sorted(folder.glob(pattern)) if folder.is_dir() else []:
         try:
             m = read_manifest(p)["model"]
         except (KeyError, zipfile.BadZipFile, json.JSONDecodeError):
@@ -306,7 +312,7 @@ def _log_tail(rd: Path, n: int = 40) -> str:
     return "\n".join(parts)
 
 
-def _launcher_env(rd: Path) -> dict[str, str]:
+def launcher_env(rd: Path) -> dict[str, str]:
     env = dict(os.environ)
     tmp = rd / "tmp"
     env.update(TMPDIR=str(tmp), TEMP=str(tmp), LOG_LOCATION=str(rd / "logs"),
@@ -316,6 +322,31 @@ def _launcher_env(rd: Path) -> dict[str, str]:
     env.pop("PYTHONPATH", None)
     env.pop("TS_CONFIG_FILE", None)
     return env
+
+
+def prepare_run_dir(out: Path, base: Path, *, ports: dict[str, int], host: str | None,
+                    extra_properties: dict[str, str] | None = None,
+                    grpc_ports: dict[str, int] | None = None) -> tuple[Path, dict, dict[str, int]]:
+    """Make ``OUT/torchserve`` (tmp/, logs/, metrics.yaml) and render its config.properties from
+    ``base``. Shared by :func:`start` and the container entry point (archives/container.py).
+    Returns (config path, effective properties, gRPC ports)."""
+    rd = run_dir(out)
+    (rd / "tmp").mkdir(parents=True, exist_ok=True)
+    (rd / "logs").mkdir(parents=True, exist_ok=True)
+    for stale in ("key_file.json", "server.json"):
+        (rd / stale).unlink(missing_ok=True)
+    shutil.copyfile(METRICS_YAML, rd / "metrics.yaml")
+    cfg_path = rd / "config.properties"
+    # TorchServe always starts gRPC servers too (7070/7071 by default, no switch to turn them
+    # off): give them free ports unless TS_GRPC_*_PORT says otherwise, so that instances coexist.
+    grpc = {kind: int((grpc_ports or {}).get(kind) or os.environ.get(f"TS_GRPC_{kind.upper()}_PORT")
+                      or free_port())
+            for kind in ("inference", "management")}
+    extra = {"grpc_inference_port": str(grpc["inference"]),
+             "grpc_management_port": str(grpc["management"]), **(extra_properties or {})}
+    props = render_config(base, cfg_path, ports=ports, host=host, metrics_yaml=rd / "metrics.yaml",
+                          store=model_store(out), extra=extra)
+    return cfg_path, props, grpc
 
 
 def start(out: str | Path, *, config: str | Path = "dev", host: str | None = None,
@@ -352,20 +383,8 @@ def start(out: str | Path, *, config: str | Path = "dev", host: str | None = Non
             raise ServerError(f"{kind} port {port} is in use; choose others with "
                               f"{PORT_ENV[kind]}=<port>")
 
-    (rd / "tmp").mkdir(parents=True, exist_ok=True)
-    (rd / "logs").mkdir(parents=True, exist_ok=True)
-    for stale in ("key_file.json", "server.json"):
-        (rd / stale).unlink(missing_ok=True)
-    shutil.copyfile(METRICS_YAML, rd / "metrics.yaml")
-    cfg_path = rd / "config.properties"
-    # TorchServe always starts gRPC servers too (7070/7071 by default, no switch to turn them
-    # off): give them free ports unless TS_GRPC_*_PORT says otherwise, so that instances coexist.
-    grpc = {kind: int(os.environ.get(f"TS_GRPC_{kind.upper()}_PORT") or free_port())
-            for kind in ("inference", "management")}
-    extra = {"grpc_inference_port": str(grpc["inference"]),
-             "grpc_management_port": str(grpc["management"]), **(extra_properties or {})}
-    props = render_config(Path(base), cfg_path, ports=p, host=host, metrics_yaml=rd / "metrics.yaml",
-                          store=store, extra=extra)
+    cfg_path, props, grpc = prepare_run_dir(out, Path(base), ports=p, host=host,
+                                            extra_properties=extra_properties)
     token_auth = props.get("disable_token_authorization", "false").strip().lower() != "true"
 
     if models is None:
@@ -378,7 +397,7 @@ def start(out: str | Path, *, config: str | Path = "dev", host: str | None = Non
     if models:  # none: start empty and register through the management API
         cmd += ["--models", *[f"{n}={f}" for n, f in models.items()]]
     with open(rd / "console.log", "ab") as log:
-        launcher = subprocess.run(cmd, cwd=rd, env=_launcher_env(rd), stdout=log,
+        launcher = subprocess.run(cmd, cwd=rd, env=launcher_env(rd), stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=True, timeout=120)
     pid_file = rd / "tmp" / ".model_server.pid"
@@ -467,7 +486,7 @@ def stop(out: str | Path, timeout: float = 60.0) -> bool:
         children = []
     if rd.is_dir():
         subprocess.run([sys.executable, "-m", "ts.model_server", "--stop"], cwd=rd,
-                       env=_launcher_env(rd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=launcher_env(rd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=60)
     procs = [p for p in [_proc(state.pid)] + children if p is not None]
     _, alive = psutil.wait_procs(procs, timeout=timeout)
@@ -507,5 +526,5 @@ def worker_processes(state: ServerState) -> list[psutil.Process]:
 
 
 __all__ = ["ServerError", "ServerState", "ArchiveInfo", "model_store", "run_dir", "mar_name",
-           "list_archives", "latest_archives", "find_archive", "read_manifest", "ports_from_env",
-           "free_ports", "render_config", "start", "stop", "wait_ready", "worker_processes"]
+           "list_archives", "archives_in", "latest_archives", "find_archive", "read_manifest", "ports_from_env",
+           "free_ports", "render_config", "prepare_run_dir", "launcher_env", "start", "stop", "wait_ready", "worker_processes"]

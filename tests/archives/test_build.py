@@ -41,7 +41,7 @@ def test_build_from_folder(artifact, tmp_path, capsys):
         assert f in names, f
     assert not any(n.startswith(("etl/", "archives/", "tests/")) for n in names)
     assert info["version"] == "7" and info["artifact"]["example_users"]
-    # the default variant (sq8) and its quality against exact scoring, checked at build time
+    # the default variant (ArchiveConfig().scoring, ivf) and its quality against exact scoring, checked at build time
     default = B.ArchiveConfig().scoring
     assert info["artifact"]["variant"] == default and cfg["handler"]["scoring"] == default
     assert info["artifact"]["quality"]["recall_vs_exact"] >= 0.95
