@@ -7,8 +7,9 @@ fallbacks need (:class:`RequestView`). Modes (CONTRACTS.md, "Gateway answers"):
 * ``rerank``  ``candidates`` given    -> control, then the candidates in the order sent (the
                                          request's exclusions and, where the list knows an
                                          item's categories, filters applied)
-* ``similar`` ``similar_to`` given    -> control, then items sharing the item's categories by
-                                         popularity (plain popularity when they are unknown)
+* ``similar`` ``similar_to`` given    -> control, then items sharing the item's categories, most
+                                         shared first, by popularity (plain popularity when they
+                                         are unknown)
 
 The popularity list is the control version's own answer for an unknown user without history
 (``strategy: "popular"``), refreshed periodically and saved to ``OUT/gateway/popularity.json``
@@ -201,8 +202,10 @@ class Popularity:
                 if cats:
                     same = set(cats)
                     pool = [it for it in self.items if it["item_id"] not in skip
-                            and same.intersection(it.get("categories") or ())]
-                    items = [it for it in pool if self._passes(it, v)][: v.k]
+                            and same.intersection(it.get("categories") or ()) and self._passes(it, v)]
+                    # most categories in common first, then popularity (the list's order)
+                    pool.sort(key=lambda it: -len(same.intersection(it["categories"])))
+                    items = pool[: v.k]
                 else:
                     items = self._filtered(v, skip)
             else:

@@ -124,9 +124,15 @@ def test_fallback_answers_have_the_handlers_shape_and_defaults(tmp_path):
     body, _ = p.answer(view_of({"user_id": "u", "candidates": ["20", "10", "999"],
                                 "filters": {"exclude_categories": ["Comedy"]}}))
     assert [i["item_id"] for i in body["items"]] == ["20", "999"]
-    # similar_to is echoed, as the handler does
+    # similar_to is echoed, as the handler does; most shared categories first
     body, _ = p.answer(view_of({"similar_to": 40, "k": 1}))
     assert body["similar_to"] == "40" and body["user_id"] is None
+    body, _ = p.answer(view_of({"similar_to": "50", "k": 3}))
+    assert [i["item_id"] for i in body["items"]] == ["10", "20", "40"]  # one each, by popularity
+    p.set({"items": [*p.items, {"item_id": "60", "score": 1.0, "title": "Item 60",
+                                "categories": ["Comedy", "Drama"]}]}, "3")
+    body, _ = p.answer(view_of({"similar_to": "50", "k": 2}))
+    assert [i["item_id"] for i in body["items"]] == ["60", "10"]
 
 
 def test_popularity_without_categories_ignores_filters(tmp_path):
