@@ -181,6 +181,18 @@ def test_similar_to_is_the_cosine_ranking_without_the_item(engine):
     assert ids(horror) == [i for i in ids(all_) if int(i[1:]) % 3 == 2][:3]
 
 
+def test_similar_to_an_item_without_a_vector_is_the_popularity_order(engine):
+    """A model without item vectors (the popularity baseline) has nothing to compare."""
+    unit = engine.data.item_unit
+    saved = unit[1].clone()
+    unit[1] = 0.0
+    try:
+        out = engine.recommend([RecRequest(None, k=4, similar_to="i1")])[0]
+    finally:
+        unit[1] = saved
+    assert out.strategy == SIMILAR and ids(out) == ["i0", "i2", "i3", "i4"]
+
+
 def test_unknown_similar_to_is_a_404_of_its_own(engine):
     outs = engine.recommend([RecRequest("u0", k=3), RecRequest(None, similar_to="nope"),
                              RecRequest(None, k=3, similar_to="i1")])
