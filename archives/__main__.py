@@ -128,7 +128,8 @@ def cmd_status(a) -> int:
 # --------------------------------------------------------------------------------------------
 
 def demo_bodies(out, model: str) -> list[tuple[str, dict]]:
-    """Requests for a known user, a history-only user and an unknown user."""
+    """Requests for a known user, a history-only user, an unknown user, related items and a
+    candidate list."""
     state = S.ServerState.load(out)
     version = TorchServeClient(state).default_version(model)
     info = B.build_info(out, model, version).get("artifact", {}) if version else {}
@@ -139,6 +140,9 @@ def demo_bodies(out, model: str) -> list[tuple[str, dict]]:
         ("history only (new user)", {"user_id": "demo-new-user", "k": 5,
                                      "history": items[:3] + ["no-such-item"]}),
         ("unknown user, no history (popular fallback)", {"user_id": "demo-anonymous", "k": 5}),
+        ("related items", {"similar_to": items[0] if items else "1", "k": 5}),
+        ("candidate list for the known user, diversity 0.3",
+         {"user_id": users[0], "candidates": items[:6] + ["no-such-item"], "diversity": 0.3}),
     ]
 
 
@@ -158,9 +162,11 @@ def cmd_demo(a) -> int:
             continue
         d = r.json()
         print(f"   strategy={d['strategy']} model_version={d['model_version']}"
-              + (f" ignored_history={d['ignored_history']}" if d.get("ignored_history") else ""))
+              + (f" ignored_history={d['ignored_history']}" if d.get("ignored_history") else "")
+              + (f" ignored_candidates={d['ignored_candidates']}" if d.get("ignored_candidates") else ""))
         for rank, it in enumerate(d["items"], 1):
-            print(f"   {rank:2d}. {it['item_id']:>10}  {it['score']:9.4f}  {it['title']}")
+            print(f"   {rank:2d}. {it['item_id']:>10}  {it['score']:9.4f}  {it['title']}  "
+                  f"[{', '.join(it.get('categories') or [])}]")
     return 0 if ok else 1
 
 

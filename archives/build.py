@@ -158,7 +158,13 @@ def check_artifact(artifact_dir: Path, pack: Path | None = None) -> dict[str, An
     rec = load_recommender(artifact_dir, pack_path=pack)
     summary = rec.describe()
     users = summary["example_users"][:1]
-    rec.recommend([RecRequest(user_id=u, k=3) for u in users] + [RecRequest(user_id="?", k=3)])
+    items = summary["popular_items"][:1]
+    outs = rec.recommend([RecRequest(user_id=u, k=3) for u in users] + [RecRequest(user_id="?", k=3)]
+                         + [RecRequest(None, k=3, similar_to=i, diversity=0.5) for i in items]
+                         + [RecRequest(u, candidates=tuple(items)) for u in users])
+    bad = [o.error.message for o in outs if o.error is not None]
+    if bad:
+        raise ValueError(f"the engine refused the archive's check requests: {bad}")
     return summary
 
 

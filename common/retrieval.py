@@ -295,18 +295,27 @@ class Searcher:
                 return scores, idx
             return self._rerank(u, idx, kk)
 
-    def _rerank(self, users: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact fp32 scores of the candidate rows (gathered, never the whole matrix) -> top k."""
+    def exact_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """Exact fp32 scores ``[b, n_items]`` of every item (the reference every variant is
+        checked against; rows with category filters are served from it)."""
+        return torch.addmm(self.bias, users.to(torch.float32), self.items.T)
+
+    def exact_rows(self, users: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """Exact fp32 scores ``[b, c]`` of the items ``cand`` (``[b, c]``, index -1 = padding,
+        scored -inf), gathered: never the whole matrix."""
         b, c = cand.shape
         valid = cand >= 0
         safe = cand.clamp_min(0)
         rows = self.items.index_select(0, safe.reshape(-1)).view(b, c, self.dim)
         # multiply + sum per row, not bmm: the same reduction for a row whatever the batch, so a
         # request gets bit-identical scores alone or inside a TorchServe batch
-        exact = (rows * users.unsqueeze(1)).sum(2)
+        exact = (rows * users.to(torch.float32).unsqueeze(1)).sum(2)
         exact.add_(self.bias.index_select(0, safe.reshape(-1)).view(b, c))
-        exact.masked_fill_(~valid, float("-inf"))
-        top = torch.topk(exact, min(k, c), dim=1, sorted=True)
+        return exact.masked_fill_(~valid, float("-inf"))
+
+    def _rerank(self, users: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact fp32 scores of the candidate rows -> top k."""
+        top = torch.topk(self.exact_rows(users, cand), min(k, cand.shape[1]), dim=1, sorted=True)
         return top.values, cand.gather(1, top.indices)
 
     def __repr__(self) -> str:
@@ -334,7 +343,7 @@ class _Fp32Searcher(_ScanSearcher):
     """The exact reference; holds nothing of its own (the caller's tensors are used as is)."""
 
     def _scores(self, users: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, users, self.items.T)
+        return self.exact_scores(users)
 
 
 class _Int8Searcher(_ScanSearcher):

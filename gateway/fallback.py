@@ -4,9 +4,12 @@ The body is forwarded to TorchServe unchanged; the gateway reads only what routi
 fallbacks need (:class:`RequestView`). Modes (CONTRACTS.md, "Gateway answers"):
 
 * ``user``    top-k for a user        -> control, then the popularity list
-* ``rerank``  ``candidates`` given    -> control, then the candidates in the order sent
-* ``similar`` ``similar_to`` given    -> control, then items sharing the item's categories by
-                                         popularity (plain popularity when they are unknown)
+* ``rerank``  ``candidates`` given    -> control, then the candidates in the order sent (the
+                                         request's exclusions and, where the list knows an
+                                         item's categories, filters applied)
+* ``similar`` ``similar_to`` given    -> control, then items sharing the item's categories, most
+                                         shared first, by popularity (plain popularity when they
+                                         are unknown)
 
 The popularity list is the control version's own answer for an unknown user without history
 (``strategy: "popular"``), refreshed periodically and saved to ``OUT/gateway/popularity.json``
@@ -68,13 +71,17 @@ def view_of(doc: dict) -> RequestView:
         mode = "rerank"
     else:
         mode = "user"
+    # the handler's defaults per mode (handlers/validation.py RecRequest): a candidate list is
+    # answered whole, and keeps the items the user has seen unless exclude_seen is true
     k = doc.get("k")
-    k = int(k) if isinstance(k, (int, float)) and not isinstance(k, bool) and 1 <= k <= 1000 else 10
+    k = int(k) if isinstance(k, (int, float)) and not isinstance(k, bool) and 1 <= k <= 1000 else \
+        (1000 if mode == "rerank" else 10)
     filters = doc.get("filters") if isinstance(doc.get("filters"), dict) else {}
     inc = filters.get("include_categories")
+    seen = doc.get("exclude_seen")
     return RequestView(user=user, raw_user=raw_user, mode=mode, k=k,
                        history=_list(doc.get("history")),
-                       exclude_seen=doc.get("exclude_seen") is not False,
+                       exclude_seen=seen is True if mode == "rerank" else seen is not False,
                        exclude=_list(doc.get("exclude")),
                        include_categories=inc if isinstance(inc, list) else None,
                        exclude_categories=_list(filters.get("exclude_categories")),
@@ -167,32 +174,38 @@ class Popularity:
         skip = _ids(v.exclude)
         if v.exclude_seen:
             skip |= _ids(v.history)
+        extra: dict[str, Any] = {}
         if v.mode == "rerank":
             items, seen = [], set()
             for c in v.candidates:
                 cid = try_canonical_id(c)
                 if cid is None or cid in skip or cid in seen:
                     continue
+                known = self.index.get(cid) or {"item_id": cid, "title": ""}
+                if not self._passes(known, v):
+                    continue
                 seen.add(cid)
-                known = self.index.get(cid)
-                items.append({"item_id": cid, "score": 0.0,
-                              "title": known["title"] if known else ""})
+                items.append(self._out({**known, "score": 0.0}))
                 if len(items) >= v.k:
                     break
             strategy = "as_sent"
+            extra["ignored_candidates"] = []  # unknown here: only the model knows its catalog
         else:
             if not self.items:
                 return None
             if v.mode == "similar":
                 sid = try_canonical_id(v.similar_to)
+                extra["similar_to"] = sid
                 if sid is not None:
                     skip = skip | {sid}
                 cats = (self.index.get(sid) or {}).get("categories") if sid else None
                 if cats:
                     same = set(cats)
                     pool = [it for it in self.items if it["item_id"] not in skip
-                            and same.intersection(it.get("categories") or ())]
-                    items = [it for it in pool if self._passes(it, v)][: v.k]
+                            and same.intersection(it.get("categories") or ()) and self._passes(it, v)]
+                    # most categories in common first, then popularity (the list's order)
+                    pool.sort(key=lambda it: -len(same.intersection(it["categories"])))
+                    items = pool[: v.k]
                 else:
                     items = self._filtered(v, skip)
             else:
@@ -200,7 +213,7 @@ class Popularity:
             items = [self._out(it) for it in items]
             strategy = "popular"
         body = {"user_id": v.raw_user, "model_version": self.version, "strategy": strategy,
-                "items": items, "ignored_history": []}
+                "items": items, "ignored_history": [], **extra}
         return body, strategy
 
     @staticmethod

@@ -7,10 +7,13 @@ worker memory-maps (shared through the page cache):
 * ``pack.safetensors``: the titles as one UTF-8 blob (``titles.bytes`` / ``titles.offsets``)
   and the user and item id tables (``user_ids.*`` / ``item_ids.*``, common/idtable.py: hashed,
   sorted, looked up with a binary search) -- Python dicts of 10M ids would be >1 GB per worker;
+* ``item_unit``: the L2-normalised item vectors (related items, ``similar_to``, and the
+  redundancy term of diversity);
 * the serving index of one variant (common/retrieval.py: ``fp32``, ``int8``, ``onnx_int8``,
-  ``sq8``, ``faiss_sq8``, ``hnsw``, ``ivf``), files ``<variant>.*``;
-* ``serving.json``: the variant, its parameters and the build-time quality check (Recall@10 of
-  the variant against the exact fp32 top-10 on known users).
+  ``sq8``, ``faiss_sq8``, ``hnsw``, ``ivf``), files ``<variant>.*``, over the relevance scores;
+  and the same variant's index over ``item_unit`` with zero bias (cosine), in ``similar/``;
+* ``serving.json``: the variant, its parameters and the build-time quality checks (Recall@10 of
+  each index against the exact fp32 top-10: on known users, and on items for ``similar/``).
 """
 from __future__ import annotations
 
@@ -27,10 +30,12 @@ from common.config import ArchiveConfig
 from common.encoder import HistoryBagEncoder
 from common.idtable import IdTable, build_id_table
 from common.retrieval import VARIANTS, build_index, load_index, recall_at_k
-from handlers.engine import Recommender, ServingData
+from handlers.engine import Recommender, ServingData, Space
 
 PACK_FILE = "pack.safetensors"
 SERVING_JSON = "serving.json"
+SIMILAR_DIR = "similar"  # beside the pack: the similarity index (item -> items by cosine)
+PACK_FORMAT_VERSION = "3"  # 3: item_unit and similar/
 log = logging.getLogger(__name__)
 DEFAULT_VARIANT = ArchiveConfig.scoring  # the serving benchmark's winner (docs/performance.md)
 
@@ -53,44 +58,66 @@ def _titles_blob(artifact_dir: Path, n_items: int) -> tuple[torch.Tensor, torch.
     return blob.contiguous(), offsets
 
 
+def unit_vectors(item_vectors: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows (a zero vector stays zero): cosine = dot product."""
+    v = item_vectors.to(torch.float32)
+    return (v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)).contiguous()
+
+
+def _index_quality(variant: str, folder: Path, catalog: torch.Tensor, bias: torch.Tensor,
+                   queries: torch.Tensor, threads: int, what: str) -> dict:
+    """Recall@10 of ``variant``'s index in ``folder`` against exact fp32 scoring, on ``queries``."""
+    if not len(queries):
+        return {}
+    k = min(10, catalog.shape[0])
+    exact = torch.topk(torch.addmm(bias, queries, catalog.T), k, dim=1).indices
+    got = load_index(variant, folder, catalog, bias, threads=threads).search(queries, k)[1]
+    quality = {what: len(queries), "k": k, "recall_vs_exact": recall_at_k(exact, got, k)}
+    if quality["recall_vs_exact"] < 0.99:
+        log.warning("serving variant %s recalls %.3f of the exact top-%d on %d %s (< 0.99): pick "
+                    "an exact variant (--scoring sq8) or raise its search parameters", variant,
+                    quality["recall_vs_exact"], k, len(queries), what)
+    return quality
+
+
 def write_pack(artifact_dir: Path, dest: Path, variant: str = DEFAULT_VARIANT,
                params: dict | None = None, n_check_users: int = 256, threads: int = 2) -> dict:
-    """Write the serving pack of an artifact (``dest`` = the pack file; the index files and
-    ``serving.json`` go beside it); returns a summary including the variant's quality."""
+    """Write the serving pack of an artifact (``dest`` = the pack file; the index files,
+    ``similar/`` and ``serving.json`` go beside it); returns a summary including the quality of
+    both indexes."""
     from safetensors.torch import save_file
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown serving variant {variant!r}; expected one of {VARIANTS}")
     t0 = time.perf_counter()
     art = load_artifact(artifact_dir, mmap=True)
+    items = art.item_vectors.to(torch.float32)
+    bias = art.item_bias.to(torch.float32)
+    unit = unit_vectors(items)
     blob, offsets = _titles_blob(artifact_dir, art.n_items)
-    tensors = {"titles.bytes": blob, "titles.offsets": offsets}
+    tensors = {"titles.bytes": blob, "titles.offsets": offsets, "item_unit": unit}
     tensors.update({f"user_ids.{k}": v for k, v in build_id_table(art.user_ids).items()})
     tensors.update({f"item_ids.{k}": v for k, v in build_id_table(art.item_ids).items()})
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(dest), metadata={"format": "recsys-serving-pack", "format_version": "2"})
+    save_file(tensors, str(dest), metadata={"format": "recsys-serving-pack",
+                                            "format_version": PACK_FORMAT_VERSION})
     t_pack = time.perf_counter() - t0
-    items = art.item_vectors.to(torch.float32)
-    bias = art.item_bias.to(torch.float32)
     index = build_index(variant, items, bias, dest.parent, params, threads=threads)
+    zero = torch.zeros(art.n_items, dtype=torch.float32)
+    similar = build_index(variant, unit, zero, dest.parent / SIMILAR_DIR, params, threads=threads)
     # quality of the variant against exact fp32 scoring, on (up to) n_check_users known users
-    quality: dict = {}
-    n = min(n_check_users, art.n_users)
-    if n:
-        users = art.tensors["user_vectors"][:n].to(torch.float32)
-        k = min(10, art.n_items)
-        exact = torch.topk(torch.addmm(bias, users, items.T), k, dim=1).indices
-        searcher = load_index(variant, dest.parent, items, bias, threads=threads)
-        got = searcher.search(users, k)[1]
-        quality = {"users": n, "k": k, "recall_vs_exact": recall_at_k(exact, got, k)}
-        if quality["recall_vs_exact"] < 0.99:
-            log.warning("serving variant %s recalls %.3f of the exact top-%d on %d known users "
-                        "(< 0.99): pick an exact variant (--scoring sq8) or raise its search "
-                        "parameters", variant, quality["recall_vs_exact"], k, n)
+    # and as many items (every step-th, so popular and cold items alike)
+    users = art.tensors["user_vectors"][:min(n_check_users, art.n_users)].to(torch.float32)
+    probe = unit[::max(1, art.n_items // max(1, n_check_users))][:n_check_users]
+    quality = _index_quality(variant, dest.parent, items, bias, users, threads, "users")
+    similar_quality = _index_quality(variant, dest.parent / SIMILAR_DIR, unit, zero, probe,
+                                     threads, "items")
     info = {"variant": variant, "params": index.get("params", {}), "index_files": index.get("files", {}),
             "index_build_s": index.get("build_s"), "pack_build_s": round(t_pack, 3),
-            "pack_bytes": dest.stat().st_size, "quality": quality}
+            "pack_bytes": dest.stat().st_size, "quality": quality,
+            "similar": {"index_files": similar.get("files", {}), "index_build_s": similar.get("build_s"),
+                        "quality": similar_quality}}
     (dest.parent / SERVING_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
 
@@ -150,12 +177,14 @@ def from_artifact(artifact_dir: Path, scoring: str = "auto", pack_path: Path | N
     if variant != "fp32" and meta.get("variant") != variant:
         raise FileNotFoundError(f"scoring={variant} needs a serving pack built for it "
                                 f"(pack {pack_path}: {meta.get('variant') or 'absent'})")
-    searcher = load_index(variant, Path(pack_path).parent if pack_path else Path(artifact_dir),
-                          item_vectors, bias, threads=threads)
-
-    def score(u: torch.Tensor) -> torch.Tensor:
-        """Exact scores of every item (rows with category filters, fallbacks)."""
-        return torch.addmm(bias, u.to(torch.float32), item_vectors.T)
+    folder = Path(pack_path).parent if pack_path else Path(artifact_dir)
+    searcher = load_index(variant, folder, item_vectors, bias, threads=threads)
+    unit = pack["item_unit"] if "item_unit" in pack else unit_vectors(item_vectors)
+    if variant != "fp32" and not (folder / SIMILAR_DIR).is_dir():
+        raise FileNotFoundError(f"scoring={variant} needs the similarity index {folder / SIMILAR_DIR} "
+                                "(a pack written by this version of write_pack)")
+    similar = load_index(variant, folder / SIMILAR_DIR, unit,
+                         torch.zeros(len(unit), dtype=torch.float32), threads=threads)
 
     if "titles.offsets" in pack:
         titles: Sequence[str] = _Titles(pack["titles.bytes"], pack["titles.offsets"])
@@ -172,10 +201,10 @@ def from_artifact(artifact_dir: Path, scoring: str = "auto", pack_path: Path | N
         user_vectors=art.tensors["user_vectors"],
         hist_indptr=art.tensors["user_history.indptr"], hist_indices=art.tensors["user_history.indices"],
         popularity=art.popularity, encode=HistoryBagEncoder.from_tensors(art.tensors, enc_cfg).encode,
-        score=score, search=searcher.search,
+        relevance=Space.of(searcher), similarity=Space.of(similar), item_unit=unit,
         user_offsets=bool(enc_cfg.get("includes_user_id_embedding", False)),
         info={"scoring": variant, "dim": art.dim, "params": meta.get("params", {})})
-    data._keep = (art, mm, searcher)  # keep the memory maps alive as long as the data
+    data._keep = (art, mm, searcher, similar)  # keep the memory maps alive as long as the data
     return data
 
 
@@ -187,5 +216,5 @@ def load_recommender(artifact_dir: str | Path, scoring: str = "auto",
                                      pack_path=Path(pack_path) if pack_path else None, threads=threads))
 
 
-__all__ = ["from_artifact", "load_recommender", "write_pack", "PACK_FILE", "SERVING_JSON",
-           "DEFAULT_VARIANT"]
+__all__ = ["from_artifact", "load_recommender", "write_pack", "unit_vectors", "PACK_FILE",
+           "SERVING_JSON", "SIMILAR_DIR", "DEFAULT_VARIANT"]

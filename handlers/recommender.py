@@ -5,7 +5,8 @@
 ``postprocess`` (JSON bodies and per-request HTTP status).
 
 Request/response contract: docs/serving.md and handlers/request.schema.json. An invalid
-request in a batch gets its own 4xx (``context.set_response_status(code, message, idx)``) and
+request in a batch (or one the engine cannot answer: an unknown ``similar_to`` item is a 404)
+gets its own 4xx (``context.set_response_status(code, message, idx)``) and
 a JSON body ``{code, type, reason, message}``; the others in the batch are answered normally.
 Every answered request carries the headers ``X-Batch-Size`` (how many requests the handler
 received together) and ``X-Handler-Ms`` (the batch's time inside the handler: validation,
@@ -143,6 +144,9 @@ class RecommenderHandler(BaseHandler):
             return batch
         self._emit("RecScoringLatencySeconds", time.perf_counter() - t0)
         for i, o in zip(idxs, outcomes):
+            if o.error is not None:  # e.g. 404 unknown_item: answered like an invalid request
+                batch.errors[i] = o.error
+                continue
             batch.bodies[i] = o.body
             self._emit("RecRequests", 1, o.strategy)
             if o.ignored_history:

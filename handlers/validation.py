@@ -35,10 +35,12 @@ MAX_HISTORY = 5000
 MAX_EXCLUDE = 5000
 MAX_CATEGORIES = 100
 MAX_CATEGORY_CHARS = 128
+MAX_CANDIDATES = 1000
 ID_RULE = (f"ids are strings of 1-{MAX_ID_CHARS} characters without control characters and not "
            "only white space (emails, UUIDs, names in any script), or non-negative integers")
 
-FIELDS = ("user_id", "k", "history", "exclude_seen", "filters", "exclude")
+FIELDS = ("user_id", "k", "history", "exclude_seen", "filters", "exclude", "similar_to",
+          "candidates", "diversity")
 FILTER_FIELDS = ("include_categories", "exclude_categories")
 
 # Reasons (metric label values).
@@ -53,8 +55,14 @@ BAD_HISTORY = "bad_history"
 BAD_EXCLUDE_SEEN = "bad_exclude_seen"
 BAD_FILTERS = "bad_filters"
 BAD_EXCLUDE = "bad_exclude"
+BAD_SIMILAR_TO = "bad_similar_to"
+BAD_CANDIDATES = "bad_candidates"
+BAD_DIVERSITY = "bad_diversity"
+CONFLICTING_FIELDS = "conflicting_fields"
+UNKNOWN_ITEM = "unknown_item"  # 404 from the engine: a similar_to item the model does not know
 REASONS = (TOO_LARGE, NOT_JSON, NOT_OBJECT, UNKNOWN_FIELD, MISSING_USER_ID, BAD_USER_ID, BAD_K,
-           BAD_HISTORY, BAD_EXCLUDE_SEEN, BAD_FILTERS, BAD_EXCLUDE)
+           BAD_HISTORY, BAD_EXCLUDE_SEEN, BAD_FILTERS, BAD_EXCLUDE, BAD_SIMILAR_TO, BAD_CANDIDATES,
+           BAD_DIVERSITY, CONFLICTING_FIELDS, UNKNOWN_ITEM)
 
 
 class InvalidRequest(ValueError):
@@ -66,21 +74,35 @@ class InvalidRequest(ValueError):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON error body (same keys as TorchServe's own errors, plus ``reason``)."""
-        kind = "PayloadTooLarge" if self.status == 413 else "BadRequest"
+        kind = {413: "PayloadTooLarge", 404: "NotFound"}.get(self.status, "BadRequest")
         return {"code": self.status, "type": kind, "reason": self.reason, "message": self.message}
 
 
 @dataclass(frozen=True)
 class RecRequest:
-    """A validated, normalized request. Ids are strings (integers are converted)."""
+    """A validated, normalized request. Ids are strings (integers are converted).
 
-    user_id: str
-    k: int = DEFAULT_K
+    Modes: top-k for a user (the default); ``similar_to`` (related items; ``user_id`` optional);
+    ``candidates`` (the user's ranking of these items, in the order sent for equal scores)."""
+
+    user_id: str | None
+    k: int = None  # type: ignore[assignment]  # None: DEFAULT_K, or every candidate
     history: tuple[str, ...] = ()
-    exclude_seen: bool = True
+    exclude_seen: bool = None  # type: ignore[assignment]  # None: true, false with candidates
     include_categories: tuple[str, ...] | None = None  # None: no include filter
     exclude_categories: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    similar_to: str | None = None
+    candidates: tuple[str, ...] | None = None  # None: rank the catalog
+    diversity: float = 0.0                     # 0: plain ranking; > 0: maximal marginal relevance
+
+    def __post_init__(self) -> None:
+        """The mode-dependent defaults, in one place: a candidate list is answered whole and
+        keeps the items the user has seen (the caller chose it)."""
+        if self.k is None:
+            object.__setattr__(self, "k", MAX_K if self.candidates is not None else DEFAULT_K)
+        if self.exclude_seen is None:
+            object.__setattr__(self, "exclude_seen", self.candidates is None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,14 +259,30 @@ def validate_request(obj: Any) -> RecRequest:
     if unknown:
         raise InvalidRequest(UNKNOWN_FIELD, f"unknown field(s) {', '.join(map(repr, unknown))}; "
                                             f"allowed: {', '.join(FIELDS)}")
+    similar_to = None
+    if obj.get("similar_to") is not None:
+        similar_to = _id(obj["similar_to"], "similar_to", BAD_SIMILAR_TO)
+    candidates = None
+    if obj.get("candidates") is not None:
+        candidates = _id_list(obj["candidates"], "candidates", BAD_CANDIDATES, MAX_CANDIDATES)
+        if not candidates:
+            raise InvalidRequest(BAD_CANDIDATES, "candidates must hold at least one item id "
+                                                 "(leave the field out to rank the catalog)")
+    if similar_to is not None and candidates is not None:
+        raise InvalidRequest(CONFLICTING_FIELDS, "similar_to and candidates cannot be combined: "
+                                                 "send similar_to for items like one item, or "
+                                                 "user_id with candidates to rank a list for a user")
     if obj.get("user_id") is None:
-        raise InvalidRequest(MISSING_USER_ID, "user_id is required (a string or a non-negative "
-                                              "integer)")
-    user_id = _id(obj["user_id"], "user_id", BAD_USER_ID)
+        if similar_to is None:
+            raise InvalidRequest(MISSING_USER_ID, "user_id is required (a string or a "
+                                                  "non-negative integer) unless similar_to is given")
+        user_id = None
+    else:
+        user_id = _id(obj["user_id"], "user_id", BAD_USER_ID)
 
     k_raw = obj.get("k")
     if k_raw is None:
-        k = DEFAULT_K
+        k = None  # RecRequest's default for the mode
     else:
         k = _as_int(k_raw)
         if k is None or not MIN_K <= k <= MAX_K:
@@ -255,7 +293,7 @@ def validate_request(obj: Any) -> RecRequest:
 
     exclude_seen = obj.get("exclude_seen")
     if exclude_seen is None:
-        exclude_seen = True
+        pass  # RecRequest's default for the mode
     elif not isinstance(exclude_seen, bool):
         raise InvalidRequest(BAD_EXCLUDE_SEEN, f"exclude_seen must be true or false, got "
                                                f"{_short(exclude_seen)}")
@@ -278,7 +316,19 @@ def validate_request(obj: Any) -> RecRequest:
 
     exclude = _id_list(obj.get("exclude"), "exclude", BAD_EXCLUDE, MAX_EXCLUDE)
     return RecRequest(user_id=user_id, k=k, history=history, exclude_seen=exclude_seen,
-                      include_categories=include_c, exclude_categories=exclude_c, exclude=exclude)
+                      include_categories=include_c, exclude_categories=exclude_c, exclude=exclude,
+                      similar_to=similar_to, candidates=candidates,
+                      diversity=_diversity(obj.get("diversity")))
+
+
+def _diversity(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise InvalidRequest(BAD_DIVERSITY, f"diversity must be a number from 0.0 (plain ranking) "
+                                            f"to 1.0 (most diverse), got {_short(value)}")
+    return float(value)
 
 
 def parse_request(body: Any, content_type: str | None = None, *,
@@ -305,4 +355,4 @@ def body_of(row: Mapping[str, Any]) -> tuple[Any, str | None]:
 __all__ = ["InvalidRequest", "RecRequest", "decode_body", "validate_request", "parse_request",
            "body_of", "is_json_content_type", "REASONS", "MAX_BODY_BYTES",
            "DEFAULT_K", "MIN_K", "MAX_K", "MAX_HISTORY", "MAX_EXCLUDE", "MAX_CATEGORIES",
-           "ID_RULE"]
+           "MAX_CANDIDATES", "ID_RULE"]

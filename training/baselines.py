@@ -50,6 +50,30 @@ class PopularityModel:
         return np.tile(self.item_counts, (len(_rows(user_indices)), 1))
 
 
+class ItemKNNModel:
+    """Item-based collaborative filtering (Sarwar et al., 2001): cosine between items' columns of
+    the binary training matrix, sim(i, j) = |U_i & U_j| / sqrt(|U_i| |U_j|) -- "users who liked
+    this also liked". The baseline of related items: :meth:`similar` scores every item against
+    each query item."""
+
+    def __init__(self) -> None:
+        self.by_user: sp.csr_matrix | None = None   # users x items, columns L2-normalised
+        self.by_item: sp.csr_matrix | None = None   # its transpose
+
+    def fit(self, train) -> "ItemKNNModel":
+        X = _binary(train)
+        norms = np.sqrt(np.asarray(X.sum(axis=0), dtype=np.float64).ravel())
+        norms[norms == 0] = 1.0
+        self.by_user = _csr(X @ sp.diags((1.0 / norms).astype(np.float32)))
+        self.by_item = self.by_user.T.tocsr()
+        return self
+
+    def similar(self, items) -> np.ndarray:
+        """Cosine of every item to each of ``items``: (len(items), n_items)."""
+        assert self.by_user is not None and self.by_item is not None, "call fit() first"
+        return np.asarray((self.by_item[_rows(items)] @ self.by_user).toarray(), dtype=np.float32)
+
+
 class EASEModel:
     """EASE (Steck 2019): closed-form item-item linear autoencoder with a zero diagonal.
 

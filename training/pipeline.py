@@ -20,6 +20,7 @@ from common.schema import EtlLayout
 from training import tracking
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
 from training.data import load_split
+from training.modes import mode_tables
 from training.served import engine_rank_fn, served_recommenders
 from training.train import fit
 
@@ -96,12 +97,15 @@ def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: boo
     variants = [served_variant] + [v for v in INT8_VARIANTS if v != served_variant]
     work = Path(tempfile.mkdtemp(prefix=".served-eval-", dir=out / "model"))
     try:
-        for variant, rec in served_recommenders(artifact_dir, variants, work).items():
+        recs = served_recommenders(artifact_dir, variants, work)
+        for variant, rec in recs.items():
             name = f"served_{variant}" if variant == served_variant else f"hybrid_int8_{variant}"
             models[name] = Ranked(engine_rank_fn(rec, data.user_ids))
         t = time.perf_counter()
         main, slices = comparison(models, data)
         log.info("evaluated %d models in %.1f s", len(models), time.perf_counter() - t)
+        # related items, rerank, diversity: the API modes through the shipped variant's engine
+        modes = mode_tables(recs[served_variant], f"served_{served_variant}", data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     hash_ = split_hash(etl, scheme)
@@ -115,6 +119,7 @@ def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: boo
                        1 - main[f"served_{served_variant}"]["recall@10"] / main["hybrid"]["recall@10"],
                    "ndcg@10_relative_loss":
                        1 - main[f"served_{served_variant}"]["ndcg@10"] / main["hybrid"]["ndcg@10"]},
+        **modes,
         "fit_seconds": fit_seconds,
         "train": {"best_epoch": result.best_epoch, "best_val_ndcg@10": result.best_val_ndcg,
                   "seconds": result.seconds, "config": asdict(cfg)},

@@ -45,7 +45,54 @@ def models_table(ev: dict) -> str:
                   "cold Recall@10", "≤ 10 items Recall@10", "> 50 items Recall@10"], rows) + note
 
 
-TABLES: dict[str, Callable[[dict], str]] = {"eval:models": models_table}
+def related_items_table(ev: dict) -> str:
+    """``similar_to`` from each test user's last training item, next to item-kNN and popularity."""
+    t = ev["related_items"]
+    row = t["served_row"]
+    labels = {row: f"**similar_to** (engine over the `{ev['served']['variant']}` pack, cosine)",
+              "item_knn": "item-kNN (cosine over training co-occurrence)", "popularity": "popularity"}
+    rows = [[labels.get(name, name), m["hit@10"], m["recall@10"], m["ndcg@10"], m["coverage@10"]]
+            for name, m in t["models"].items()]
+    gap = t["goal_hit_vs_item_knn"]
+    note = (f"\n\n{t['models'][row]['users']} test users, each asking for the items similar to "
+            f"their last training item (their training items excluded). Goal, similar_to ≥ "
+            f"item-kNN by HitRate@10: {'met' if gap >= 0 else 'not met'} ({gap:+.4f}).")
+    return table(["related items", "HitRate@10", "Recall@10", "NDCG@10", "coverage@10"], rows) + note
+
+
+def rerank_table(ev: dict) -> str:
+    """NDCG@10 of ordering each test user's candidate list, against popularity order."""
+    t = ev["rerank"]
+    row = t["served_row"]
+    labels = {row: f"**candidates** (engine over the `{ev['served']['variant']}` pack)",
+              "popularity": "popularity order"}
+    rows = [[labels.get(name, name), m["ndcg@10"], m["recall@10"], m["hit@10"]]
+            for name, m in t["models"].items()]
+    note = (f"\n\n{t['models'][row]['users']} test users; each list holds the user's test items "
+            f"and {t['negatives']} sampled negatives ({t['mean_candidates']:.1f} candidates on "
+            f"average), shuffled.")
+    return table(["ranking of a candidate list", "NDCG@10", "Recall@10", "HitRate@10"], rows) + note
+
+
+def diversity_table(ev: dict) -> str:
+    """What diversity costs and buys: Recall@10 against category diversity of the top 10."""
+    t = ev["diversity"]
+    rows = [[level, m["recall@10"], m["ndcg@10"], m["ild@10"], m["categories@10"],
+             f"{m['more_categories_than_0']:.0%}" if "more_categories_than_0" in m else "–",
+             m["coverage@10"]] for level, m in t["levels"].items()]
+    users = next(iter(t["levels"].values()))["users"]
+    note = (f"\n\n{users} test users, `{{\"user_id\", \"k\": 10, \"diversity\"}}`; metrics of the "
+            "ten items as served (a cold item counts as a miss, so the 0.0 row can sit a hair under "
+            "the shipped row of the models table); intra-list category diversity = mean pairwise "
+            "1 - Jaccard of the items' categories.")
+    return table(["diversity", "Recall@10", "NDCG@10", "intra-list category diversity",
+                  "distinct categories", "users with more categories than at 0", "coverage@10"],
+                 rows) + note
+
+
+TABLES: dict[str, Callable[[dict], str]] = {
+    "eval:models": models_table, "eval:related_items": related_items_table,
+    "eval:rerank": rerank_table, "eval:diversity": diversity_table}
 
 
 def update_readme(eval_json: Path, readme: Path) -> list[str]:
@@ -61,4 +108,5 @@ def update_readme(eval_json: Path, readme: Path) -> list[str]:
     return done
 
 
-__all__ = ["models_table", "update_readme", "TABLES"]
+__all__ = ["models_table", "related_items_table", "rerank_table", "diversity_table",
+           "update_readme", "TABLES"]

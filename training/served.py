@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,12 +29,16 @@ log = logging.getLogger("training.served")
 BATCH = 64  # requests per engine call (TorchServe hands the handler batches of up to batchSize)
 
 
-def engine_rank_fn(rec: Recommender, user_ids) -> Callable[[np.ndarray, int, np.ndarray], torch.Tensor]:
-    """A ``training.evaluation.evaluate_ranked`` rank function answering through ``rec``."""
+def engine_rank_fn(rec: Recommender, user_ids,
+                   request: Callable[[int, int], RecRequest] | None = None
+                   ) -> Callable[[np.ndarray, int, np.ndarray], torch.Tensor]:
+    """A ``training.evaluation.evaluate_ranked`` rank function answering through ``rec``:
+    ``request(user index, k)`` is the request sent (default ``{"user_id": u, "k": k}``)."""
     index = rec.data.item_index
     n_items = rec.data.n_items
     # the slices of one candidate set (main, few interactions, long history) share users' lists
     memo: dict[tuple[int, int, bytes], torch.Tensor] = {}
+    ask = request or (lambda u, k: RecRequest(str(user_ids[u]), k=k))
 
     def rank(users: np.ndarray, k: int, candidates: np.ndarray) -> torch.Tensor:
         key = hashlib.blake2b(candidates.tobytes(), digest_size=16).digest()
@@ -55,7 +59,7 @@ def engine_rank_fn(rec: Recommender, user_ids) -> Callable[[np.ndarray, int, np.
             retry = []
             for s in range(0, len(todo), BATCH):
                 rows = todo[s:s + BATCH]
-                outs = rec.recommend([RecRequest(str(user_ids[users[r]]), k=fetch) for r in rows])
+                outs = rec.recommend([ask(users[r], fetch) for r in rows])
                 for r, o in zip(rows, outs):
                     got = [index.get(it["item_id"]) for it in o.body["items"]]
                     kept = [i for i in got if i is not None and candidates[i]][:k]
@@ -67,6 +71,18 @@ def engine_rank_fn(rec: Recommender, user_ids) -> Callable[[np.ndarray, int, np.
         return out
 
     return rank
+
+
+def answered_lists(rec: Recommender, requests: Sequence[RecRequest]) -> list[list[int]]:
+    """The item indices the engine answers to each request, as served (batches of BATCH)."""
+    index = rec.data.item_index
+    out: list[list[int]] = []
+    for s in range(0, len(requests), BATCH):
+        for o in rec.recommend(list(requests[s:s + BATCH])):
+            if o.error is not None:
+                raise ValueError(f"the engine refused an evaluation request: {o.error.message}")
+            out.append([index.get(it["item_id"]) for it in o.body["items"]])
+    return out
 
 
 def served_recommenders(artifact_dir: Path, variants: list[str], work: Path | None = None,
@@ -84,4 +100,4 @@ def served_recommenders(artifact_dir: Path, variants: list[str], work: Path | No
     return out
 
 
-__all__ = ["engine_rank_fn", "served_recommenders"]
+__all__ = ["engine_rank_fn", "answered_lists", "served_recommenders"]

@@ -109,6 +109,32 @@ def test_popularity_fallback_per_mode(tmp_path):
     assert empty.answer(view_of({"user_id": "u", "candidates": ["1"]}))[0]["items"][0]["item_id"] == "1"
 
 
+def test_fallback_answers_have_the_handlers_shape_and_defaults(tmp_path):
+    p = _popularity(tmp_path)
+    # candidates: all of them by default (k 1000), seen items kept unless exclude_seen is true
+    many = [str(i) for i in range(100, 130)] + ["10"]
+    body, _ = p.answer(view_of({"user_id": "u", "candidates": many, "history": ["10"]}))
+    assert [i["item_id"] for i in body["items"]] == many and body["ignored_candidates"] == []
+    assert body["items"][-1] == {"item_id": "10", "score": 0.0, "title": "Item 10",
+                                 "categories": ["Comedy"]}
+    body, _ = p.answer(view_of({"user_id": "u", "candidates": many, "history": ["10"],
+                                "exclude_seen": True, "k": 3}))
+    assert [i["item_id"] for i in body["items"]] == ["100", "101", "102"]
+    # filters drop the candidates whose categories the list knows to be out
+    body, _ = p.answer(view_of({"user_id": "u", "candidates": ["20", "10", "999"],
+                                "filters": {"exclude_categories": ["Comedy"]}}))
+    assert [i["item_id"] for i in body["items"]] == ["20", "999"]
+    # similar_to is echoed, as the handler does; most shared categories first
+    body, _ = p.answer(view_of({"similar_to": 40, "k": 1}))
+    assert body["similar_to"] == "40" and body["user_id"] is None
+    body, _ = p.answer(view_of({"similar_to": "50", "k": 3}))
+    assert [i["item_id"] for i in body["items"]] == ["10", "20", "40"]  # one each, by popularity
+    p.set({"items": [*p.items, {"item_id": "60", "score": 1.0, "title": "Item 60",
+                                "categories": ["Comedy", "Drama"]}]}, "3")
+    body, _ = p.answer(view_of({"similar_to": "50", "k": 2}))
+    assert [i["item_id"] for i in body["items"]] == ["60", "10"]
+
+
 def test_popularity_without_categories_ignores_filters(tmp_path):
     p = _popularity(tmp_path, with_categories=False)
     body, _ = p.answer(view_of({"similar_to": "40", "k": 2}))

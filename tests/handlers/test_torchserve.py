@@ -37,7 +37,9 @@ def test_known_user(served):
     d = ok(served, {"user_id": "1", "k": 5})
     assert d["strategy"] == "personalized" and d["model_version"] == "1" and d["user_id"] == "1"
     assert len(d["items"]) == 5 and d["ignored_history"] == []
-    assert all(set(it) == {"item_id", "score", "title"} for it in d["items"])
+    assert all(set(it) == {"item_id", "score", "title", "categories"} for it in d["items"])
+    # "Item 10 (Comedy, Horror)": the random artifact's titles name the categories
+    assert all(it["title"].endswith(f"({', '.join(it['categories'])})") for it in d["items"])
     scores = [it["score"] for it in d["items"]]
     assert scores == sorted(scores, reverse=True)
     # integer user ids are the same user
@@ -107,6 +109,61 @@ def test_text_plain_body_is_accepted(served):
     assert r.status_code == 200 and r.json()["strategy"] == "personalized"
 
 
+# ---- related items, candidate lists, diversity -------------------------------------------------
+
+def test_similar_to(served):
+    d = ok(served, {"similar_to": "10", "k": 10})
+    got = [i["item_id"] for i in d["items"]]
+    assert d["strategy"] == "similar" and d["user_id"] is None and d["similar_to"] == "10"
+    assert len(got) == 10 and "10" not in got
+    scores = [i["score"] for i in d["items"]]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= x <= 1.0 + 1e-6 for x in scores)
+    # with a user: that user's seen items are left out; integer ids are the same item
+    seen = ({i["item_id"] for i in ok(served, {"user_id": "1", "k": 1000, "exclude_seen": False})["items"]}
+            - {i["item_id"] for i in ok(served, {"user_id": "1", "k": 1000})["items"]})
+    mine = ok(served, {"user_id": "1", "similar_to": 10, "k": 1000})
+    assert mine["user_id"] == "1" and len(mine["items"]) == 499 - len(seen - {"10"})
+    assert not seen & {i["item_id"] for i in mine["items"]}
+
+
+def test_candidates(served):
+    sent = ["200", "10", "nope", "4990", "10", "370"]
+    d = ok(served, {"user_id": "2", "candidates": sent})
+    assert d["strategy"] == "rerank" and d["ignored_candidates"] == ["nope"]
+    assert sorted(i["item_id"] for i in d["items"]) == ["10", "200", "370", "4990"]
+    scores = [i["score"] for i in d["items"]]
+    assert scores == sorted(scores, reverse=True)
+    # the same scores as the catalog ranking gives these items
+    full = {i["item_id"]: i["score"] for i in ok(served, {"user_id": "2", "k": 1000,
+                                                          "exclude_seen": False})["items"]}
+    assert all(abs(full[i["item_id"]] - i["score"]) < 1e-5 for i in d["items"])
+    top = ok(served, {"user_id": "2", "candidates": sent, "k": 2, "exclude": ["4990"]})
+    assert [i["item_id"] for i in top["items"]] == [i["item_id"] for i in d["items"]
+                                                    if i["item_id"] != "4990"][:2]
+
+
+def test_diversity_zero_answers_the_same_bytes(served):
+    for body in ({"user_id": "1", "k": 10}, {"user_id": "new", "history": ["10", "20"]},
+                 {"user_id": "stranger"}, {"similar_to": "30"},
+                 {"user_id": "3", "candidates": ["10", "20", "30", "40"]}):
+        plain = predict(served, body)
+        zero = predict(served, {**body, "diversity": 0})
+        assert plain.status_code == zero.status_code == 200
+        assert plain.content == zero.content
+        div = ok(served, {**body, "diversity": 0.8})
+        assert div["items"][0] == plain.json()["items"][0]  # the most relevant stays first
+
+
+def test_invocations_accepts_the_new_fields(served):
+    r = served.client.invocations({"similar_to": "10", "k": 3, "diversity": 0.5})
+    assert r.status_code == 200 and r.json()["strategy"] == "similar"
+    assert len(r.json()["items"]) == 3
+    r = served.client.invocations({"user_id": "1", "candidates": ["10", "20"]})
+    assert r.status_code == 200 and r.json()["strategy"] == "rerank"
+    r = served.client.invocations({"similar_to": "no-such-item"})
+    assert r.status_code == 404 and r.json()["reason"] == "unknown_item"
+
+
 # ---- bad requests: each its own 4xx with a message ----------------------------------------------
 
 BAD = [
@@ -129,6 +186,14 @@ BAD = [
     ("newline in user_id", {"user_id": "a\nb"}, 400, "bad_user_id"),
     ("empty user_id", {"user_id": ""}, 400, "bad_user_id"),
     ("300-character user_id", {"user_id": "x" * 300}, 400, "bad_user_id"),
+    ("similar_to with candidates", {"similar_to": "10", "candidates": ["20"]}, 400,
+     "conflicting_fields"),
+    ("candidates without user", {"candidates": ["10"]}, 400, "missing_user_id"),
+    ("empty candidates", {"user_id": "1", "candidates": []}, 400, "bad_candidates"),
+    ("1001 candidates", {"user_id": "1", "candidates": list(range(1001))}, 400, "bad_candidates"),
+    ("diversity 1.5", {"user_id": "1", "diversity": 1.5}, 400, "bad_diversity"),
+    ("similar_to a list", {"similar_to": ["10"]}, 400, "bad_similar_to"),
+    ("unknown similar_to", {"similar_to": "no-such-item", "k": 3}, 404, "unknown_item"),
 ]
 
 
@@ -193,6 +258,34 @@ def test_batch_of_8_with_one_bad_request(served):
             assert d["items"] == ok(served, body)["items"]
 
 
+MIXED = [  # every mode, a 404 and a 400 in one batch
+    {"user_id": "1", "k": 3},
+    {"user_id": "visitor", "k": 3, "history": ["10", "20"]},
+    {"similar_to": "30", "k": 3},
+    {"user_id": "2", "similar_to": "40", "k": 3, "diversity": 0.5},
+    {"user_id": "3", "candidates": ["10", "20", "30", "nope"]},
+    {"similar_to": "no-such-item"},
+    {"user_id": "4", "k": 3, "diversity": 0.7, "filters": {"exclude_categories": ["Drama"]}},
+    {"user_id": "5", "similar_to": "10", "candidates": ["20"]},
+]
+
+
+def test_batch_of_8_mixed_modes(served):
+    alone = [predict(served, b) for b in MIXED]
+    for _ in range(3):
+        rs = _concurrent(served, MIXED)
+        if all(r.headers.get("X-Batch-Size") == "8" for r in rs):
+            break
+        time.sleep(0.5)
+    assert [r.headers.get("X-Batch-Size") for r in rs] == ["8"] * 8, "not handled as one batch"
+    assert [r.status_code for r in rs] == [200] * 5 + [404, 200, 400]
+    assert [r.json()["strategy"] for r in rs if r.status_code == 200] == \
+        ["personalized", "history", "similar", "similar", "rerank", "personalized"]
+    assert rs[5].json()["reason"] == "unknown_item" and rs[7].json()["reason"] == "conflicting_fields"
+    for r, a in zip(rs, alone):
+        assert r.status_code == a.status_code and r.json() == a.json()  # as answered alone
+
+
 # ---- metrics -----------------------------------------------------------------------------------
 
 def test_prometheus_metrics(served):
@@ -201,7 +294,10 @@ def test_prometheus_metrics(served):
                  'RecInvalidRequests{ModelName="recsys",ModelVersion="1",Level="Model",Reason="bad_k"',
                  'RecScoringLatencySeconds_bucket{', 'RecHandlerLatencySeconds_count{',
                  'RecBatchSize_bucket{', 'RecIgnoredHistoryItems{', "ts_inference_requests_total{",
-                 'RecWorkerStarts{ModelName="recsys",ModelVersion="1",Level="Model"'):
+                 'RecWorkerStarts{ModelName="recsys",ModelVersion="1",Level="Model"',
+                 'RecRequests{ModelName="recsys",ModelVersion="1",Level="Model",Strategy="similar"',
+                 'RecRequests{ModelName="recsys",ModelVersion="1",Level="Model",Strategy="rerank"',
+                 'RecInvalidRequests{ModelName="recsys",ModelVersion="1",Level="Model",Reason="unknown_item"'):
         assert line in text, line
     # one worker-start count per worker, and each worker's resident memory (a plausible size)
     starts = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("RecWorkerStarts{")]
@@ -287,9 +383,11 @@ def test_two_workers_memory(served, record_property):
 def test_demo_requests_command(served, capsys):
     assert cli(["demo-requests", "--out", str(served.out)]) == 0
     text = capsys.readouterr().out
-    for strategy in ("strategy=personalized", "strategy=history", "strategy=popular"):
+    for strategy in ("strategy=personalized", "strategy=history", "strategy=popular",
+                     "strategy=similar", "strategy=rerank"):
         assert strategy in text
     assert "ignored_history=['no-such-item']" in text
+    assert "ignored_candidates=['no-such-item']" in text
 
 
 def test_versions_register_set_default_retire(served, capsys):

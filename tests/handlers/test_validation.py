@@ -179,6 +179,56 @@ def test_reasons_are_distinct_metric_labels():
     assert all(r.replace("_", "").isalpha() for r in v.REASONS)
 
 
+# ---- modes: related items, candidate lists, diversity ------------------------------------------
+
+def test_similar_to_needs_no_user():
+    r = parse({"similar_to": 1, "k": 5})
+    assert r.user_id is None and r.similar_to == "1" and r.k == 5 and r.exclude_seen is True
+    r = parse({"similar_to": "007", "user_id": None, "history": ["3"], "diversity": 0.25})
+    assert r.similar_to == "7" and r.history == ("3",) and r.diversity == 0.25
+    assert parse({"user_id": "u", "similar_to": "x"}).user_id == "u"
+
+
+def test_candidates_defaults_answer_the_whole_list_and_keep_seen_items():
+    r = parse({"user_id": "u", "candidates": [1, "2", "002", "x"]})
+    assert r.candidates == ("1", "2", "2", "x") and r.k == v.MAX_K and r.exclude_seen is False
+    r = parse({"user_id": "u", "candidates": ["1"], "k": 3, "exclude_seen": True})
+    assert r.k == 3 and r.exclude_seen is True
+    # the defaults live in RecRequest: a request built in code gets the same
+    assert v.RecRequest("u", candidates=("1",)) == parse({"user_id": "u", "candidates": ["1"]})
+    assert v.RecRequest("u") == parse({"user_id": "u"})
+    assert parse({"user_id": "u", "candidates": list(range(v.MAX_CANDIDATES))}).k == v.MAX_K
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1, 1.0, 0.5, None])
+def test_diversity_range(value):
+    assert parse({"user_id": "u", "diversity": value}).diversity == float(value or 0)
+
+
+@pytest.mark.parametrize("obj,reason", [
+    ({"similar_to": "1", "candidates": ["2"]}, v.CONFLICTING_FIELDS),
+    ({"user_id": "u", "similar_to": "1", "candidates": ["2"]}, v.CONFLICTING_FIELDS),
+    ({"candidates": ["2"]}, v.MISSING_USER_ID),
+    ({"history": ["2"]}, v.MISSING_USER_ID),
+    ({"similar_to": None}, v.MISSING_USER_ID),
+    ({"similar_to": ""}, v.BAD_SIMILAR_TO),
+    ({"similar_to": ["1"]}, v.BAD_SIMILAR_TO),
+    ({"similar_to": -1}, v.BAD_SIMILAR_TO),
+    ({"user_id": "u", "candidates": []}, v.BAD_CANDIDATES),
+    ({"user_id": "u", "candidates": "1,2"}, v.BAD_CANDIDATES),
+    ({"user_id": "u", "candidates": ["1", None]}, v.BAD_CANDIDATES),
+    ({"user_id": "u", "candidates": list(range(v.MAX_CANDIDATES + 1))}, v.BAD_CANDIDATES),
+    ({"user_id": "u", "diversity": 1.01}, v.BAD_DIVERSITY),
+    ({"user_id": "u", "diversity": -0.1}, v.BAD_DIVERSITY),
+    ({"user_id": "u", "diversity": "0.5"}, v.BAD_DIVERSITY),
+    ({"user_id": "u", "diversity": True}, v.BAD_DIVERSITY),
+])
+def test_bad_mode_fields(obj, reason):
+    e = reject(obj, reason)
+    if reason == v.CONFLICTING_FIELDS:
+        assert "similar_to" in e.message and "candidates" in e.message
+
+
 # ---- the JSON Schema documents the same contract ----------------------------------------------
 
 CROSS_CHECK = [
@@ -195,6 +245,15 @@ CROSS_CHECK = [
     {"user_id": "anna@example.com"}, {"user_id": "用户42"}, {"user_id": "   "}, {"user_id": ""},
     {"user_id": "a\nb"}, {"user_id": "\u00a0"}, {"user_id": "0" * 300}, {"user_id": "1" + "0" * 300},
     {"user_id": 2**70},
+    {"similar_to": "1"}, {"similar_to": 1, "user_id": None}, {"similar_to": None},
+    {"similar_to": "1", "candidates": ["2"]}, {"similar_to": "1", "candidates": None},
+    {"similar_to": None, "candidates": ["2"], "user_id": "u"}, {"candidates": ["2"]},
+    {"user_id": "u", "candidates": []}, {"user_id": "u", "candidates": ["1", 2]},
+    {"user_id": "u", "candidates": list(range(1001))}, {"user_id": "u", "candidates": "1"},
+    {"similar_to": ""}, {"similar_to": [1]}, {"similar_to": -1}, {"user_id": None},
+    {"user_id": "u", "diversity": 0}, {"user_id": "u", "diversity": 1}, {"user_id": "u", "diversity": 0.3},
+    {"user_id": "u", "diversity": 1.5}, {"user_id": "u", "diversity": "0.3"},
+    {"user_id": "u", "diversity": None}, {"history": ["1"]}, {"similar_to": "1", "history": ["2"]},
 ]
 
 

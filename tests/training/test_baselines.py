@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.baselines import ContentModel, EASEModel, PopularityModel, SparkALSModel
+from training.baselines import (ContentModel, EASEModel, ItemKNNModel, PopularityModel,
+                                SparkALSModel)
 from training.evaluation import evaluate, split_cold_items
 
 
@@ -34,6 +35,21 @@ def test_ease_matches_the_closed_form():
     assert np.all(np.diag(model.B) == 0)
     users = np.array([3, 0, 7])
     np.testing.assert_allclose(model.score(users), X[users] @ B, rtol=1e-5, atol=1e-6)
+
+
+def test_item_knn_is_the_cosine_of_item_columns():
+    # weights are ignored (binary), an item without users is similar to nothing
+    train = sp.csr_matrix(np.array([[3, 1, 0, 0],
+                                    [1, 1, 1, 0],
+                                    [0, 0, 1, 0],
+                                    [1, 0, 1, 0]], dtype=np.float32))
+    X = (train.toarray() > 0).astype(np.float64)
+    norms = np.linalg.norm(X, axis=0)
+    norms[norms == 0] = 1.0
+    expected = (X.T @ X) / np.outer(norms, norms)
+    got = ItemKNNModel().fit(train).similar(np.array([0, 2, 3, 0]))
+    np.testing.assert_allclose(got, expected[[0, 2, 3, 0]], rtol=1e-6)
+    assert got[0, 1] == pytest.approx(2 / np.sqrt(3 * 2)) and got[2].tolist() == [0, 0, 0, 0]
 
 
 def block_matrix(n_users_per_block: int = 8, n_items_per_block: int = 5):

@@ -44,6 +44,38 @@ def test_eval_json_layout(pipeline_run):
             assert model in ev["slices"][name]
 
 
+def test_eval_json_mode_tables(pipeline_run):
+    """related_items, rerank and diversity: top-level tables through the shipped engine."""
+    _, ev = pipeline_run
+    shipped = f"served_{ArchiveConfig.scoring}"
+    users = ev["models"]["hybrid"]["users"]
+    related = ev["related_items"]
+    assert set(related["models"]) == {shipped, "item_knn", "popularity"}
+    for m in related["models"].values():
+        assert {"hit@10", "recall@10", "ndcg@10", "users"} <= set(m) and 0 < m["users"] <= users
+        assert 0.0 <= m["recall@10"] <= m["hit@10"] <= 1.0
+    assert related["goal_hit_vs_item_knn"] == pytest.approx(
+        related["models"][shipped]["hit@10"] - related["models"]["item_knn"]["hit@10"])
+    rerank = ev["rerank"]
+    assert set(rerank["models"]) == {shipped, "popularity"} and rerank["answered_all"] is True
+    assert rerank["negatives"] == 100 and rerank["mean_candidates"] > 100
+    # a candidate list holds every test item: every user's test items are reachable
+    assert all(m["users"] == users for m in rerank["models"].values())
+    assert rerank["models"][shipped]["ndcg@10"] > rerank["models"]["popularity"]["ndcg@10"]
+    levels = ev["diversity"]["levels"]
+    assert list(levels) == ["0.0", "0.3", "0.7"]
+    assert levels["0.7"]["ild@10"] > levels["0.0"]["ild@10"]
+    assert levels["0.7"]["categories@10"] > levels["0.0"]["categories@10"]
+    assert 0.0 <= levels["0.7"]["more_categories_than_0"] <= 1.0
+    for level in levels.values():
+        assert level["users"] == users and 0 <= level["recall@10"] <= 1
+    # the README blocks render from them
+    from training.report import TABLES
+
+    for name in ("eval:related_items", "eval:rerank", "eval:diversity"):
+        assert "|" in TABLES[name](ev)
+
+
 def test_hybrid_beats_popularity_on_generated_data(pipeline_run):
     _, ev = pipeline_run
     models, cold = ev["models"], ev["slices"]["cold_items"]
