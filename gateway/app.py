@@ -434,11 +434,14 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        # ready = started and able to answer every request: with no popularity list yet (a fresh
+        # start while TorchServe is unreachable), a fallback would have nothing to serve
         exp = self.experiment
-        body = {"ready": self.ready, "experiment": exp.name if exp else None,
+        ready = self.ready and len(self.popularity) > 0
+        body = {"ready": ready, "experiment": exp.name if exp else None,
                 "popularity_items": len(self.popularity),
                 "popularity_version": self.popularity.version}
-        return web.json_response(body, status=200 if self.ready else 503)
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(),
