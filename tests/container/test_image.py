@@ -7,12 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -20,34 +18,14 @@ import requests
 from archives import build as B
 from archives import server as S
 from archives.testing import make_random_artifact
+from tests.container.engine import IMAGE, REPO, build_image, engine
 
-REPO = Path(__file__).resolve().parents[2]
-ENGINE = os.environ.get("CONTAINER_ENGINE", "podman")
-IMAGE = "localhost/recsys:latest"
-ENV = {**os.environ, "CONTAINERS_CONF": str(REPO / "container" / "containers.conf")} \
-    if ENGINE == "podman" else dict(os.environ)
 pytestmark = pytest.mark.timeout(1800)
-
-
-def engine(*args, timeout=120, check=True) -> subprocess.CompletedProcess:
-    r = subprocess.run([ENGINE, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{ENGINE} {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
 
 
 @pytest.fixture(scope="module")
 def image():
-    if shutil.which(ENGINE) is None:
-        msg = f"{ENGINE} is not installed (.ci/run installs podman on Debian)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    t0 = time.monotonic()
-    r = subprocess.run(["make", "image"], cwd=REPO, capture_output=True, text=True, timeout=1500)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    print(f"make image: {time.monotonic() - t0:.0f} s: {r.stdout.strip().splitlines()[-1]}")
-    return IMAGE
+    return build_image()
 
 
 @pytest.fixture(scope="module")
