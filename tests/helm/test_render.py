@@ -197,6 +197,7 @@ def test_gateway_wiring():
     spec = r.deployment("gateway")["spec"]["template"]["spec"]
     vols = {v["name"]: v for v in spec["volumes"]}
     assert vols["keys"]["secret"]["secretName"] == "recsys-gateway-keys"
+    assert vols["keys"]["secret"]["optional"] is False  # said explicitly for Podman 4.3 (test_play)
     assert vols["experiment"]["configMap"]["name"] == "recsys-experiment"
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     # a folder mount, never subPath: ConfigMap updates must reach the file the gateway rereads
