@@ -170,6 +170,16 @@ def cmd_demo(a) -> int:
     return 0 if ok else 1
 
 
+def cmd_add_items(a) -> int:
+    from archives.add_items import add_items
+
+    cfg = B.ArchiveConfig(scoring=a.scoring)
+    summary = add_items(a.out, a.catalog, model_uri=a.model_uri, model_name=a.model_name,
+                        config=cfg, register=not a.no_register)
+    _print({k: (v if k != "added" else f"{len(v)} items") for k, v in summary.items()})
+    return 0
+
+
 def cmd_parity(a) -> int:
     from archives.parity import check
 
@@ -304,6 +314,20 @@ def parser() -> argparse.ArgumentParser:
                                              "unknown user through the inference API")
     common(d)
     d.set_defaults(fn=cmd_demo)
+
+    ai = sub.add_parser("add-items", help="new catalog items without retraining: the next "
+                                          "registry version and its archive, registered in the "
+                                          "running TorchServe")
+    common(ai)
+    ai.add_argument("--catalog", required=True, help="new items in the ETL's raw catalog format "
+                                                     "(CSV with header, JSON lines, Parquet)")
+    ai.add_argument("--model-uri", default="models:/hybrid-recommender@challenger",
+                    help="the version to extend (default: the challenger)")
+    ai.add_argument("--scoring", default=B.ArchiveConfig().scoring, choices=list(VARIANTS),
+                    help="serving variant of the new archive (its index is rebuilt)")
+    ai.add_argument("--no-register", action="store_true", help="do not register the archive in "
+                                                              "the running TorchServe")
+    ai.set_defaults(fn=cmd_add_items)
 
     pa = sub.add_parser("parity", help="known users vs their history sent by a new id, through "
                                        "the running TorchServe; writes OUT/parity.json, exit 1 "

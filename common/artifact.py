@@ -279,6 +279,60 @@ class ServingArtifact:
         return val @ W[idx], float(val @ b[idx])
 
 
+@dataclass(frozen=True)
+class NewItem:
+    """An item added after training, with its content vectorized (common/vectorizer.py)."""
+
+    item_id: str
+    title: str
+    categories: tuple[str, ...]
+    category_ids: tuple[int, ...]        # indices into config["content"]["categories"]
+    text_indices: tuple[int, ...]
+    text_values: tuple[float, ...]
+
+
+# Tensors with one row per item that new items extend (besides the computed item vectors and
+# bias): the user tower's item inputs (zero rows: no history holds a new item yet), popularity
+# and the warm flag (0: no training interactions).
+_ZERO_ROW_TENSORS = ("popularity", "item_warm")
+
+
+def with_new_items(art: ServingArtifact, new: Sequence[NewItem], dest: str | Path, version: str,
+                   item_input_tensors: Sequence[str], extra_config: Mapping | None = None) -> Path:
+    """A copy of ``art`` as version ``version`` with ``new`` items appended: their vectors and
+    bias from the content projection alone (:meth:`ServingArtifact.embed_item`, as training
+    scores items without interactions), zero rows in every per-item input of the user tower
+    (``item_input_tensors``), category rows extended. Users and their vectors are unchanged:
+    nothing is retrained."""
+    known = set(art.item_ids)
+    dup = [it.item_id for it in new if it.item_id in known]
+    if dup or len({it.item_id for it in new}) != len(new):
+        raise ValueError(f"items already in the artifact or repeated: {dup[:5]}")
+    t = dict(art.tensors)
+    m = len(new)
+    vecs, bias = zip(*(art.embed_item(it.text_indices, it.text_values, it.category_ids)
+                       for it in new)) if m else ((), ())
+    t["item_vectors"] = torch.cat([art.item_vectors.float(), torch.stack(list(vecs))])
+    t["item_bias"] = torch.cat([art.item_bias.float(), torch.tensor(bias, dtype=torch.float32)])
+    for name in (*_ZERO_ROW_TENSORS, *item_input_tensors):
+        old = t[name]
+        t[name] = torch.cat([old, torch.zeros((m, *old.shape[1:]), dtype=old.dtype)])
+    ptr, ind = t["item_categories.indptr"], t["item_categories.indices"]
+    added = [torch.tensor(sorted(set(it.category_ids)), dtype=torch.int64) for it in new]
+    lengths = torch.tensor([len(a) for a in added], dtype=torch.int64)
+    t["item_categories.indptr"] = torch.cat([ptr, ptr[-1] + torch.cumsum(lengths, 0)])
+    t["item_categories.indices"] = torch.cat([ind, *added]) if added else ind
+    keep = ("format", "format_version", "created_at", "n_users", "n_items", "tensors", "files")
+    config = {k: v for k, v in art.config.items() if k not in keep}
+    config.update({"model_version": str(version), **dict(extra_config or {})})
+    items = [{k: v for k, v in row.items() if k not in ("item_idx", "item_id")} for row in art.items]
+    items += [{"title": it.title, "categories": list(it.categories)} for it in new]
+    vectorizer = art.path / VECTORIZER_FILE
+    return save_artifact(dest, t, config, list(art.user_ids),
+                         [*art.item_ids, *(it.item_id for it in new)], items,
+                         vectorizer=vectorizer if vectorizer.exists() else None)
+
+
 def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False,
                   id_lists: tuple[Sequence[str], Sequence[str]] | None = None) -> ServingArtifact:
     """Open an artifact folder. ``mmap=True`` maps the tensors copy-on-write (zero-copy, lazily
@@ -321,5 +375,5 @@ def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False,
                            item_ids=item_ids, _mmap=mm)
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "ServingArtifact", "save_artifact",
-           "load_artifact", "mmap_safetensors"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "ServingArtifact", "NewItem",
+           "save_artifact", "load_artifact", "mmap_safetensors", "with_new_items"]

@@ -101,6 +101,9 @@ class HistoryBagEncoder(nn.Module):
     """The history-bag user tower (Mult-DAE style). Training builds it with gradients; serving
     builds it from artifact tensors with :meth:`from_tensors` (memory-mapped, no copy)."""
 
+    # artifact tensors with one row per item (an item added after training gets a zero row)
+    ITEM_INPUT_TENSORS = ("encoder.in.weight",)
+
     def __init__(self, n_items: int, dims: Sequence[int], *, recency_boost: float = 0.0,
                  recency_tau: float = 10.0, linear_dim: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
@@ -190,5 +193,12 @@ class HistoryBagEncoder(nn.Module):
         return enc.eval().requires_grad_(False)
 
 
-__all__ = ["TYPE", "Bags", "HistoryBagEncoder", "history_bags", "latest_occurrences",
+def item_input_tensors(config: Mapping) -> tuple[str, ...]:
+    """The per-item input tensors of the user tower an artifact's ``encoder`` block describes."""
+    if config.get("type", TYPE) != TYPE:
+        raise ValueError(f"encoder type {config.get('type')!r} is not {TYPE!r}")
+    return HistoryBagEncoder.ITEM_INPUT_TENSORS
+
+
+__all__ = ["TYPE", "item_input_tensors", "Bags", "HistoryBagEncoder", "history_bags", "latest_occurrences",
            "recency_weights"]

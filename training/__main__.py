@@ -29,6 +29,18 @@ def cmd_popularity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_added_items(args: argparse.Namespace) -> int:
+    from training.added_items import study
+
+    out = Path(args.out)
+    ev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
+    trained = (ev.get("train") or {}).get("config")  # the configuration `training run` used
+    cfg = TrainConfig(**{**trained, "progress": False}) if trained else TrainConfig(progress=False)
+    res = study(out, cfg, share=args.share)
+    print(json.dumps(res, indent=2, default=float))
+    return 0
+
+
 def cmd_readme(args: argparse.Namespace) -> int:
     from training.report import update_readme
 
@@ -72,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder holding OUT/etl (from python -m etl)")
     p.add_argument("--scheme", default="temporal", choices=["temporal", "random"])
     p.set_defaults(fn=cmd_popularity)
+
+    p = sub.add_parser("added-items", help="hold out the newest items, train without them, add "
+                                           "them without retraining (as archives add-items "
+                                           "does): eval.json slice added_items")
+    p.add_argument("--out", required=True, help="a run folder after `training run`")
+    p.add_argument("--share", type=float, default=0.1, help="last share of the time span whose "
+                                                             "first-seen items are held out")
+    p.set_defaults(fn=cmd_added_items)
 
     p = sub.add_parser("readme", help="rewrite the README's eval tables from an eval.json")
     p.add_argument("--eval", required=True, help="OUT/eval.json")

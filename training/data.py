@@ -61,6 +61,21 @@ class SplitData:
     def n_categories(self) -> int:
         return self.item_categories.shape[1]
 
+    def keep_items(self, keep: np.ndarray) -> "SplitData":
+        """The same split over the items marked in ``keep`` only (the others never existed:
+        their interactions, features and ids are gone; item indices are renumbered)."""
+        cols = np.flatnonzero(keep)
+        m = lambda x: sp.csr_matrix(x[:, cols])  # noqa: E731
+        return SplitData(train=m(self.train), valid=m(self.valid), test=m(self.test),
+                         train_full=m(self.train_full), weights=m(self.weights),
+                         timestamps=m(self.timestamps), item_features=self.item_features[cols],
+                         item_categories=self.item_categories[cols], n_users=self.n_users,
+                         n_items=len(cols), user_ids=self.user_ids, item_ids=self.item_ids[cols],
+                         item_titles=self.item_titles[cols],
+                         item_category_names=[self.item_category_names[i] for i in cols],
+                         vocabulary=self.vocabulary, categories=self.categories,
+                         etl_root=self.etl_root, scheme=self.scheme)
+
     def warm_items(self, full: bool = True) -> np.ndarray:
         """Bool mask of items with at least one interaction in train_full (or train)."""
         m = self.train_full if full else self.train

@@ -6,10 +6,13 @@ results file, never typed by hand.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
 from common.report import replace_block, table
+
+log = logging.getLogger("training.report")
 
 LABELS = {"hybrid": "**hybrid** (fp32 model)", "ease": "EASE (λ = 200)",
           "als": "Spark ALS (64 f, implicit)", "popularity": "popularity",
@@ -90,9 +93,26 @@ def diversity_table(ev: dict) -> str:
                  rows) + note
 
 
+def added_items_table(ev: dict) -> str:
+    """Items added without retraining (``python -m training added-items``) against a model
+    retrained with them and popularity, on the test users' positives among those items."""
+    info, rows = ev["added_items"], []
+    labels = {"added": "added without retraining (content only, `archives add-items`)",
+              "retrained": "model retrained with them", "popularity": "popularity (trained with them)"}
+    for name in ("added", "retrained", "popularity"):
+        m = ev["slices"]["added_items"][name]
+        rows.append([labels[name], m["recall@10"], m["ndcg@10"], m["hit@10"], m["users"]])
+    note = (f"\n\n{info['items']} items first seen in the last {info['share_of_time_span']:.0%} of "
+            f"the time span ({info['warm_in_full_training']} of them with training interactions "
+            f"in the full split), ranked among themselves for the test users who liked one, "
+            f"through the engine over the `{info['variant']}` pack.")
+    return table(["model", "Recall@10", "NDCG@10", "HitRate@10", "users"], rows) + note
+
+
 TABLES: dict[str, Callable[[dict], str]] = {
     "eval:models": models_table, "eval:related_items": related_items_table,
-    "eval:rerank": rerank_table, "eval:diversity": diversity_table}
+    "eval:rerank": rerank_table, "eval:diversity": diversity_table,
+    "eval:added_items": added_items_table}
 
 
 def update_readme(eval_json: Path, readme: Path) -> list[str]:
@@ -101,12 +121,17 @@ def update_readme(eval_json: Path, readme: Path) -> list[str]:
     text = Path(readme).read_text()
     done = []
     for name, build in TABLES.items():
-        if f"<!-- {name} -->" in text:
+        if f"<!-- {name} -->" not in text:
+            continue
+        try:
             text = replace_block(text, name, build(ev))
-            done.append(name)
+        except KeyError as e:  # e.g. added_items before `python -m training added-items` ran
+            log.warning("README block %s left as it is: %s has no %s", name, eval_json, e)
+            continue
+        done.append(name)
     Path(readme).write_text(text)
     return done
 
 
 __all__ = ["models_table", "related_items_table", "rerank_table", "diversity_table",
-           "update_readme", "TABLES"]
+           "added_items_table", "update_readme", "TABLES"]

@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,11 +30,14 @@ BATCH = 64  # requests per engine call (TorchServe hands the handler batches of 
 
 
 def engine_rank_fn(rec: Recommender, user_ids,
-                   request: Callable[[int, int], RecRequest] | None = None
+                   request: Callable[[int, int], RecRequest] | None = None,
+                   item_index: Mapping[str, int] | None = None
                    ) -> Callable[[np.ndarray, int, np.ndarray], torch.Tensor]:
     """A ``training.evaluation.evaluate_ranked`` rank function answering through ``rec``:
-    ``request(user index, k)`` is the request sent (default ``{"user_id": u, "k": k}``)."""
-    index = rec.data.item_index
+    ``request(user index, k)`` is the request sent (default ``{"user_id": u, "k": k}``);
+    ``item_index`` maps answered item ids to the evaluation's item indices (default: the
+    engine's own, when both index the same catalog)."""
+    index = item_index if item_index is not None else rec.data.item_index
     n_items = rec.data.n_items
     # the slices of one candidate set (main, few interactions, long history) share users' lists
     memo: dict[tuple[int, int, bytes], torch.Tensor] = {}

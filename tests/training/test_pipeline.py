@@ -155,3 +155,82 @@ def test_popularity_version_and_parity_through_torchserve(pipeline_run):
     assert parity["users"] == 150 and parity["mean_overlap"] >= 0.99 and parity["passed"]
     assert parity["user_id_embedding"] is False and parity["history_source"] == "train_full"
     assert parity["strategies"] == {"personalized/history": 150}
+
+
+def test_add_items_without_retraining(pipeline_run, tmp_path):
+    """A catalog update becomes the next registry version and archive, registered in the running
+    TorchServe; new items are scored from content; bad rows are refused with reasons; an update
+    with nothing usable creates nothing."""
+    from archives import build as B
+    from archives.add_items import add_items
+    from archives.client import TorchServeClient
+    from archives.server import list_archives
+    from archives.testing import running_server
+    from training.data import load_split
+
+    out, ev = pipeline_run
+    data = load_split(out)
+    cat = data.categories[0]
+    catalog = tmp_path / "new.csv"
+    catalog.write_text("item_id,title,description,categories,tags,created_at\n"
+                       f"new-1,Brand new thing,{data.vocabulary[0]} {data.vocabulary[1]},{cat},,2024-01-01\n"
+                       f"Ju\u0308rgens Pick,Another new one,,{cat},,2024-01-02\n"
+                       f"{data.item_ids[0]},Known already,,,,2024-01-03\n"
+                       ",No id,,,,2024-01-04\n")
+    client = tracking.get_client(out_dir=out)
+    before = {int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
+    hybrid = B.build_from_registry(ev["mlflow"]["version"], out, config=B.ArchiveConfig(
+        min_workers=1, max_workers=1), archive_format="zip-store")
+    with running_server(out, config="dev", models={"recsys": hybrid.file_name}) as state:
+        summary = add_items(out, catalog, model_uri=f"models:/{MODEL_NAME}/{ev['mlflow']['version']}",
+                            config=B.ArchiveConfig(min_workers=1, max_workers=1))
+        version = summary["version"]
+        assert int(version) == max(before) + 1 and sorted(summary["added"]) == ["Jürgens Pick", "new-1"]
+        assert sorted(r["reason"] for r in summary["refused"]) == ["known_item", "missing_item_id"]
+        assert summary["torchserve"]["version"] == version
+        ts = TorchServeClient(state)
+        assert set(ts.versions("recsys")) == {hybrid.version, version}
+        r = ts.predict("recsys", {"similar_to": "new-1", "k": 5}, version)
+        assert r.status_code == 200 and "new-1" not in [i["item_id"] for i in r.json()["items"]]
+        assert ts.predict("recsys", {"similar_to": "new-1"}, hybrid.version).status_code == 404
+    art = load_artifact(tracking.download_serving_artifact(f"models:/{MODEL_NAME}/{version}",
+                                                           tmp_path / "art"))
+    base = load_artifact(out / "model" / "serving_artifact")
+    assert art.n_items == base.n_items + 2 and art.n_users == base.n_users
+    assert torch.equal(art.tensors["user_vectors"], base.tensors["user_vectors"])  # no retraining
+    assert art.tensors["item_warm"][-2:].tolist() == [0, 0]
+    assert torch.count_nonzero(art.item_vectors[-2:]) > 0  # scored from content
+    # nothing usable: nothing created
+    bad = tmp_path / "bad.csv"
+    bad.write_text("item_id,title,description,categories,tags,created_at\n"
+                   f"{data.item_ids[1]},Known,,,,2024-01-01\n")
+    with pytest.raises(ValueError, match="no new items"):
+        add_items(out, bad, register=False)
+    after = {int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
+    assert after == before | {int(version)}
+    assert {a.version for a in list_archives(out)} >= {hybrid.version, version}
+
+
+def test_added_items_study(pipeline_run):
+    """The newest items held out, a model trained without them, the items added by the code
+    `archives add-items` runs, and all three scored on the same users (eval.json)."""
+    from dataclasses import replace as dc_replace
+
+    from common.config import TrainConfig
+    from training.added_items import held_out_items, study
+    from training.data import load_split
+    from common.schema import EtlLayout
+
+    out, _ = pipeline_run
+    data = load_split(out)
+    held, info = held_out_items(EtlLayout.under(out), data)
+    assert 0 < held.sum() == info["items"] < data.n_items
+    reduced = data.keep_items(~held)
+    assert reduced.n_items == data.n_items - held.sum() and reduced.train_full.shape[1] == reduced.n_items
+    assert set(reduced.item_ids) == set(data.item_ids[~held])
+    res = study(out, dc_replace(TrainConfig(progress=False), max_epochs=10, dim=32, num_threads=1))
+    ev = json.loads((out / "eval.json").read_text())
+    assert set(ev["slices"]["added_items"]) == {"added", "retrained", "popularity"}
+    users = {m["users"] for m in ev["slices"]["added_items"].values()}
+    assert len(users) == 1 and users.pop() > 0
+    assert ev["added_items"]["added"] == held.sum() == res["info"]["items"]
