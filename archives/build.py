@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from common.config import ArchiveConfig
+from common.storage import file_sha256
 
 from archives.server import ArchiveInfo, mar_name, model_store, read_manifest
 
@@ -130,13 +131,12 @@ def import_closure(entry_files: list[Path]) -> list[Path]:
 
 
 def _sha256_tree(root: Path) -> tuple[str, int]:
+    """(sha256 over each file's relative path and sha256, in path order; total bytes)."""
     h, total = hashlib.sha256(), 0
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(f.relative_to(root).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-                total += len(chunk)
+        h.update(bytes.fromhex(file_sha256(f)))
+        total += f.stat().st_size
     return h.hexdigest(), total
 
 

@@ -79,7 +79,9 @@ class EmrConfig:
     prefix: str = "recsys"
     region: str = "us-east-1"
     cluster_id: str = ""
-    release_label: str = "emr-7.9.0"
+    release_label: str = ""
+    """A transient cluster's EMR release: one whose Spark is 4.x (the prepare job uses Spark 4
+    APIs; emr-7.x ships Spark 3.5, docs/emr.md). No default: the choice is checked by a person."""
     instance_type: str = "m6i.4xlarge"
     core_instances: int = 4
     log_uri: str = ""

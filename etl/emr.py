@@ -116,6 +116,11 @@ def _require_s3_uri(name: str, uri: str) -> str:
     return uri
 
 
+RELEASE_LABEL_NEEDED = ("a transient cluster needs --emr-release-label: an EMR release whose Spark "
+                        "is 4.x (the prepare job uses Spark 4 APIs; emr-7.x ships Spark 3.5 and "
+                        "will not run it; see docs/emr.md)")
+
+
 def _validate(cfg: EmrConfig, transient: bool) -> None:
     if not cfg.bucket or not cfg.bucket.strip():
         raise ValueError("EmrConfig.bucket is required (--emr-bucket): the S3 bucket that "
@@ -125,6 +130,8 @@ def _validate(cfg: EmrConfig, transient: bool) -> None:
     if not transient and not cfg.cluster_id:
         raise ValueError("EmrConfig.cluster_id is required (--emr-cluster-id j-XXXX) unless "
                          "transient=True (--transient) starts a new cluster for the job")
+    if transient and not cfg.release_label:
+        raise ValueError(RELEASE_LABEL_NEEDED)
     if cfg.core_instances < 0:
         raise ValueError(f"EmrConfig.core_instances must be >= 0, got {cfg.core_instances}")
     if cfg.log_uri:
@@ -173,6 +180,8 @@ def prepare_step(args: list[str], *, transient: bool) -> dict[str, Any]:
 
 def job_flow_request(cfg: EmrConfig, step: dict[str, Any], job_id: str) -> dict[str, Any]:
     """``run_job_flow`` keyword arguments for a transient cluster that runs ``step`` and ends."""
+    if not cfg.release_label:
+        raise ValueError(RELEASE_LABEL_NEEDED)
     groups = [{"Name": "master", "InstanceRole": "MASTER", "Market": "ON_DEMAND",
                "InstanceType": cfg.instance_type, "InstanceCount": 1}]
     if cfg.core_instances > 0:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -51,7 +50,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
@@ -68,8 +66,6 @@ SPLIT_HASH_TAG = "eval.split_hash"
 EVAL_PRIMARY_TAG = "eval.primary"
 
 _MAX_PARAM_LEN = 6000  # mlflow's limit on a param value
-_PARAM_BATCH = 100     # mlflow's limit on params per log_batch
-_METRIC_BATCH = 1000   # mlflow's limit on metrics per log_batch
 _REMOTE_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
 
 _configured_uri: str | None = None
@@ -236,10 +232,6 @@ def _run_id(run_id: str | None) -> str:
     return active.info.run_id
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 # --------------------------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------------------------
@@ -265,7 +257,6 @@ def start_run(experiment: str, out_dir: Path | str, run_name: str | None = None,
 
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> dict[str, str]:
     """Log (flattened) params as strings; over-long values are truncated with a warning."""
-    run_id = _run_id(run_id)
     flat: dict[str, str] = {}
     for k, v in flatten(params).items():
         s = v if isinstance(v, str) else json.dumps(_jsonable(v))
@@ -273,26 +264,15 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None) -> dict[str
             log.warning("param %s is %d characters long; truncated to %d", k, len(s), _MAX_PARAM_LEN)
             s = s[: _MAX_PARAM_LEN - 3] + "..."
         flat[metric_key(k)] = s
-    items = [Param(k, v) for k, v in flat.items()]
-    client = get_client()
-    for i in range(0, len(items), _PARAM_BATCH):
-        client.log_batch(run_id, params=items[i:i + _PARAM_BATCH])
+    mlflow.log_params(flat, run_id=_run_id(run_id))
     return flat
-
-
-def _log_metric_list(run_id: str, metrics: list[Metric]) -> None:
-    client = get_client()
-    for i in range(0, len(metrics), _METRIC_BATCH):
-        client.log_batch(run_id, metrics=metrics[i:i + _METRIC_BATCH])
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int = 0, run_id: str | None = None,
                 prefix: str = "") -> dict[str, float]:
     """Log the numeric leaves of a (nested) mapping; names pass through :func:`metric_key`."""
-    run_id = _run_id(run_id)
     flat = {metric_key(f"{prefix}{k}"): v for k, v in numeric_leaves(metrics).items()}
-    ts = _now_ms()
-    _log_metric_list(run_id, [Metric(k, v, ts, int(step)) for k, v in flat.items()])
+    mlflow.log_metrics(flat, step=int(step), run_id=_run_id(run_id))
     return flat
 
 
@@ -309,12 +289,13 @@ def log_epoch_metrics(history: Sequence[Mapping[str, Any]], run_id: str | None =
     metric points logged.
     """
     run_id = _run_id(run_id)
-    ts = _now_ms()
-    points = [Metric(metric_key(k), float(v), ts, step)
-              for rec, step in zip(history, _epochs(history, step_key))
-              for k, v in rec.items() if k != step_key and _is_number(v)]
-    _log_metric_list(run_id, points)
-    return len(points)
+    n = 0
+    for rec, step in zip(history, _epochs(history, step_key)):
+        point = {metric_key(k): float(v) for k, v in rec.items() if k != step_key and _is_number(v)}
+        if point:
+            mlflow.log_metrics(point, step=step, run_id=run_id)
+            n += len(point)
+    return n
 
 
 def log_curves_png(history: Sequence[Mapping[str, Any]], path: Path | str, run_id: str | None = None,
@@ -403,26 +384,6 @@ def log_serving_artifact(local_dir: Path | str, run_id: str | None = None,
     client = get_client()
     client.log_artifacts(run_id, str(local_dir), artifact_path)
     return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-
-
-def file_content_hash(*paths: Path | str) -> str:
-    """sha256 over the files under ``paths`` (relative path + bytes, sorted): a split's identity.
-
-    Independent of timestamps and of where the folder lives, so two runs reading the same split
-    files get the same hash.
-    """
-    h = hashlib.sha256()
-    for p in paths:
-        p = Path(p)
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            rel = f.relative_to(p).as_posix() if p.is_dir() else f.name
-            h.update(rel.encode() + b"\0")
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            h.update(b"\0")
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -682,7 +643,7 @@ def download_serving_artifact(model_uri_or_version: str | int, dest: Path | str,
 __all__ = [
     "tracking_uri", "artifact_root", "configure", "get_client", "ensure_experiment", "metric_key",
     "flatten", "numeric_leaves", "start_run", "log_params", "log_metrics", "log_epoch_metrics",
-    "log_curves_png", "log_eval_table", "log_serving_artifact", "file_content_hash",
+    "log_curves_png", "log_eval_table", "log_serving_artifact",
     "register_version", "PromotionDecision", "promote", "resolve_version",
     "download_serving_artifact", "SERVING_ARTIFACT_PATH", "CHAMPION", "CHALLENGER",
     "PREVIOUS_CHAMPION", "SPLIT_HASH_TAG",

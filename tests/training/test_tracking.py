@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-mlflow = pytest.importorskip("mlflow")
+import mlflow
 
-from training import tracking  # noqa: E402
-from training.tracking import (CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, download_serving_artifact,  # noqa: E402
+from training import tracking
+from training.tracking import (CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, download_serving_artifact,
                                get_client, log_curves_png, log_epoch_metrics, log_eval_table,
                                log_serving_artifact, promote, register_version, start_run)
 
