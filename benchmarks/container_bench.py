@@ -13,55 +13,27 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import requests
 
 from archives import build as B
-from archives import server as S
+from archives.container_engine import engine, run_serve
 from archives.testing import make_random_artifact
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-ENGINE = os.environ.get("CONTAINER_ENGINE", "podman")
-ENV = {**os.environ, "CONTAINERS_CONF": str(REPO / "container" / "containers.conf")}
-
-
-def engine(*args: str, timeout: float = 120) -> str:
-    r = subprocess.run([ENGINE, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise RuntimeError(f"{ENGINE} {' '.join(args)}: {r.stderr[-2000:]}")
-    return r.stdout
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def one_run(image: str, model_dir: Path) -> dict:
-    name = f"recsys-bench-{uuid.uuid4().hex[:8]}"
-    inf, mgt, met, g1, g2 = S.free_ports(5)
-    t0 = time.monotonic()
-    engine("run", "-d", "--name", name, "--network=host", "-v", f"{model_dir}:/opt/ml/model:ro",
-           "-e", f"SAGEMAKER_BIND_TO_PORT={inf}", "-e", f"TS_MANAGEMENT_PORT={mgt}",
-           "-e", f"TS_METRICS_PORT={met}", "-e", f"TS_GRPC_INFERENCE_PORT={g1}",
-           "-e", f"TS_GRPC_MANAGEMENT_PORT={g2}", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=1",
-           image, "serve")
+    box = run_serve(image, model_dir, timeout=300, prefix="recsys-bench")
+    name, inf, cold = box.name, box.inference, box.cold_start_s
+    t0 = time.monotonic() - cold  # the container's start
     try:
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{inf}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() - t0 > 300:
-                raise RuntimeError("no /ping 200 within 300 s")
-            time.sleep(0.05)
-        cold = time.monotonic() - t0
         while True:  # the entry point logs to stderr once workers and the default are set
-            logs = subprocess.run([ENGINE, "logs", name], env=ENV, capture_output=True,
-                                  text=True, timeout=30).stderr
+            logs = engine("logs", name, timeout=30, check=False).stderr
             if "recsys.container: ready in" in logs or time.monotonic() - t0 > 300:
                 break
             time.sleep(0.2)
@@ -81,11 +53,11 @@ def one_run(image: str, model_dir: Path) -> dict:
         engine("stop", "-t", "30", name, timeout=60)
         stop = time.monotonic() - t1
         t.join(60)
-        code = int(engine("inspect", "-f", "{{.State.ExitCode}}", name).strip())
+        code = int(engine("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip())
         return {"cold_start_s": round(cold, 2), "ready_s": ready, "stop_s": round(stop, 2),
                 "exit_code": code, "in_flight_status": answered.get("status")}
     finally:
-        subprocess.run([ENGINE, "rm", "-f", name], env=ENV, capture_output=True)
+        box.remove()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--image", default="localhost/recsys:latest")
     a = p.parse_args(argv)
-    meta = json.loads(engine("image", "inspect", a.image))[0]
+    meta = json.loads(engine("image", "inspect", a.image).stdout)[0]
     with tempfile.TemporaryDirectory() as tmp:
         art = make_random_artifact(Path(tmp) / "art", n_users=100, n_items=1000, model_version="1")
         B.build_from_folder(art, Path(tmp) / "out", version="1", archive_format="zip-store",

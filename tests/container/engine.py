@@ -7,23 +7,19 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ENGINE = os.environ.get("CONTAINER_ENGINE", "podman")
-IMAGE = "localhost/recsys:latest"
-ENV = {**os.environ, "CONTAINERS_CONF": str(REPO / "container" / "containers.conf")} \
-    if ENGINE == "podman" else dict(os.environ)
+from archives.container_engine import ENGINE, ENV, IMAGE, REPO, EngineError
+from archives.container_engine import engine as _engine
 
 
 def engine(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the engine; with ``check``, a non-zero exit fails the test with its output."""
-    r = subprocess.run([ENGINE, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{ENGINE} {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
+    """archives.container_engine.engine; a non-zero exit (``check``) fails the test with its output."""
+    try:
+        return _engine(*args, timeout=timeout, check=check)
+    except EngineError as e:
+        raise AssertionError(str(e)) from None
 
 
 def require_engine(name: str = ENGINE) -> None:
@@ -43,3 +39,6 @@ def build_image() -> str:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     print(f"make image: {time.monotonic() - t0:.0f} s: {r.stdout.strip().splitlines()[-1]}")
     return IMAGE
+
+
+__all__ = ["ENGINE", "ENV", "IMAGE", "REPO", "engine", "require_engine", "build_image"]

@@ -17,6 +17,7 @@ import requests
 
 from archives import build as B
 from archives import server as S
+from archives.container_engine import run_serve
 from archives.testing import make_random_artifact
 from tests.container.engine import IMAGE, REPO, build_image, engine
 
@@ -44,31 +45,13 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(image, model_dir):
-    name = f"recsys-test-{uuid.uuid4().hex[:8]}"
-    inf, mgt, met, g1, g2 = S.free_ports(5)
-    t0 = time.monotonic()
-    engine("run", "-d", "--name", name, "--network=host", "-v", f"{model_dir}:/opt/ml/model:ro",
-           "-e", f"SAGEMAKER_BIND_TO_PORT={inf}", "-e", f"TS_MANAGEMENT_PORT={mgt}",
-           "-e", f"TS_METRICS_PORT={met}", "-e", f"TS_GRPC_INFERENCE_PORT={g1}",
-           "-e", f"TS_GRPC_MANAGEMENT_PORT={g2}", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=1",
-           image, "serve")
+    box = run_serve(image, model_dir, prefix="recsys-test")
+    print(f"cold start (container start to first /ping 200): {box.cold_start_s:.1f} s")
     try:
-        url = f"http://127.0.0.1:{inf}"
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            state = engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip()
-            assert state == "true" and time.monotonic() < deadline, engine("logs", name).stdout[-4000:]
-            time.sleep(0.2)
-        cold = time.monotonic() - t0
-        print(f"cold start (container start to first /ping 200): {cold:.1f} s")
-        yield {"name": name, "url": url, "management": f"http://127.0.0.1:{mgt}", "cold_s": cold}
+        yield {"name": box.name, "url": box.url, "management": f"http://127.0.0.1:{box.management}",
+               "cold_s": box.cold_start_s}
     finally:
-        engine("rm", "-f", name, check=False)
+        box.remove()
 
 
 def test_ping_and_invocations_answer_with_the_newest_version(served):
