@@ -5,8 +5,9 @@ schedule, so a slow server shows up as queueing instead of silently lowering the
 (no coordinated omission). Locust is closed-loop per user (gevent pacing); wrk2 and vegeta,
 which are open-loop, cannot be installed here (only PyPI, npm and Debian packages are).
 
-Percentiles use numpy's ``method="higher"`` (always an observed latency, never an interpolated
-one, and on the pessimistic side). With fewer than about 1000 measured requests p99 rests on
+Percentiles come from ``benchmarks.common.percentiles`` (numpy's ``method="higher"``: always an
+observed latency, never an interpolated one, and on the pessimistic side), the one function every
+benchmark figure goes through. With fewer than about 1000 measured requests p99 rests on
 a handful of samples and is noise; use ``n >= 1000`` before reading anything into it.
 
 The generator is not free: about 0.2 of a core at 300 rps (0.13 without the sub-millisecond
@@ -33,6 +34,8 @@ from typing import Any, Mapping, Sequence
 
 import aiohttp
 import numpy as np
+
+from benchmarks import common
 
 KINDS = ("known", "history", "unknown")
 DEFAULT_FRACTIONS: Mapping[str, float] = {"known": 0.7, "history": 0.2, "unknown": 0.1}
@@ -120,11 +123,11 @@ def request_mix(known_user_ids: Sequence[str], item_ids: Sequence[str], n: int, 
 # --------------------------------------------------------------------------- results
 
 def percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99/max/mean in ms (numpy ``method="higher"``); NaN everywhere when empty."""
+    """p50/p95/p99/max/mean in ms (``benchmarks.common.percentiles``); NaN everywhere when empty."""
     if len(latencies_ms) == 0:
         return {key: math.nan for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms")}
     a = np.asarray(latencies_ms, dtype=float)
-    p50, p95, p99 = np.percentile(a, [50, 95, 99], method="higher")
+    p50, p95, p99 = common.percentiles(a, [50, 95, 99])
     return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99),
             "max_ms": float(a.max()), "mean_ms": float(a.mean())}
 

@@ -32,7 +32,7 @@ from archives import server as S
 from archives.client import TorchServeClient
 from archives.testing import running_server, worker_memory
 from benchmarks import loadgen
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import PERCENTILE_METHOD, RESULTS, machine, percentiles
 from common.config import ArchiveConfig, ServingBenchConfig, add_dataclass_args, from_args, to_dict
 from common.report import setup_logging, table
 
@@ -144,9 +144,8 @@ def _memory(state: S.ServerState) -> dict[str, Any]:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return round(float(torch.quantile(torch.tensor(values, dtype=torch.float64), q / 100)), 3)
+    """A handler-time percentile by the same function as the round trip's (loadgen.percentiles)."""
+    return round(percentiles(values, [q])[0], 3) if values else None
 
 
 def serve_and_load(client: TorchServeClient, state: S.ServerState, arch: dict, reqs, rates: list[int],
@@ -203,6 +202,36 @@ def sustained(row: dict) -> bool:
     return row["errors"] == 0 and row["throughput_rps"] >= 0.95 * row["rate_rps"]
 
 
+def late_share(row: dict) -> float | None:
+    """Share of the measured requests the load generator sent > 1 ms after their intended time
+    (``loadgen.LATE_SEND_S``): the client fell behind, so the offered schedule was not kept."""
+    return row["late_sends"] / row["n"] if row.get("n") else None
+
+
+def ladder(rows: list[dict], passes) -> tuple[dict | None, dict | None]:
+    """Walk one configuration's rates upward: (the last row before the first failure, the first
+    failing row). A rate counts as sustained only if every lower rate of the ladder passed too;
+    a higher rate that passes again after a failure does not count."""
+    last_ok = None
+    for r in sorted(rows, key=lambda r: r["rate_rps"]):
+        if not passes(r):
+            return last_ok, r
+        last_ok = r
+    return last_ok, None
+
+
+def _failure(row: dict, budget_ms: float | None = None) -> str:
+    """Why a row failed, in words built from its own figures."""
+    why = []
+    if row["errors"]:
+        why.append(f"{row['errors']} errors")
+    if row["throughput_rps"] < 0.95 * row["rate_rps"]:
+        why.append(f"achieved {row['throughput_rps']:.0f}/s < 95%")
+    if budget_ms is not None and row["p99_ms"] > budget_ms:
+        why.append(f"P99 {row['p99_ms']:.1f} ms > {budget_ms:g} ms")
+    return ", ".join(why)
+
+
 # --------------------------------------------------------------------------------------------
 # The three parts
 # --------------------------------------------------------------------------------------------
@@ -229,16 +258,18 @@ def headline(rows: list[dict], cfg: ServingBenchConfig) -> dict:
 
     "Sustains" is strict: no errors, >= 95% of the rate achieved, and a P50 at most twice the
     baseline's P50 at its lowest rate -- a queue that is still growing at the end of the run
-    (P50 many times the unloaded one) would make any faster variant look arbitrarily good.
+    (P50 many times the unloaded one) would make any faster variant look arbitrarily good --
+    at that rate and at every lower one (:func:`ladder`).
     """
     base = {r["rate_rps"]: r for r in rows if r["variant"] == BASELINE}
     if not base:
         return {"error": "no fp32 baseline runs"}
     unloaded_p50 = base[min(base)]["p50_ms"]
-    ok_rates = [rate for rate, r in base.items() if sustained(r) and r["p50_ms"] <= 2 * unloaded_p50]
-    if not ok_rates:
+    last_ok, first_fail = ladder(list(base.values()),
+                                 lambda r: sustained(r) and r["p50_ms"] <= 2 * unloaded_p50)
+    if last_ok is None:
         return {"error": "the fp32 baseline sustained none of the rates"}
-    rate = max(ok_rates)
+    rate = last_ok["rate_rps"]
     cands = [r for r in rows if r["rate_rps"] == rate and r["variant"] != BASELINE
              and r["recall@10"] is not None and r["recall@10"] >= 0.99 and sustained(r)]
     if not cands:
@@ -258,7 +289,10 @@ def headline(rows: list[dict], cfg: ServingBenchConfig) -> dict:
             "baseline_handler_p99_ms": b["handler_p99_ms"], "best_handler_p99_ms": best["handler_p99_ms"],
             "recall@10": best["recall@10"], "baseline_recall@10": b["recall@10"],
             "recall@10_relative_loss": round(1 - best["recall@10"] / (b["recall@10"] or 1.0), 4),
-            "p99_reduction_by_rate": by_rate, "goal": {"p99_reduction": 0.70, "recall_loss": 0.01}}
+            "p99_reduction_by_rate": by_rate, "goal": {"p99_reduction": 0.70, "recall_loss": 0.01},
+            "baseline_unloaded_p50_ms": unloaded_p50,
+            "baseline_first_failing_rate": first_fail["rate_rps"] if first_fail else None,
+            "baseline_first_failing_p50_ms": first_fail["p50_ms"] if first_fail else None}
 
 
 def run_knobs(cfg: ServingBenchConfig, work: Path, client, state, best: str) -> tuple[list[dict], dict]:
@@ -291,20 +325,28 @@ def run_knobs(cfg: ServingBenchConfig, work: Path, client, state, best: str) -> 
 
 
 def knob_summary(rows: list[dict], cfg: ServingBenchConfig, best: str) -> dict[str, Any]:
-    """Per configuration, the highest offered rate served within the P99 budget, and the
+    """Per configuration, the highest offered rate served within the P99 budget -- with every
+    lower rate of its ladder served within it too -- and the first rate that failed; then the
     throughput gain of each batch size over batchSize 1 at that budget."""
     summary: dict[str, Any] = {"p99_budget_ms": cfg.p99_budget_ms, "configs": []}
     def key_of(r: dict) -> tuple:
         return r["variant"], r["batch_size"], r["max_batch_delay_ms"], r["workers"], r["threads"]
 
+    def within(r: dict) -> bool:
+        return sustained(r) and r["p99_ms"] <= cfg.p99_budget_ms
+
     for key in dict.fromkeys(key_of(r) for r in rows):
         mine = [r for r in rows if key_of(r) == key]
-        within = [r for r in mine if sustained(r) and r["p99_ms"] <= cfg.p99_budget_ms]
-        best_row = max(within, key=lambda r: r["throughput_rps"]) if within else None
-        summary["configs"].append({"variant": key[0], "batch_size": key[1], "max_batch_delay_ms": key[2],
-                                   "workers": key[3], "threads": key[4], "max_rate_within_budget":
-                                   best_row["rate_rps"] if best_row else 0,
-                                   "throughput_rps": best_row["throughput_rps"] if best_row else 0.0})
+        last_ok, first_fail = ladder(mine, within)
+        shares = [x for x in map(late_share, mine) if x is not None]
+        summary["configs"].append({
+            "variant": key[0], "batch_size": key[1], "max_batch_delay_ms": key[2],
+            "workers": key[3], "threads": key[4],
+            "max_rate_within_budget": last_ok["rate_rps"] if last_ok else 0,
+            "throughput_rps": last_ok["throughput_rps"] if last_ok else 0.0,
+            "first_failing_rate": first_fail["rate_rps"] if first_fail else None,
+            "first_failure": _failure(first_fail, cfg.p99_budget_ms) if first_fail else None,
+            "max_late_share": round(max(shares), 4) if shares else None})
     for v in dict.fromkeys([BASELINE, best]):
         per_bs = {c["batch_size"]: c["throughput_rps"] for c in summary["configs"]
                   if c["variant"] == v and (c["workers"], c["threads"]) == (cfg.workers, cfg.threads)
@@ -427,37 +469,75 @@ def cdf_plots(rows: list[dict], out_dir: Path) -> list[str]:
 
 
 RUN_COLUMNS = ["catalog_items", "variant", "batch_size", "max_batch_delay_ms", "workers", "threads", "rate_rps", "p50_ms",
-               "p95_ms", "p99_ms", "max_ms", "handler_p99_ms", "throughput_rps", "errors", "recall@10",
-               "rss_mb_per_worker", "uss_mb_per_worker"]
+               "p95_ms", "p99_ms", "max_ms", "handler_p99_ms", "throughput_rps", "errors", "late_sends",
+               "late_%", "recall@10", "rss_mb_per_worker", "uss_mb_per_worker"]
 
 
 def markdown(result: dict) -> str:
     def tab(rows, cols):
-        return table(cols, [["" if r.get(c) is None else r.get(c) for c in cols] for r in rows])
+        return table(cols, [["" if r.get(c) is None else r.get(c) for c in cols] for r in map(_derived, rows)])
 
-    parts = ["# Serving benchmark (benchmarks/serving_bench.py)", "", "## Headline", "",
+    def _derived(r: dict) -> dict:
+        share = late_share(r) if "late_sends" in r else None
+        return {**r, "late_%": None if share is None else round(100 * share, 1),
+                "max_late_%": None if r.get("max_late_share") is None else round(100 * r["max_late_share"], 1)}
+
+    parts = ["# Serving benchmark (benchmarks/serving_bench.py)", "",
+             f"Percentiles: {percentile_methods(result)}. `late_sends`: measured requests the load "
+             "generator sent more than 1 ms after their intended time (latency still counts from "
+             "the intended time).", "", "## Headline", "",
              "```json", json.dumps(result["headline"], indent=2), "```", "", "## Variants", "",
              tab([r for r in result["runs"] if r.get("part") == "variants"], RUN_COLUMNS), "",
              "## Knobs", "", tab([r for r in result["runs"] if r.get("part") == "knobs"], RUN_COLUMNS), "",
              tab(result.get("knobs", {}).get("configs", []),
                  ["variant", "batch_size", "max_batch_delay_ms", "workers", "threads",
-                  "max_rate_within_budget", "throughput_rps"]),
+                  "max_rate_within_budget", "throughput_rps", "first_failing_rate", "first_failure",
+                  "max_late_%"]),
              "", "## Scale", "",
              tab([r for r in result["runs"] if r.get("part") == "scale"],
                  RUN_COLUMNS + ["archive_bytes", "load_s", "scale_up_s"])]
     return "\n".join(parts) + "\n"
 
 
+# serving.json files without "percentile_method" were written before benchmarks.common.percentiles:
+# round trips by numpy "higher" (loadgen), handler times by torch.quantile. They keep no raw
+# latencies, so their percentiles cannot be recomputed; they are reported with their method.
+LEGACY_PERCENTILE_METHODS = {"round_trip": "numpy.percentile(method='higher')",
+                             "handler": "torch.quantile (linear interpolation)"}
+
+
+def percentile_methods(result: dict) -> str:
+    """How the percentiles of ``result`` were computed, in words."""
+    m = result.get("percentile_method")
+    if m:
+        return f"{m}, round trip and handler time alike"
+    return (f"round trip by {LEGACY_PERCENTILE_METHODS['round_trip']}, handler time by "
+            f"{LEGACY_PERCENTILE_METHODS['handler']}; this file was written before both went through "
+            f"`benchmarks.common.percentiles`, and its runs keep no raw latencies to recompute them")
+
+
+def config_of(result: dict) -> ServingBenchConfig:
+    """The ServingBenchConfig a serving.json was run with (defaults for fields it predates)."""
+    names = {f.name for f in dataclasses.fields(ServingBenchConfig)}
+    return dataclasses.replace(ServingBenchConfig(), **{k: v for k, v in result["config"].items() if k in names})
+
+
+def summaries(result: dict) -> dict[str, Any]:
+    """The headline and knob summary of a serving.json, recomputed from its runs alone."""
+    cfg, out = config_of(result), {}
+    variants = [r for r in result["runs"] if r.get("part") == "variants"]
+    if variants:
+        out["headline"] = headline(variants, cfg)
+    knobs = [r for r in result["runs"] if r.get("part") == "knobs"]
+    if knobs:
+        best = out.get("headline", result.get("headline", {})).get("best") or "sq8"
+        out["knobs"] = knob_summary(knobs, cfg, best)
+    return out
+
+
 def resummarize(path: Path) -> int:
     res = json.loads(path.read_text())
-    names = {f.name for f in dataclasses.fields(ServingBenchConfig)}
-    cfg = dataclasses.replace(ServingBenchConfig(), **{k: v for k, v in res["config"].items() if k in names})
-    variants = [r for r in res["runs"] if r.get("part") == "variants"]
-    if variants:
-        res["headline"] = headline(variants, cfg)
-    knobs = [r for r in res["runs"] if r.get("part") == "knobs"]
-    if knobs:
-        res["knobs"] = knob_summary(knobs, cfg, res["headline"].get("best") or "sq8")
+    res.update(summaries(res))
     path.write_text(json.dumps(res, indent=2, default=str) + "\n")
     path.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))
@@ -486,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(S.model_store(work), ignore_errors=True)
     S.model_store(work).mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"machine": machine(), "config": to_dict(cfg), "runs": [],
+                           "percentile_method": PERCENTILE_METHOD,
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     t0 = time.perf_counter()
     if "floor" in parts:
