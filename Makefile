@@ -144,6 +144,7 @@ test: venv java
 BENCH_ARGS ?=
 bench: venv java
 	$(PY) -m benchmarks.serving_bench $(BENCH_ARGS)
+	$(PY) -m benchmarks.serving_report
 
 bench-etl: venv java
 	$(PY) -m benchmarks.etl_bench
