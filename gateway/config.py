@@ -110,7 +110,7 @@ class GatewayConfig:
     """The whole request, fallbacks included."""
     fallback_reserve_ms: float = 100.0
     """Kept back from a treatment's attempt for the control attempt that may follow."""
-    max_body_bytes: int = 2 * 1024 * 1024
+    max_body_bytes: int = 6 * 1024 * 1024  # = TorchServe's max_request_size (archives/config)
     """Same as TorchServe's max_request_size: bigger bodies get our 413 here."""
     # --- experiment ----------------------------------------------------------------------------
     experiment_file: Path | None = None

@@ -21,6 +21,7 @@ from archives import server as S
 from archives.client import TorchServeClient
 from archives.testing import make_random_artifact, running_server
 from gateway import experiment as E
+from gateway.config import GatewayConfig
 from gateway.logs import read_jsonl
 from gateway.testing import metric_value
 from tests.gateway.conftest import (MODEL, Client, GatewayProc, build_versions, load,
@@ -183,9 +184,16 @@ def test_rate_limit_answers_429_with_retry_after(stack):
 
 
 def test_body_limit(stack):
-    big = b'{"user_id": "1", "history": [' + b",".join([b'"1234567"'] * 300_000) + b"]}"
+    # over the gateway's limit (TorchServe's max_request_size): the gateway's own JSON 413
+    big = b'{"user_id": "1", "history": [' + b",".join([b'"1234567"'] * 700_000) + b"]}"
+    assert len(big) > GatewayConfig().max_body_bytes == 6 * 2**20
     r = stack.client().rec(big)
     assert r.status_code == 413 and r.json()["reason"] == "too_large"
+    # over the handler's 4 MiB, under the gateway's limit: the handler's JSON 413 passes through
+    mid = b'{"user_id": "1", "history": [' + b",".join([b'"1234567"'] * 450_000) + b"]}"
+    assert 4 * 2**20 < len(mid) < 6 * 2**20
+    r = stack.client().rec(mid)
+    assert r.status_code == 413 and r.json()["reason"] == "too_large" and "4194304" in r.json()["message"]
 
 
 def test_override_header_needs_an_admin_key(stack):

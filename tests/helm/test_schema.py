@@ -79,8 +79,8 @@ TEMPLATE_CASES = {
         "torchserve.terminationGracePeriodSeconds 20 is shorter than"),
     "a property the chart owns": ({"torchserve": {"extraProperties": {"disable_token_authorization": "false"}}},
                                   "torchserve.extraProperties.disable_token_authorization is set by the chart"),
-    "request size under the gateway's": ({"torchserve": {"maxRequestSize": 65536}},
-                                         "torchserve.maxRequestSize must be at least 2097152"),
+    "request size not above the handler's": ({"torchserve": {"maxRequestSize": 65536}},
+                                         "torchserve.maxRequestSize must be above 4194304"),
 }
 
 

@@ -187,8 +187,8 @@ model_snapshot={{ dict "name" "startup.cfg" "modelCount" (len .Values.models) "m
 {{- fail (printf "torchserve.extraProperties.%s is set by the chart (ports, addresses, token auth, the model list): use the chart's own values" $k) -}}
 {{- end -}}
 {{- end -}}
-{{- if lt (int $ts.maxRequestSize) 2097152 -}}
-{{- fail "torchserve.maxRequestSize must be at least 2097152 (the gateway's largest body): the largest valid request (about 1.3 MB) must fit" -}}
+{{- if le (int $ts.maxRequestSize) 4194304 -}}
+{{- fail "torchserve.maxRequestSize must be above 4194304, the handler's own body limit: the largest valid request (up to about 3.9 MB) must reach the handler, and a body over the handler's limit must get its JSON 413" -}}
 {{- end -}}
 {{- end -}}
 
