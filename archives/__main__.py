@@ -13,6 +13,7 @@ from pathlib import Path
 from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient, curl_lines
+from common.report import run_cli
 from common.retrieval import VARIANTS
 
 
@@ -364,12 +365,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (S.ServerError, FileExistsError, FileNotFoundError, LookupError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(parser(), argv, (S.ServerError, FileExistsError, FileNotFoundError,
+                                    LookupError, ValueError))
 
 
 if __name__ == "__main__":

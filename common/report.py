@@ -1,6 +1,7 @@
 """Concise progress logging and plain-text tables, the same for every stage's CLI."""
 from __future__ import annotations
 
+import argparse  # noqa: F401 - for the annotation
 import logging
 import sys
 from typing import Any, Sequence
@@ -45,3 +46,16 @@ def replace_block(text: str, name: str, content: str) -> str:
     if a < 0 or b < a:
         raise ValueError(f"no block {start} ... {end} in the text")
     return text[:a + len(start)] + "\n" + content.rstrip("\n") + "\n" + text[b:]
+
+
+def run_cli(parser: "argparse.ArgumentParser", argv: Sequence[str] | None,
+            errors: tuple[type[BaseException], ...], code: int = 1) -> int:
+    """Every stage's ``main``: parse, run the chosen command (``args.fn``), and turn the
+    stage's expected errors into one ``error: ...`` line on stderr and exit ``code`` (no
+    traceback for a user's mistake)."""
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return code

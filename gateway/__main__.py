@@ -13,6 +13,7 @@ import sys
 import typing
 from pathlib import Path
 
+from common.report import run_cli
 from gateway import experiment as E
 from gateway.config import SERVE_OPTIONS, GatewayConfig, GatewayPaths
 
@@ -285,12 +286,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (E.ExperimentError, FileNotFoundError, ValueError, LookupError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(parser(), argv, (E.ExperimentError, FileNotFoundError, ValueError,
+                                    LookupError, RuntimeError))
 
 
 if __name__ == "__main__":
