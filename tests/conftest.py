@@ -34,3 +34,15 @@ def ml_latest_small() -> Path:
             pytest.fail(message + f" ({REQUIRE_SHARED_DATA}=1)")
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def ml_latest_small_out(spark, ml_latest_small, tmp_path_factory) -> Path:
+    """One ETL run of ml-latest-small (protocol P1) for the whole session: ``OUT`` with
+    ``OUT/etl``. Tests that need more (a model, archives) build it under their own folder."""
+    from etl.__main__ import main
+
+    out = tmp_path_factory.mktemp("mls")
+    assert main(["run", "--dataset", str(ml_latest_small), "--out", str(out),
+                 "--spark-shuffle-partitions", "4"]) == 0
+    return out

@@ -54,13 +54,8 @@ def test_not_movielens_is_a_clear_error(spark, tmp_path):
 
 
 @pytest.mark.slow
-def test_p1_on_ml_latest_small_accounts_for_every_rating(spark, ml_latest_small, tmp_path):
-    from etl.__main__ import main
-
-    out = tmp_path / "mls"
-    assert main(["run", "--dataset", str(ml_latest_small), "--out", str(out),
-                 "--spark-shuffle-partitions", "4"]) == 0
-    layout = EtlLayout.under(out)
+def test_p1_on_ml_latest_small_accounts_for_every_rating(ml_latest_small_out, ml_latest_small):
+    layout = EtlLayout.under(ml_latest_small_out)
     m = json.loads(layout.manifest.read_text())
     c = m["counts"]
     assert c["input"] == 100_836

@@ -50,16 +50,16 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(spark, ml_latest_small, tmp_path_factory):
+def stack(ml_latest_small_out, tmp_path_factory):
     need_java()
-    from etl.__main__ import main as etl_main
+    import shutil
+
     from training.data import load_split
     from training.export import export_artifact
     from training.train import fit
 
-    out = tmp_path_factory.mktemp("mls")
-    assert etl_main(["run", "--dataset", str(ml_latest_small), "--out", str(out),
-                     "--spark-shuffle-partitions", "4"]) == 0
+    out = tmp_path_factory.mktemp("modes")
+    shutil.copytree(ml_latest_small_out / "etl", out / "etl")  # the session's ETL run, copied
     data = load_split(EtlLayout.under(out))
     result = fit(data, SHORT)
     artifact = out / "model" / "serving_artifact"
