@@ -31,7 +31,7 @@ RUN mkdir -p /usr/share/man/man1 \
  && useradd --uid 10001 --user-group --create-home --home-dir /home/recsys \
       --shell /usr/sbin/nologin recsys
 
-# Our code, per target: a folder missing from the checkout (gateway/ before it lands) is skipped.
+# Our code, per target (the serving image has no Spark stages; the training image has all).
 FROM base AS source
 ARG INPUTS_HASH=unknown
 RUN --mount=type=bind,target=/ctx \

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from handlers.validation import MAX_BODY_BYTES
+
 DEFAULT_PORT = 8090
 DEFAULT_METRICS_PORT = 8091
 
@@ -110,8 +112,11 @@ class GatewayConfig:
     """The whole request, fallbacks included."""
     fallback_reserve_ms: float = 100.0
     """Kept back from a treatment's attempt for the control attempt that may follow."""
-    max_body_bytes: int = 6 * 1024 * 1024  # = TorchServe's max_request_size (archives/config)
-    """Same as TorchServe's max_request_size: bigger bodies get our 413 here."""
+    max_body_bytes: int = MAX_BODY_BYTES
+    """The handler's own limit (4 MiB; the largest valid request fits under it): a bigger body
+    gets our JSON 413 at the front door instead of spending the deadline on an upload,
+    TorchServe's JSON decoding and the handler's refusal (which a 300 ms deadline would turn
+    into a fallback answer)."""
     # --- experiment ----------------------------------------------------------------------------
     experiment_file: Path | None = None
     """None = OUT/gateway/experiment.yaml."""
