@@ -6,14 +6,10 @@ sends user requests through the gateway; 5 s in, the treatment version loses its
 (TorchServe answers 503, the gateway falls back to control: fallbacks by cause, upstream errors),
 and gets it back 10 s later. Then every query of the committed dashboard must return a finite
 value, and each metric a panel reads must be one Prometheus scraped.
-
-PENDING until the gateway (issue "A/B experiments") is on main: without the ``gateway`` package
-this module is skipped as a whole, never run against a stand-in.
 """
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -24,22 +20,18 @@ from urllib.parse import urlparse
 
 import pytest
 
-if importlib.util.find_spec("gateway") is None:
-    pytest.skip("PENDING: the gateway (issue 'A/B experiments') is not on main; its panels are "
-                "queried here once it is", allow_module_level=True)
-
-from archives import server as S  # noqa: E402
-from archives.client import TorchServeClient  # noqa: E402
-from archives.testing import running_server  # noqa: E402
-from benchmarks import loadgen  # noqa: E402
-from monitoring.monitor import SPECIAL_BODIES, known_ids  # noqa: E402
-from monitoring.promql import raw_metrics, recordings_of  # noqa: E402
-from monitoring.promserver import PrometheusServer, render_config  # noqa: E402
-from monitoring.render import expand  # noqa: E402
-from monitoring.rules import rule_groups  # noqa: E402
-from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, need_java,  # noqa: E402
+from archives import server as S
+from archives.client import TorchServeClient
+from archives.testing import running_server
+from benchmarks import loadgen
+from monitoring.monitor import SPECIAL_BODIES, known_ids
+from monitoring.promql import raw_metrics, recordings_of
+from monitoring.promserver import PrometheusServer, render_config
+from monitoring.render import expand
+from monitoring.rules import rule_groups
+from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, need_java,
                                     register, setup_keys, write_experiment)
-from tests.monitoring.conftest import (LIVE_PROM, PANEL_VARIABLES, committed_queries,  # noqa: E402
+from tests.monitoring.conftest import (LIVE_PROM, PANEL_VARIABLES, committed_queries,
                                        needs_gateway, panels_without_data)
 
 pytestmark = pytest.mark.timeout(600)
