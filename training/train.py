@@ -49,6 +49,10 @@ class TrainResult:
     val_recall@10 -- ready for ``mlflow.log_metrics(..., step=epoch)``."""
     best_epoch: int = 0
     best_val_ndcg: float = float("nan")
+    val_cold_recall: float = float("nan")
+    """Cold-item Recall@10 of the early-stopped model on the validation split (valid positives on
+    items without train interactions, ranked among those items): the cold criterion a choice
+    made on validation can see (the refit model has seen those items)."""
     seconds: float = 0.0
     fit_on: str = "train"
 
@@ -105,31 +109,36 @@ class _Trainer:
             return None
         return (torch.rand(n, device=self.device) >= p).float()
 
+    def _earlier_and_shorter(self, r: sp.csr_matrix, n: np.ndarray
+                             ) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Augment a batch of time-rank rows: with probability ``truncate`` a row keeps only its
+        first n' items (n' uniform in [0.3 n, n]: the same user earlier in time), then with
+        probability ``crop`` it loses a random share (< half) of its oldest items (a shorter
+        history, as many users have). Returns the rows re-ranked 1..n' and their lengths."""
+        cfg = self.cfg
+        if cfg.truncate <= 0 and cfg.crop <= 0:
+            return r, n
+        k = len(n)
+        lengths = np.diff(r.indptr)
+        if cfg.truncate > 0:
+            lo = np.minimum(n, np.maximum(2, np.ceil(0.3 * n))).astype(np.int64)
+            n_eff = lo + np.floor(self.rng.random(k) * (n - lo + 1)).astype(np.int64)
+            n = np.where(self.rng.random(k) < cfg.truncate, n_eff, n)
+        s0 = np.zeros(k, dtype=np.int64)
+        if cfg.crop > 0:
+            s0 = np.floor(self.rng.random(k) * 0.5 * n).astype(np.int64)
+            s0 = np.where(self.rng.random(k) < cfg.crop, s0, 0)
+        s0_e, n_e = np.repeat(s0, lengths), np.repeat(n, lengths)
+        keep = (r.data > s0_e) & (r.data <= n_e)
+        rows_e = np.repeat(np.arange(k), lengths)[keep]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows_e, minlength=k))])
+        out = sp.csr_matrix(((r.data - s0_e)[keep], r.indices[keep], indptr), shape=r.shape)
+        return out, (n - s0).astype(self.n_per_user.dtype)
+
     # -- softmax over all warm items ------------------------------------------------------------
     def _softmax_batch(self, rows: np.ndarray) -> torch.Tensor:
-        cfg, m = self.cfg, self.model
-        r = self.ranks[rows]
-        n = self.n_per_user[rows]
-        lengths = np.diff(r.indptr)
-        cut = n.copy()  # items with rank <= cut are input; denoise: everything
-        use = np.zeros(len(rows), dtype=bool)
-        if cfg.objective == "future":
-            lo = np.maximum(1, np.ceil(cfg.future_min_frac * n)).astype(np.int64)
-            c = lo + np.floor(self.rng.random(len(rows)) * np.maximum(n - lo, 0)).astype(np.int64)
-            use = (self.rng.random(len(rows)) < cfg.future_mix) & (n >= 2)
-            cut = np.where(use, np.minimum(c, n - 1), n)
-        cut_e = np.repeat(cut, lengths)
-        before = r.data <= cut_e
-        after = ~before | ~np.repeat(use, lengths)
-        w = recency_weights(np.maximum(cut_e - r.data, 0), cfg.recency_boost, cfg.recency_tau) * before
-        inp = sp.csr_matrix((w.astype(np.float32), r.indices, r.indptr), shape=r.shape)
-        inp.eliminate_zeros()
-        tv = after.astype(np.float32)
-        if cfg.target_recency > 0:
-            n_e = np.repeat(n, lengths)
-            tv = tv * (1.0 + cfg.target_recency * np.exp(-(n_e - r.data) / cfg.recency_tau))
-        tgt = sp.csr_matrix((tv.astype(np.float32), r.indices, r.indptr), shape=r.shape)
-        tgt.eliminate_zeros()
+        inp, tgt = self._softmax_rows(rows)
+        m = self.model
         bags = Bags(torch.from_numpy(inp.indices.astype(np.int64)),
                     torch.from_numpy(inp.indptr[:-1].astype(np.int64)),
                     torch.from_numpy(inp.data.astype(np.float32))).to(self.device)
@@ -142,6 +151,41 @@ class _Trainer:
         rws = torch.from_numpy(tcoo.row.astype(np.int64)).to(self.device)
         tw = torch.from_numpy(tcoo.data.astype(np.float32)).to(self.device)
         return -((logp[rws, cols] * tw).sum() / len(rows))
+
+    def _softmax_rows(self, rows: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """(encoder input weights, target weights) of a batch of users, one row each."""
+        cfg = self.cfg
+        r = self.ranks[rows]
+        n = self.n_per_user[rows]
+        r, n = self._earlier_and_shorter(r, n)
+        lengths = np.diff(r.indptr)
+        cut = n.copy()  # items with rank <= cut are input; denoise: everything
+        use = np.zeros(len(rows), dtype=bool)
+        if cfg.objective == "future":
+            lo = np.maximum(1, np.ceil(cfg.future_min_frac * n)).astype(np.int64)
+            c = lo + np.floor(self.rng.random(len(rows)) * np.maximum(n - lo, 0)).astype(np.int64)
+            use = (self.rng.random(len(rows)) < cfg.future_mix) & (n >= 2)
+            cut = np.where(use, np.minimum(c, n - 1), n)
+        cut_e = np.repeat(cut, lengths)
+        before = r.data <= cut_e
+        after = ~before | ~np.repeat(use, lengths)
+        w = recency_weights(np.maximum(cut_e - r.data, 0), cfg.recency_boost, cfg.recency_tau) * before
+        # copy=True: eliminate_zeros compacts indices/indptr in place, and r's arrays are shared
+        # with the target matrix below (without the copy, targets were read through the input's
+        # compacted layout: wrong items for every row after the first future row)
+        inp = sp.csr_matrix((w.astype(np.float32), r.indices, r.indptr), shape=r.shape, copy=True)
+        inp.eliminate_zeros()
+        tv = after.astype(np.float32)
+        if cfg.target_recency > 0:
+            n_e = np.repeat(n, lengths)
+            tv = tv * (1.0 + cfg.target_recency * np.exp(-(n_e - r.data) / cfg.recency_tau))
+        if cfg.target_norm:  # divide each row's targets by (their total weight)^target_norm
+            per = np.bincount(np.repeat(np.arange(len(rows)), lengths), weights=tv,
+                              minlength=len(rows))
+            tv = tv / np.repeat(np.power(np.maximum(per, 1e-12), cfg.target_norm), lengths)
+        tgt = sp.csr_matrix((tv.astype(np.float32), r.indices, r.indptr), shape=r.shape, copy=True)
+        tgt.eliminate_zeros()
+        return inp, tgt
 
     # -- pair losses ----------------------------------------------------------------------------
     def _pair_bags(self, sel: np.ndarray) -> Bags:
@@ -235,6 +279,10 @@ def train(data: SplitData, cfg: TrainConfig, *, fit_on: str = "train",
     ``fit_on="train_full"``: exactly ``epochs`` epochs on train + valid, no validation."""
     if cfg.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
+    if not 0.0 <= cfg.target_norm <= 1.0:
+        raise ValueError(f"target_norm must be in [0, 1], got {cfg.target_norm!r}")
+    if not (0.0 <= cfg.truncate <= 1.0 and 0.0 <= cfg.crop <= 1.0):
+        raise ValueError(f"truncate and crop are probabilities, got {cfg.truncate!r}, {cfg.crop!r}")
     if cfg.objective not in ("denoise", "future"):
         raise ValueError(f"objective must be 'denoise' or 'future', got {cfg.objective!r}")
     threads = torch.get_num_threads()
@@ -294,6 +342,11 @@ def _train(data: SplitData, cfg: TrainConfig, fit_on: str, epochs: int | None) -
     if validate and best_state is not None:
         model.load_state_dict(best_state)
         result.best_val_ndcg = best
+        _, val_cold, cold = split_cold_items(data.train, data.valid)
+        if val_cold.nnz:
+            result.val_cold_recall = evaluate(
+                lambda users: model.score_users(val_hist, users), data.train, val_cold,
+                ks=(10,), candidate_items=cold)["recall@10"]
     else:
         result.best_epoch = n_epochs
     model.eval()
@@ -311,6 +364,7 @@ def fit(data: SplitData, cfg: TrainConfig | None = None) -> TrainResult:
     full = train(data, cfg, fit_on="train_full", epochs=max(res.best_epoch, 1))
     full.history = res.history + [dict(r, refit=True) for r in full.history]
     full.best_val_ndcg = res.best_val_ndcg
+    full.val_cold_recall = res.val_cold_recall
     full.seconds += res.seconds
     full.best_epoch = res.best_epoch
     return full

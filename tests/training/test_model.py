@@ -140,3 +140,75 @@ def test_unknown_loss_is_rejected(tiny):
 def test_model_needs_an_item_signal(tiny):
     with pytest.raises(ValueError):
         HybridModel(tiny.n_users, tiny.n_items, None, np.ones(tiny.n_items, bool), item_ids=False)
+
+
+def test_truncate_and_crop_keep_a_contiguous_time_window(tiny):
+    """Each augmented row is one window of its user's timeline, oldest cut first and newest
+    cut last, re-ranked 1..n'; without augmentation rows pass through unchanged."""
+    from training.train import _Trainer
+
+    X = tiny.train
+    cfg = replace(FAST, truncate=1.0, crop=1.0)
+    model = build_model(tiny, cfg, X)
+    t = _Trainer(model, X, tiny.timestamps, cfg, torch.device("cpu"), np.random.default_rng(0))
+    rows = np.flatnonzero(t.n_per_user > 0)
+    r, n = t.ranks[rows], t.n_per_user[rows]
+    seen_shorter = False
+    for _ in range(20):
+        got, m = t._earlier_and_shorter(r, n)
+        for i in range(len(rows)):
+            old = dict(zip(r[i].indices, r[i].data))
+            new = dict(zip(got[i].indices, got[i].data))
+            assert sorted(new.values()) == list(range(1, m[i] + 1))   # re-ranked 1..n'
+            shift = {old[j] - new[j] for j in new}
+            assert len(shift) <= 1                                     # one window, same order
+            s0 = shift.pop() if shift else 0
+            assert set(new) == {j for j, k in old.items() if s0 < k <= s0 + m[i]}
+            assert 1 <= m[i] <= n[i] and m[i] >= np.ceil(0.3 * n[i]) // 2
+            seen_shorter |= bool(m[i] < n[i])
+    assert seen_shorter
+    same, m = _Trainer(model, X, tiny.timestamps, replace(cfg, truncate=0.0, crop=0.0),
+                       torch.device("cpu"), np.random.default_rng(0))._earlier_and_shorter(r, n)
+    assert same is r and m is n
+
+
+def test_target_norm_is_validated(tiny):
+    with pytest.raises(ValueError, match="target_norm"):
+        train(tiny, replace(FAST, target_norm=1.5), fit_on="train_full", epochs=1)
+    with pytest.raises(ValueError, match="probabilities"):
+        train(tiny, replace(FAST, crop=-0.1), fit_on="train_full", epochs=1)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_softmax_rows_are_prefix_inputs_and_later_targets(generated_data, augment):
+    """Every row of a softmax batch: the input is a time window's first items (recency-weighted,
+    the latest heaviest), the targets are the window's later items (future rows) or the whole
+    window (denoising rows), all of them the user's own items. A regression test: targets were
+    once read through the input's compacted CSR layout (scipy's in-place eliminate_zeros)."""
+    from training.train import _Trainer
+
+    data = generated_data
+    cfg = replace(FAST, future_mix=0.5, truncate=0.8 if augment else 0.0,
+                  crop=0.5 if augment else 0.0, target_norm=0.0)
+    model = build_model(data, cfg, data.train)
+    t = _Trainer(model, data.train, data.timestamps, cfg, torch.device("cpu"),
+                 np.random.default_rng(1))
+    rows = t.users[:64]
+    inp, tgt = t._softmax_rows(rows)
+    n_future = 0
+    for i, u in enumerate(rows):
+        rank = dict(zip(t.ranks[u].indices, t.ranks[u].data))
+        ins = dict(zip(inp[i].indices, inp[i].data))
+        outs = set(tgt[i].indices)
+        assert ins and outs and set(ins) | outs <= set(rank)
+        window = sorted(set(ins) | outs, key=rank.get)
+        assert [rank[j] for j in window] == list(range(int(rank[window[0]]),
+                                                       int(rank[window[0]]) + len(window)))
+        if outs == set(window):     # denoising: input = targets = the window
+            assert set(ins) == outs
+        else:                       # future: input = the first items, targets = the rest
+            n_future += 1
+            assert not set(ins) & outs and max(rank[j] for j in ins) < min(rank[j] for j in outs)
+        latest = max(ins, key=rank.get)
+        assert ins[latest] == pytest.approx(1 + cfg.recency_boost)
+    assert n_future > 0
