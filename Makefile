@@ -8,7 +8,7 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway clean \
+.PHONY: help venv lock java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway bench-training bench-tower clean \
 	monitor monitoring-files drift chart-files image serve-container stop-container
 
 help:
@@ -26,6 +26,8 @@ help:
 	@echo "make stop-container                                    remove the recsys-serve container"
 	@echo "make lock                                              re-resolve requirements.lock"
 	@echo "make bench-gateway                                     gateway overhead (benchmarks/results/gateway.json)"
+	@echo "make bench-tower                                       P99 at d = 256 vs today's TrainConfig.dim (benchmarks/results/tower.json)"
+	@echo "make bench-training                                    training time + 3-seed study (benchmarks/results/training.json)"
 	@echo "make monitor OUT=<dir>                                 Prometheus + load against make serve; latency PNGs in OUT/monitoring"
 	@echo "make drift OUT=<dir>                                   drift report of OUT/gateway logs vs training data"
 	@echo "make monitoring-files                                  regenerate the rule file and the dashboard JSON"
@@ -148,6 +150,15 @@ bench: venv java
 
 bench-etl: venv java
 	$(PY) -m benchmarks.etl_bench
+
+# P99 through TorchServe at the serving headline: d = 256 (before issue 14) vs TrainConfig.dim
+bench-tower: venv java
+	$(PY) -m benchmarks.tower_bench $(BENCH_ARGS)
+
+# the default TrainConfig over 3 seeds on ml-latest-small: training time + the README seed study
+bench-training: venv java
+	$(PY) -m benchmarks.training_bench $(BENCH_ARGS)
+	$(PY) -m training readme --study benchmarks/results/training.json
 
 # ---- container image (docs/contracts.md, "Container") ---------------------------------------
 CONTAINER_ENGINE ?= podman

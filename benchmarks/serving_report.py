@@ -313,6 +313,21 @@ def floor_block(res: dict) -> str:
     return text
 
 
+def _dim_note(dim: int) -> str:
+    """How the measured dimension relates to the model's today (benchmarks/tower_bench.py)."""
+    from common.config import TrainConfig
+
+    if dim == TrainConfig.dim:
+        return " (our model's dimension)"
+    tower = RESULTS / "tower.json"
+    if tower.exists():
+        t = json.loads(tower.read_text())
+        if t.get("dims") == [dim, TrainConfig.dim]:
+            return (f" (the model's dimension when measured; at today's d = {TrainConfig.dim} "
+                    f"the headline's P99 is {t['p99_ratio']:.2f}x, `make bench-tower`)")
+    return f" (our model has d = {TrainConfig.dim})"
+
+
 def readme_block(res: dict) -> str:
     """The README's serving table at the headline rate, the headline and the scale line."""
     h = res["headline"]
@@ -331,7 +346,7 @@ def readme_block(res: dict) -> str:
         else:
             out.append([label, f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms", f"{r['handler_p99_ms']:.1f} ms",
                         f"{r['recall@10']:.3f}", _pct(late_share(r))])
-    intro = (f"Setup: {c.catalog_items:,} items × d = {c.dim} (our model's dimension), {c.workers} workers × "
+    intro = (f"Setup: {c.catalog_items:,} items × d = {c.dim}{_dim_note(c.dim)}, {c.workers} workers × "
              f"{c.threads} thread, batchSize {c.batch_size}, this {res['machine']['cpus']}-core machine, at "
              f"{h['rate_rps']} req/s (the highest rate fp32 sustains without a growing queue, every lower "
              f"rate included). Late sends: requests the load generator sent > 1 ms late (latency still "

@@ -44,7 +44,11 @@ def cmd_added_items(args: argparse.Namespace) -> int:
 def cmd_readme(args: argparse.Namespace) -> int:
     from training.report import update_readme
 
-    done = update_readme(Path(args.eval), Path(args.readme))
+    if not args.eval and not args.study:
+        print("error: give --eval and/or --study", file=sys.stderr)
+        return 2
+    done = update_readme(Path(args.eval) if args.eval else None, Path(args.readme),
+                         Path(args.study) if args.study else None)
     print(f"rewrote {', '.join(done) or 'nothing'} in {args.readme}")
     return 0
 
@@ -93,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "first-seen items are held out")
     p.set_defaults(fn=cmd_added_items)
 
-    p = sub.add_parser("readme", help="rewrite the README's eval tables from an eval.json")
-    p.add_argument("--eval", required=True, help="OUT/eval.json")
+    p = sub.add_parser("readme", help="rewrite the README's eval tables from an eval.json and "
+                                      "the seed-study table from the training benchmark")
+    p.add_argument("--eval", help="OUT/eval.json")
+    p.add_argument("--study", help="benchmarks/results/training.json "
+                                   "(python -m benchmarks.training_bench)")
     p.add_argument("--readme", default="README.md")
     p.set_defaults(fn=cmd_readme)
 

@@ -115,11 +115,29 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "eval:added_items": added_items_table}
 
 
-def update_readme(eval_json: Path, readme: Path) -> list[str]:
-    """Rewrite every eval block the README has; returns the names rewritten."""
-    ev = json.loads(Path(eval_json).read_text())
+def seed_study_table(bench: dict) -> str:
+    """The default configuration over three seeds beside the reference models
+    (``benchmarks/results/training.json``, written by ``benchmarks/training_bench.py``)."""
+    from training.experiments import markdown
+
+    return (markdown(bench["study"]) + f"\n\nSlowest of the {len(bench['study']['seeds'])} "
+            f"trainings: {bench['max_train_s']:.0f} s wall, {bench['max_train_cpu_s']:.0f} s CPU "
+            f"(one torch thread; budget {bench['budget_s']:.0f} s).")
+
+
+def update_readme(eval_json: Path | None, readme: Path, study_json: Path | None = None) -> list[str]:
+    """Rewrite every eval block the README has (and the seed-study block when ``study_json``
+    is given); returns the names rewritten."""
     text = Path(readme).read_text()
     done = []
+    if study_json is not None and "<!-- study:seeds -->" in text:
+        text = replace_block(text, "study:seeds",
+                             seed_study_table(json.loads(Path(study_json).read_text())))
+        done.append("study:seeds")
+    if eval_json is None:
+        Path(readme).write_text(text)
+        return done
+    ev = json.loads(Path(eval_json).read_text())
     for name, build in TABLES.items():
         if f"<!-- {name} -->" not in text:
             continue
@@ -134,4 +152,4 @@ def update_readme(eval_json: Path, readme: Path) -> list[str]:
 
 
 __all__ = ["models_table", "related_items_table", "rerank_table", "diversity_table",
-           "added_items_table", "update_readme", "TABLES"]
+           "added_items_table", "seed_study_table", "update_readme", "TABLES"]
