@@ -122,4 +122,27 @@ def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 
     return save_artifact(path, tensors, config, user_ids, item_ids, items)
 
 
-__all__ = ["running_server", "worker_memory", "make_random_artifact", "CATEGORIES"]
+def build_random_versions(root: str | Path, versions=(("1", 0), ("2", 1)), *,
+                          model_name: str | None = None, n_users: int = 60, n_items: int = 500,
+                          batch_size: int = 8, delay_ms: int | dict[str, int] = 5) -> Path:
+    """OUT (``root/out``) with one small archive per ``(version, seed)``, each from its own
+    :func:`make_random_artifact` (``root/artifact-v<version>``), one worker each, named
+    ``model_name`` (default: archives.build's). ``delay_ms``
+    may differ per version (``{"1": 200, "2": 5}``)."""
+    from archives import build as B
+
+    root = Path(root)
+    out = root / "out"
+    for version, seed in versions:
+        art = make_random_artifact(root / f"artifact-v{version}", n_users=n_users, n_items=n_items,
+                                   seed=seed, model_version=version)
+        delay = delay_ms[version] if isinstance(delay_ms, dict) else delay_ms
+        B.build_from_folder(art, out, version=version, model_name=model_name or B.DEFAULT_MODEL_NAME,
+                            config=B.ArchiveConfig(batch_size=batch_size, max_batch_delay_ms=delay,
+                                                   min_workers=1, max_workers=1),
+                            archive_format="zip-store")
+    return out
+
+
+__all__ = ["running_server", "worker_memory", "make_random_artifact", "build_random_versions",
+           "CATEGORIES"]

@@ -15,10 +15,9 @@ import uuid
 import pytest
 import requests
 
-from archives import build as B
 from archives import server as S
 from archives.container_engine import run_serve
-from archives.testing import make_random_artifact
+from archives.testing import build_random_versions
 from tests.container.engine import IMAGE, REPO, build_image, engine
 
 pytestmark = pytest.mark.timeout(1800)
@@ -34,13 +33,9 @@ def model_dir(tmp_path_factory):
     """/opt/ml/model as SageMaker lays it out: two versions' archives. batchSize 4 with a 1.5 s
     maxBatchDelay keeps a lone request in flight long enough to stop the container under it."""
     root = tmp_path_factory.mktemp("container")
-    for v in ("1", "2"):
-        art = make_random_artifact(root / f"artifact{v}", n_users=10, n_items=50, seed=int(v),
-                                   model_version=v)
-        B.build_from_folder(art, root / "out", version=v, archive_format="zip-store",
-                            config=B.ArchiveConfig(min_workers=1, max_workers=1, batch_size=4,
-                                                   max_batch_delay_ms=1500))
-    return root / "out" / "model-store"
+    out = build_random_versions(root, (("1", 1), ("2", 2)), n_users=10, n_items=50, batch_size=4,
+                                delay_ms=1500)
+    return out / "model-store"
 
 
 @pytest.fixture(scope="module")

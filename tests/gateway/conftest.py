@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from archives import build as B
 from archives.client import TorchServeClient
 from archives.server import ServerState
-from archives.testing import make_random_artifact
+from archives.testing import build_random_versions
 from gateway import auth
 from gateway import experiment as E
 from gateway.config import GatewayPaths
@@ -30,15 +29,8 @@ def need_java() -> None:
 def build_versions(root: Path, versions=(("1", 0), ("2", 1)), *, delay_ms: int = 5,
                    n_users: int = 60, n_items: int = 500) -> Path:
     """OUT with one small archive per (version, seed)."""
-    out = root / "out"
-    for version, seed in versions:
-        art = make_random_artifact(root / f"artifact-v{version}", n_users=n_users, n_items=n_items,
-                                   seed=seed, model_version=version)
-        B.build_from_folder(art, out, version=version, model_name=MODEL,
-                            config=B.ArchiveConfig(batch_size=8, max_batch_delay_ms=delay_ms,
-                                                 min_workers=1, max_workers=1),
-                            archive_format="zip-store")
-    return out
+    return build_random_versions(root, versions, model_name=MODEL, n_users=n_users,
+                                 n_items=n_items, delay_ms=delay_ms)
 
 
 def register(state: ServerState, version: str) -> None:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from archives import build as B
 from archives.client import TorchServeClient
 from archives.server import ServerState
-from archives.testing import make_random_artifact, running_server
+from archives.testing import build_random_versions, running_server
 
 MODEL = "recsys"
 
@@ -34,14 +33,6 @@ def served(tmp_path_factory) -> Served:
     if shutil.which("java") is None:
         pytest.fail("Java 17 is required for TorchServe (see README)")
     root = tmp_path_factory.mktemp("serving")
-    out = root / "out"
-    for version, seed in (("1", 0), ("2", 1)):
-        art = make_random_artifact(root / f"artifact-v{version}", n_users=60, n_items=500,
-                                   seed=seed, model_version=version)
-        B.build_from_folder(art, out, version=version, model_name=MODEL,
-                            config=B.ArchiveConfig(batch_size=8, max_batch_delay_ms=200 if
-                                                 version == "1" else 5,
-                                                 min_workers=1, max_workers=1),
-                            archive_format="zip-store")
+    out = build_random_versions(root, model_name=MODEL, delay_ms={"1": 200, "2": 5})
     with running_server(out, config="prod", models={MODEL: f"{MODEL}-v1.mar"}) as state:
         yield Served(out=out, state=state, client=TorchServeClient(state))

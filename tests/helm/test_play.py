@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from archives import build as B
 from archives import server as S
-from archives.testing import make_random_artifact
+from archives.testing import build_random_versions
 from common.assignment import Split
 from common.ids import canonical_id
 from gateway import auth
@@ -50,13 +49,9 @@ def image():
 def store(tmp_path_factory) -> Path:
     """A model store with recsys-v1.mar and recsys-v2.mar (one worker, small batches)."""
     root = tmp_path_factory.mktemp("play-store")
-    for v in ("1", "2"):
-        art = make_random_artifact(root / f"artifact{v}", n_users=40, n_items=120, seed=int(v),
-                                   model_version=v)
-        B.build_from_folder(art, root / "out", version=v, archive_format="zip-store",
-                            config=B.ArchiveConfig(min_workers=1, max_workers=1, batch_size=4,
-                                                   max_batch_delay_ms=5))
-    return root / "out" / "model-store"
+    out = build_random_versions(root, (("1", 1), ("2", 2)), n_users=40, n_items=120, batch_size=4,
+                                delay_ms=5)
+    return out / "model-store"
 
 
 class Release:

@@ -20,10 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient
-from archives.testing import make_random_artifact, running_server
+from archives.testing import build_random_versions, running_server
 from monitoring.dashboard import panels
 from monitoring.monitor import known_ids, torchserve_load
 from monitoring.promql import contract_exports, handler_exports, raw_metrics, recordings_of
@@ -43,13 +42,7 @@ def stack(tmp_path_factory):
     if shutil.which("java") is None:
         pytest.fail("Java 17 is required for TorchServe (see README)")
     root = tmp_path_factory.mktemp("panels")
-    out = root / "out"
-    for version, seed in (("1", 0), ("2", 1)):
-        art = make_random_artifact(root / f"artifact-v{version}", n_users=60, n_items=500, seed=seed,
-                                   model_version=version)
-        B.build_from_folder(art, out, version=version, model_name="recsys", archive_format="zip-store",
-                            config=B.ArchiveConfig(batch_size=8, max_batch_delay_ms=10, min_workers=1,
-                                                   max_workers=1))
+    out = build_random_versions(root, model_name="recsys", delay_ms=10)
     shutil.copytree(root / "artifact-v1", out / "model" / "serving_artifact")
     # exposures as the gateway writes them (docs/contracts.md), for the drift exporter
     users, items = known_ids(out / "model" / "serving_artifact")
