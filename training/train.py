@@ -15,7 +15,10 @@ Losses (``cfg.loss``):
 Objectives (``cfg.objective``, softmax): ``denoise`` reconstructs the dropped-out history
 (Mult-DAE); ``future`` gives a share of the users per batch a random time-ordered prefix as input
 and their later items as targets (the rest denoise), which is what a temporal split asks for.
-The user input of the pair losses leaves the target item out of its history bag.
+The user input of the pair losses leaves the target item out of its history bag. Softmax rows
+are also augmented (``cfg.truncate``: the user's history up to a random earlier point;
+``cfg.crop``: without a random share of its oldest items) and their targets normalised per user
+(``cfg.target_norm``).
 
 Everything is seeded (``cfg.seed``: torch and numpy); the same seed and thread count give the
 same model. A weight EMA (``cfg.ema``) is what gets validated and returned.
