@@ -12,7 +12,6 @@ a manifest file (JSON or YAML: ``[{"uri": ..., "sha256": ...}, ...]`` or ``{"mod
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
+
+from common.storage import file_sha256
 
 log = logging.getLogger(__name__)
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -105,11 +106,6 @@ def _describe(e: Exception, ref: ModelRef) -> str:
             return f"{ref.uri}: access denied (the role needs s3:GetObject on it)"
         return f"{ref.uri}: S3 error {code}: {e}"
     return f"{ref.uri}: {type(e).__name__}: {e}"
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch(refs: Iterable[ModelRef], dest: str | Path, *, client=None) -> list[Path]:

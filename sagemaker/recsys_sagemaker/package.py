@@ -11,12 +11,13 @@ or is built first from an MLflow registry version (``archives.build.build_from_r
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import logging
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.storage import file_sha256
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "recsys"
@@ -60,8 +61,7 @@ def make_tarball(mar: Path, dest: Path) -> str:
             tar.addfile(info, f)
     with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(buf.getvalue())
-    with open(dest, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_sha256(dest)
 
 
 def package(out: str | Path, version: str, *, model_name: str = DEFAULT_MODEL_NAME,
