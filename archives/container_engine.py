@@ -54,6 +54,24 @@ class ServeContainer:
         engine("rm", "-f", self.name, check=False)
 
 
+def wait_for_http(name: str, url: str, timeout: float, interval: float = 0.05) -> None:
+    """Poll ``url`` until it answers 200; raise :class:`EngineError` with the end of container
+    ``name``'s log when the container stops running or ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        running = engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
+        if not running or time.monotonic() > deadline:
+            logs = engine("logs", name, check=False)
+            raise EngineError(f"{name}: no 200 from {url} ({'exited' if not running else 'timeout'})\n"
+                              + (logs.stdout + logs.stderr)[-4000:])
+        time.sleep(interval)
+
+
 def run_serve(image: str, model_dir: Path, *, workers: int = 1, timeout: float = 240,
               prefix: str = "recsys") -> ServeContainer:
     """Start ``image serve`` with ``model_dir`` mounted at /opt/ml/model (read-only) on free
@@ -71,17 +89,7 @@ def run_serve(image: str, model_dir: Path, *, workers: int = 1, timeout: float =
            image, "serve")
     box = ServeContainer(name, inf, mgt, met, 0.0)
     try:
-        while True:
-            try:
-                if requests.get(f"{box.url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            running = engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
-            if not running or time.monotonic() - t0 > timeout:
-                raise EngineError(f"{name}: no /ping 200 ({'exited' if not running else 'timeout'})\n"
-                                  + engine("logs", name, check=False).stderr[-4000:])
-            time.sleep(0.05)
+        wait_for_http(name, f"{box.url}/ping", timeout - (time.monotonic() - t0))
     except BaseException:
         box.remove()
         raise

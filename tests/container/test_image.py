@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from archives import server as S
-from archives.container_engine import run_serve
+from archives.container_engine import run_serve, wait_for_http
 from archives.testing import build_random_versions
 from tests.container.engine import IMAGE, REPO, build_image, engine
 
@@ -115,16 +115,7 @@ def test_gateway_command_of_the_same_image(served, image, tmp_path):
            "-e", f"GATEWAY_UPSTREAM_URL={served['url']}", image, "gateway", "--out", "/data",
            "--port", str(port), "--metrics-port", str(mport))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            logs = engine("logs", name)
-            assert time.monotonic() < deadline, (logs.stdout + logs.stderr)[-3000:]
-            time.sleep(0.3)
+        wait_for_http(name, f"http://127.0.0.1:{port}/healthz", 60, interval=0.3)
         key = (out / "gateway" / "client_key").read_text().strip()
         r = requests.post(f"http://127.0.0.1:{port}/v1/recommendations", json={"user_id": "3", "k": 3},
                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
