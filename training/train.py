@@ -347,9 +347,8 @@ def _train(data: SplitData, cfg: TrainConfig, fit_on: str, epochs: int | None) -
         result.best_val_ndcg = best
         _, val_cold, cold = split_cold_items(data.train, data.valid)
         if val_cold.nnz:
-            result.val_cold_recall = evaluate(
-                lambda users: model.score_users(val_hist, users), data.train, val_cold,
-                ks=(10,), candidate_items=cold)["recall@10"]
+            result.val_cold_recall = _validate(model, data.train, val_hist, val_cold,
+                                               cold)["recall@10"]
     else:
         result.best_epoch = n_epochs
     model.eval()
