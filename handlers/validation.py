@@ -171,7 +171,10 @@ def check_depth(body: bytes | bytearray | memoryview | str, max_depth: int = MAX
     # of a string. Usually no quote is left: only strings that hold brackets remain.
     seq = seq.replace(b'""', b"")
     if b'"' in seq:
-        seq = _STRING.sub(b"", seq)  # an unterminated string's tail is left to the parser
+        seq = _STRING.sub(b"", seq)
+        cut = seq.find(b'"')  # an unterminated string: the rest is inside it
+        if cut >= 0:
+            seq = seq[:cut]
     if seq.count(_OPEN) <= max_depth:
         return
     # Each pass removes every innermost pair "()", so a balanced sequence of depth d is empty
