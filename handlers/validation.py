@@ -177,6 +177,8 @@ def check_depth(body: bytes | bytearray | memoryview | str, max_depth: int = MAX
             seq = seq[:cut]
     if seq.count(_OPEN) <= max_depth:
         return
+    if _OPEN * (max_depth + 1) in seq:  # that many openers in a row: the usual deep attack
+        raise _too_deep(max_depth)
     # Each pass removes every innermost pair "()", so a balanced sequence of depth d is empty
     # after d passes; a pair still present after max_depth passes sits deeper than max_depth.
     for _ in range(max_depth):
