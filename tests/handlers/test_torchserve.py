@@ -392,12 +392,13 @@ def test_shipped_archive_ignores_the_fault_header(served):
 
 
 def test_injected_fault_fails_only_its_request_in_a_real_batch(served):
-    """An archive built with --faults '{"error_user_prefix": "fault-"}' (batchSize 8,
-    maxBatchDelay 200 ms): in one batch of 8, the fault-prefixed request raises inside the engine
-    step and gets a 500 with a message; the other 7 get the answers they get alone.
+    """An archive built with --faults '{"error_user_prefix": "fault-", "allow_header": true}'
+    (batchSize 8, maxBatchDelay 200 ms): in one batch of 8, the fault-prefixed request raises
+    inside the engine step and gets a 500 with a message; the other 7 get the answers they get
+    alone.
     (Registered after the /invocations tests: a second version changes its defaulting.)"""
     build_random_versions(served.out.parent, versions=(("90", 2),), model_name=served.model,
-                          delay_ms=200, faults={"error_user_prefix": "fault-"})
+                          delay_ms=200, faults={"error_user_prefix": "fault-", "allow_header": True})
     c = served.client
     r = c.register(S.mar_name(served.model, "90"), served.model, initial_workers=1)
     assert r.status_code == 200, r.text
@@ -419,6 +420,11 @@ def test_injected_fault_fails_only_its_request_in_a_real_batch(served):
         for r, a in zip(rs, alone):
             if r.status_code == 200:
                 assert r.json()["items"] == a.json()["items"] and r.json()["model_version"] == "90"
+        # allow_header: TorchServe hands the request's X-Recsys-Fault header to the handler
+        r = c.request("inference", "POST", f"/predictions/{served.model}/90",
+                      data=json.dumps(bodies[0]),
+                      headers={"Content-Type": "application/json", "X-Recsys-Fault": "error"})
+        assert r.status_code == 500 and "injected fault" in r.json()["message"]
     finally:
         assert c.unregister(served.model, "90").status_code == 200
 
