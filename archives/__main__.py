@@ -25,11 +25,20 @@ def _print(obj) -> None:
 # build
 # --------------------------------------------------------------------------------------------
 
+def _faults(text: str | None) -> dict | None:
+    """--faults JSON -> the validated settings (ValueError: a clear one-line error)."""
+    if text is None:
+        return None
+    from handlers.faults import parse_faults
+
+    return parse_faults(text).to_dict()
+
+
 def cmd_build(a) -> int:
     cfg = B.ArchiveConfig(batch_size=a.batch_size, max_batch_delay_ms=a.max_batch_delay,
                         min_workers=a.min_workers, max_workers=a.max_workers or a.min_workers,
                         response_timeout_s=a.response_timeout, torch_threads=a.torch_threads,
-                        scoring=a.scoring)
+                        scoring=a.scoring, faults=_faults(a.faults))
     if a.artifact:
         if not a.version:
             print("error: --artifact needs --version (the registry version it corresponds to)",
@@ -290,6 +299,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--archive-format", default="default", choices=["default", "zip-store"],
                    help="zip-store: no compression (large catalogs: faster build and load)")
     b.add_argument("--force", action="store_true", help="overwrite an existing archive file")
+    b.add_argument("--faults", metavar="JSON",
+                   help='TEST ARCHIVES ONLY: inject faults, e.g. \'{"error_user_prefix": "fault-", '
+                        '"latency_ms": 50, "error_rate": 0.1, "seed": 1, "allow_header": true}\' '
+                        "(handlers/faults.py, docs/serving.md); absent: no faults")
     b.set_defaults(fn=cmd_build)
 
     s = sub.add_parser("serve", help="start TorchServe on OUT/model-store and wait for /ping")

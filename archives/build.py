@@ -17,6 +17,7 @@ PYTHONPATH)::
                               serving variant (``--scoring``, common/retrieval.py) and
                               serving.json; memory-mapped by every worker where the library allows
     model-config.yaml         batchSize, maxBatchDelay, min/maxWorkers, responseTimeout, handler:
+                              (handler.faults only in test archives built with --faults)
     build_info.json           name, version, source, sha256 of the artifact files, build time
 """
 from __future__ import annotations
@@ -63,6 +64,12 @@ def model_config_yaml(cfg: ArchiveConfig) -> dict[str, Any]:
                          "request after ~100 ms; use >= 1 ms (or batch_size 1)")
     if not 1 <= cfg.min_workers <= cfg.max_workers:
         raise ValueError("need 1 <= min_workers <= max_workers")
+    handler = {"torch_threads": cfg.torch_threads, "scoring": cfg.scoring,
+               "artifact_dir": ARTIFACT_DIR_IN_ARCHIVE, "pack": PACK_IN_ARCHIVE}
+    if cfg.faults is not None:  # a test archive: validated here, so a typo fails the build
+        from handlers.faults import parse_faults
+
+        handler["faults"] = parse_faults(cfg.faults).to_dict()
     return {
         "minWorkers": cfg.min_workers,
         "maxWorkers": cfg.max_workers,
@@ -70,8 +77,7 @@ def model_config_yaml(cfg: ArchiveConfig) -> dict[str, Any]:
         "maxBatchDelay": cfg.max_batch_delay_ms,
         "responseTimeout": cfg.response_timeout_s,
         "startupTimeout": cfg.startup_timeout_s,
-        "handler": {"torch_threads": cfg.torch_threads, "scoring": cfg.scoring,
-                    "artifact_dir": ARTIFACT_DIR_IN_ARCHIVE, "pack": PACK_IN_ARCHIVE},
+        "handler": handler,
     }
 
 

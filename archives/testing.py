@@ -124,11 +124,14 @@ def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 
 
 def build_random_versions(root: str | Path, versions=(("1", 0), ("2", 1)), *,
                           model_name: str | None = None, n_users: int = 60, n_items: int = 500,
-                          batch_size: int = 8, delay_ms: int | dict[str, int] = 5) -> Path:
+                          batch_size: int = 8, delay_ms: int | dict[str, int] = 5,
+                          faults: dict | None = None) -> Path:
     """OUT (``root/out``) with one small archive per ``(version, seed)``, each from its own
     :func:`make_random_artifact` (``root/artifact-v<version>``), one worker each, named
     ``model_name`` (default: archives.build's). ``delay_ms``
-    may differ per version (``{"1": 200, "2": 5}``)."""
+    may differ per version (``{"1": 200, "2": 5}``). ``faults`` (handlers/faults.py) goes into every
+    archive of this call: build a faulty version with its own call, e.g.
+    ``build_random_versions(root, versions=(("9", 2),), faults={"error_user_prefix": "fault-"})``."""
     from archives import build as B
 
     root = Path(root)
@@ -139,7 +142,7 @@ def build_random_versions(root: str | Path, versions=(("1", 0), ("2", 1)), *,
         delay = delay_ms[version] if isinstance(delay_ms, dict) else delay_ms
         B.build_from_folder(art, out, version=version, model_name=model_name or B.DEFAULT_MODEL_NAME,
                             config=B.ArchiveConfig(batch_size=batch_size, max_batch_delay_ms=delay,
-                                                   min_workers=1, max_workers=1),
+                                                   min_workers=1, max_workers=1, faults=faults),
                             archive_format="zip-store")
     return out
 

@@ -228,6 +228,9 @@ class ArchiveConfig:
     # serving variant (common/retrieval.py VARIANTS): the index built into the archive; the
     # default is the serving benchmark's winner (benchmarks/results/serving.json)
     scoring: str = "ivf"
+    # fault injection for test archives only (handlers/faults.py: latency_ms, error_user_prefix,
+    # error_rate, seed, allow_header); None (the default, every shipped archive): no faults
+    faults: dict | None = None
 
 
 __all__ += ["ArchiveConfig"]

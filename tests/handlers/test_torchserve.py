@@ -15,7 +15,7 @@ import requests
 from archives import server as S
 from archives.__main__ import main as cli
 from archives.client import curl_lines
-from archives.testing import worker_memory
+from archives.testing import build_random_versions, worker_memory
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -220,10 +220,10 @@ def test_form_post_gets_a_hint(served):
 
 # ---- batching --------------------------------------------------------------------------------
 
-def _concurrent(served, bodies):
+def _concurrent(served, bodies, version=None):
     barrier = threading.Barrier(len(bodies))
     results = [None] * len(bodies)
-    url = f"{served.state.inference_url}/predictions/{served.model}"
+    url = f"{served.state.inference_url}/predictions/{served.model}" + (f"/{version}" if version else "")
     headers = {"Content-Type": "application/json", **served.client.auth_header("inference")}
 
     def go(i):
@@ -376,6 +376,57 @@ def test_two_workers_memory(served, record_property):
         assert ok(served, {"user_id": "1", "k": 2})["strategy"] == "personalized"
     finally:
         assert c.scale(served.model, "1", 1).status_code == 200
+
+
+# ---- fault injection (handler.faults of a test archive) ---------------------------------------
+
+def test_shipped_archive_ignores_the_fault_header(served):
+    body = {"user_id": "1", "k": 3}
+    plain = predict(served, body)
+    for value in ("error", "latency=3000", "error, latency=50"):
+        r = served.client.request("inference", "POST", f"/predictions/{served.model}",
+                                  data=json.dumps(body), timeout=2.5,
+                                  headers={"Content-Type": "application/json",
+                                           "X-Recsys-Fault": value})
+        assert r.status_code == 200 and r.content == plain.content
+
+
+def test_injected_fault_fails_only_its_request_in_a_real_batch(served):
+    """An archive built with --faults '{"error_user_prefix": "fault-", "allow_header": true}'
+    (batchSize 8, maxBatchDelay 200 ms): in one batch of 8, the fault-prefixed request raises
+    inside the engine step and gets a 500 with a message; the other 7 get the answers they get
+    alone.
+    (Registered after the /invocations tests: a second version changes its defaulting.)"""
+    build_random_versions(served.out.parent, versions=(("90", 2),), model_name=served.model,
+                          delay_ms=200, faults={"error_user_prefix": "fault-", "allow_header": True})
+    c = served.client
+    r = c.register(S.mar_name(served.model, "90"), served.model, initial_workers=1)
+    assert r.status_code == 200, r.text
+    try:
+        bodies = [{"user_id": str(u), "k": 3} for u in range(1, 8)]
+        bodies.insert(3, {"user_id": "fault-7", "k": 3})
+        alone = [predict(served, b, "90") for b in bodies]
+        assert [a.status_code for a in alone] == [200] * 3 + [500] + [200] * 4
+        for _ in range(3):  # the 8 requests must reach the worker within maxBatchDelay
+            rs = _concurrent(served, bodies, version="90")
+            if all(r.headers.get("X-Batch-Size") == "8" for r in rs):
+                break
+            time.sleep(0.5)
+        assert [r.headers.get("X-Batch-Size") for r in rs] == ["8"] * 8, "not handled as one batch"
+        assert [r.status_code for r in rs] == [200] * 3 + [500] + [200] * 4
+        bad = rs[3].json()
+        assert bad["code"] == 500 and bad["type"] == "InternalServerError"
+        assert bad["reason"] == "internal_error" and "injected fault" in bad["message"]
+        for r, a in zip(rs, alone):
+            if r.status_code == 200:
+                assert r.json()["items"] == a.json()["items"] and r.json()["model_version"] == "90"
+        # allow_header: TorchServe hands the request's X-Recsys-Fault header to the handler
+        r = c.request("inference", "POST", f"/predictions/{served.model}/90",
+                      data=json.dumps(bodies[0]),
+                      headers={"Content-Type": "application/json", "X-Recsys-Fault": "error"})
+        assert r.status_code == 500 and "injected fault" in r.json()["message"]
+    finally:
+        assert c.unregister(served.model, "90").status_code == 200
 
 
 # ---- versions through the management API (run last: they change the default) ------------------

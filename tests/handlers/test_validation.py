@@ -273,3 +273,113 @@ def test_schema_examples_are_valid():
     for ex in SCHEMA["examples"]:
         jsonschema.validate(ex, SCHEMA)
         v.validate_request(ex)
+
+
+# ---- nesting depth: refused before any recursive parse -------------------------------------------
+
+def _schema_depth(node, defs=SCHEMA["$defs"]) -> int:
+    """The deepest array/object nesting the schema admits (0 for scalars)."""
+    if not isinstance(node, dict):
+        return 0
+    if "$ref" in node:
+        return _schema_depth(defs[node["$ref"].rsplit("/", 1)[1]])
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    inner = [_schema_depth(s) for key in ("properties",) for s in node.get(key, {}).values()]
+    inner += [_schema_depth(node["items"])] if "items" in node else []
+    inner += [_schema_depth(s) for s in node.get("anyOf", [])]
+    own = 1 if {"array", "object"} & set(types) else 0
+    return own + max(inner, default=0)
+
+
+def test_max_depth_is_the_schemas():
+    assert _schema_depth(SCHEMA) == v.MAX_DEPTH == 3
+    deepest = {"user_id": "u", "filters": {"include_categories": ["Comedy"]}}
+    assert v.parse_request(json.dumps(deepest).encode()).include_categories == ("Comedy",)
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+DEPTH_CASES = [
+    {"user_id": "1"}, {"user_id": "[[[[[[", "history": ["{{{{", "]]]]"]},
+    {"user_id": 'a"[[[[\\', "history": ['\\"[[[[', "\\\\[[[["]},
+    {"user_id": "x", "filters": {"include_categories": ["[", "{"]}},
+    {"user_id": "x", "filters": {"include_categories": [["Comedy"]]}},
+    {"user_id": "é[ü{", "history": [[[["deep"]]]]}, [[[[]]]], [[], [], [[]]], [[[]], [[]], [[]]],
+    {"a": {"b": {"c": {}}}}, {"a": {"b": {"c": 1}}}, {"a": [{"b": []}]}, "[[[[[[", [], {},
+    {"a": ['"', "\\", '\\"', "[]" * 10, {"b": "]]]]"}]},
+]
+
+
+@pytest.mark.parametrize("value", DEPTH_CASES, ids=range(len(DEPTH_CASES)))
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_check_depth_agrees_with_the_parsed_depth(value, ascii_only):
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    deep = _depth(value) > v.MAX_DEPTH
+    for check in (lambda: v.check_depth(raw), lambda: v.check_depth(raw.decode()),
+                  lambda: v.check_value_depth(value)):
+        if deep:
+            with pytest.raises(v.InvalidRequest) as e:
+                check()
+            assert e.value.reason == v.TOO_DEEP and e.value.status == 400
+        else:
+            check()
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b"[" * 4 + b"1", b"[[[[1]]" + b"]" * 10,
+                                 b'{"a": [' + b"[" * 2_000_000 + b"]" * 2_000_000 + b"]}"])
+def test_deep_or_unbalanced_bodies_never_reach_the_parser(raw):
+    reject(raw, v.TOO_DEEP)
+
+
+@pytest.mark.parametrize("raw", [b'{"user_id": "1"', b'{"user_id": "[[[[[[', b"[[1]",
+                                 b'{"user_id": "1"}}}}}]]]'])
+def test_shallow_malformed_bodies_keep_the_parsers_message(raw):
+    reject(raw, v.NOT_JSON)
+
+
+def test_decoded_value_deeper_than_the_stack():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    reject({"user_id": "1", "history": deep}, v.TOO_DEEP, content_type="application/json")
+
+
+def test_check_depth_handles_a_4mib_body_of_ids():
+    body = json.dumps({"user_id": "1", "history": [f"{i:07d}" for i in range(400_000)]}).encode()
+    assert len(body) > 4_000_000
+    v.check_depth(body)  # a list of ids is depth 2
+    v.check_depth(body.replace(b'"0000001"', b'[["0000001"]]'), max_depth=4)
+    with pytest.raises(v.InvalidRequest):
+        v.check_depth(body.replace(b'"0000001"', b'[["0000001"]]'))
+
+
+def test_check_depth_on_random_json():
+    """Seeded random values full of quotes, backslashes and brackets inside strings."""
+    import random
+
+    rnd = random.Random(0)
+
+    def value(d: int):
+        r = rnd.random()
+        if d > 6 or r < 0.3:
+            return rnd.choice(["a", "[", "]{", '"', "\\", 'x\\"[', 1, None, "é[", "\\\\", ""])
+        if r < 0.65:
+            return [value(d + 1) for _ in range(rnd.randint(0, 3))]
+        return {rnd.choice(["a", "[", '"{', "\\", "b"]): value(d + 1) for _ in range(rnd.randint(0, 3))}
+
+    for _ in range(3000):
+        obj = value(1)
+        raw = json.dumps(obj, ensure_ascii=rnd.random() < 0.5).encode()
+        try:
+            v.check_depth(raw)
+            refused = False
+        except v.InvalidRequest:
+            refused = True
+        assert refused == (_depth(obj) > v.MAX_DEPTH), raw
