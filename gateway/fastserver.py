@@ -186,8 +186,8 @@ class _Connection(asyncio.Protocol):
             self._refuse(_BAD_REQUEST)
 
     def eof_received(self) -> bool | None:
-        if self.unread and self.closing:
-            return None        # lingering after a refusal and the client is done: close
+        if self.unread and self.closing and self.task is None and not self.queue:
+            return None        # lingering after our last answer and the client is done: close
         # The client half-closed: answer what it sent, then close (True keeps our side open).
         self._stop_input()
         return True
