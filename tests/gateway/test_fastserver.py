@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 from typing import Callable
 
 import aiohttp
@@ -128,6 +129,10 @@ def test_keepalive_reuses_one_connection_and_routes():
                     assert r.status == 500 and (await r.json())["reason"] == "internal"
                 async with s.get(f"http://127.0.0.1:{srv.port}/echo?q=1") as r:
                     assert (await r.json())["path"] == "/echo"
+                async with s.head(f"http://127.0.0.1:{srv.port}/echo") as r:
+                    # HEAD runs the GET route and sends its headers only
+                    assert r.status == 200 and int(r.headers["Content-Length"]) > 0
+                    assert await r.read() == b""
             assert len(srv.conns) <= 1   # everything above went over one connection
         finally:
             await srv.close(1.0)
@@ -294,6 +299,13 @@ def test_connection_close_and_http10():
             await c.send(b"GET /echo HTTP/1.0\r\n\r\n")
             assert (await c.answer())[0] == 200
             c.close()
+            # a client that half-closes after its request still gets the answer, then EOF
+            c = await Raw.open(srv.port)
+            await c.send(post("/slow", b"0.1"))
+            c.w.write_eof()
+            status, headers, _ = await c.answer()
+            assert status == 200 and headers["connection"] == "close"
+            assert await c.closed()
         finally:
             await srv.close(1.0)
     run(main())
@@ -348,4 +360,37 @@ def test_close_aborts_what_outlives_the_grace():
         await asyncio.sleep(0.1)
         await asyncio.wait_for(srv.close(0.3), 5.0)
         assert await c.closed()
+    run(main())
+
+
+def test_admission_is_released_when_the_client_goes_away():
+    """A client that disconnects while its request (and a pipelined one behind it) holds the
+    budget must not leak it: the running route finishes, the queued one is dropped."""
+    async def main():
+        adm = TinyAdmission(10 * MAX_BODY)
+        srv = await started(adm)
+        gate, entered = asyncio.Event(), asyncio.Event()
+
+        async def hold(req: Request) -> Response:
+            entered.set()
+            await gate.wait()
+            return Response(200, b"{}")
+        srv.routes[("POST", "/echo")] = hold
+        try:
+            c = await Raw.open(srv.port)
+            await c.send(post("/echo", b"a" * 100) + post("/echo", b"b" * 200))
+            await entered.wait()
+            await asyncio.sleep(0.05)
+            assert adm.used == 300
+            # a reset, not a FIN: a FIN is a half-close, after which the answers are still owed
+            c.w.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.w.transport.abort()
+            await asyncio.sleep(0.1)
+            assert adm.used == 100          # the queued request's budget is back at once
+            gate.set()
+            await asyncio.sleep(0.1)
+            assert adm.used == 0 and adm.releases == 2
+        finally:
+            await srv.close(1.0)
     run(main())
