@@ -254,8 +254,8 @@ def summarize(runs: list[dict], rates: list[float], rounds: int) -> list[dict]:
 
 def markdown(res: dict) -> str:
     c = res["config"]
-    lines = ["# HTTP stack: aiohttp vs fastserver + FastClient (benchmarks/http_stack_bench.py)", "",
-             f"A minimal gateway route (auth header check, body forwarded unparsed, fields spliced "
+    lines = ["# HTTP stack: aiohttp vs fastserver + FastClient", "",
+             f"benchmarks/http_stack_bench.py: a minimal gateway route (auth header check, body forwarded unparsed, fields spliced "
              f"into the answer) in its own uvloop process in front of a stub upstream; open loop, "
              f"{c['rounds']} alternating rounds of {c['requests']} measured requests per stack and "
              f"rate; {res['machine']['cpus']} cores shared by the stub, both proxies and the load "

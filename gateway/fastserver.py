@@ -54,7 +54,7 @@ class FastServerConfig:
     body_timeout_s: float = 60.0      # a request body must complete this long after its head
     max_headers: int = 100
     max_header_bytes: int = 64 * 1024  # request line + all header names and values
-    max_pipelined: int = 16           # parsed requests waiting on one connection before reading pauses
+    max_pipelined: int = 16           # parsed requests queued on a connection: reading pauses
     linger_s: float = 2.0             # after a refusal: read and drop input this long, then abort
     tick_s: float = 0.5               # how often the one timeout sweep runs
 

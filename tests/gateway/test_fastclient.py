@@ -233,7 +233,8 @@ def test_against_a_real_torchserve(tmp_path):
             assert status == 200 and json.loads(body)["status"] == "Healthy"
             for user in ("1", "2", "3"):
                 status, body = await c.request(
-                    "POST", f"/predictions/{MODEL}/1", json.dumps({"user_id": user, "k": 3}).encode(),
+                    "POST", f"/predictions/{MODEL}/1",
+                    json.dumps({"user_id": user, "k": 3}).encode(),
                     {"Content-Type": "application/json"}, timeout_s=30)
                 assert status == 200, body
                 assert len(json.loads(body)["items"]) == 3
