@@ -396,3 +396,18 @@ def test_admission_is_released_when_the_client_goes_away():
         finally:
             await srv.close(1.0)
     run(main())
+
+
+def test_a_deep_pipeline_pauses_reading_and_still_answers_everything_in_order():
+    async def main():
+        srv = await started(config=FastServerConfig(max_pipelined=4))
+        try:
+            c = await Raw.open(srv.port)
+            await c.send(b"".join(post("/echo", str(i).encode()) for i in range(200)))
+            for i in range(200):
+                status, _, body = await c.answer()
+                assert status == 200 and json.loads(body)["body"] == str(i)
+            c.close()
+        finally:
+            await srv.close(1.0)
+    run(main())
