@@ -26,6 +26,7 @@ help:
 	@echo "make stop-container                                    remove the recsys-serve container"
 	@echo "make lock                                              re-resolve requirements.lock"
 	@echo "make bench-gateway                                     gateway overhead (benchmarks/results/gateway.json)"
+	@echo "make bench-http-stack                                  aiohttp vs fastserver/FastClient CPU per request (benchmarks/results/http_stack.json)"
 	@echo "make bench-tower                                       P99 at d = 256 vs today's TrainConfig.dim (benchmarks/results/tower.json)"
 	@echo "make bench-training                                    training time + 3-seed study (benchmarks/results/training.json)"
 	@echo "make monitor OUT=<dir>                                 Prometheus + load against make serve; latency PNGs in OUT/monitoring"
@@ -193,6 +194,10 @@ stop-container:
 	-$(ENGINE_ENV) $(CONTAINER_ENGINE) rm -f recsys-serve
 bench-gateway: venv java
 	$(PY) -m benchmarks.gateway_bench $(BENCH_ARGS)
+
+.PHONY: bench-http-stack
+bench-http-stack: venv
+	$(PY) -m benchmarks.http_stack_bench $(BENCH_ARGS)
 
 MONITOR_ARGS ?=
 monitor: venv
