@@ -69,6 +69,12 @@ class Metrics:
         self.log_pending_bytes = Gauge("recsys_gateway_log_pending_bytes",
                                        "Bytes of local log files not shipped yet (all of them "
                                        "when shipping is off)", ["log"], registry=r)
+        self.log_retain_bytes = Gauge("recsys_gateway_log_retain_bytes",
+                                      "The retention cap on local log bytes (0 = none)",
+                                      registry=r)
+        self.log_shipping_enabled = Gauge("recsys_gateway_log_shipping_enabled",
+                                          "1 when rotated logs are shipped to S3 (0: the logs "
+                                          "are ephemeral by configuration)", registry=r)
         self.log_deleted_files = Counter("recsys_gateway_log_deleted_unshipped_files_total",
                                          "Unshipped log files deleted by the retention cap",
                                          ["log"], registry=r)

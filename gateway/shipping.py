@@ -319,6 +319,8 @@ def open_logs(cfg, metrics, exposure_fmt: Callable[[Any], dict],
     logs = GatewayLogs(one("exposures", paths.exposures, exposure_fmt),
                        one("events", paths.events, event_fmt), shipper)
     metrics.watch_logs({"exposures": logs.exposures, "events": logs.events})
+    metrics.log_retain_bytes.set(cfg.log_retain_bytes)
+    metrics.log_shipping_enabled.set(1 if cfg.log_ship_uri else 0)
     shipper.start()
     return logs
 
