@@ -265,13 +265,18 @@ class JsonlLog:
             for _ in range(n):
                 self.on_drop()
 
+    def stop_accepting(self) -> None:
+        """Refuse (drop, count) new records and let the writer finish what is queued, close its
+        file and stop; ``close`` waits for that."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+
     def close(self, timeout: float = 60.0) -> bool:
         """Write what is queued within ``timeout`` seconds, close the file (fsynced; it is then
         a rotated file the shipper may take) and stop the thread. What is not written in time
         is counted as dropped. Blocks: call it off the event loop. True when it finished."""
-        with self._cv:
-            self._closing = True
-            self._cv.notify()
+        self.stop_accepting()
         self._thread.join(max(0.0, timeout))
         if not self._thread.is_alive():
             return True

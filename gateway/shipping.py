@@ -293,6 +293,8 @@ class GatewayLogs:
         counted as dropped. True when everything finished in time."""
         ok = True
         for lg in (self.exposures, self.events):
+            lg.stop_accepting()          # both writers finish in parallel
+        for lg in (self.exposures, self.events):
             ok = lg.close(deadline - time.monotonic()) and ok
         return self.shipper.close(deadline) and ok
 

@@ -205,3 +205,24 @@ def test_without_shipping_the_retention_cap_still_holds(tmp_path):
     assert sh.deleted_files > 0 and sh.failures == 0
     rows = sorted(r["n"] for r in read_jsonl([d]))
     assert rows == list(range(200 - len(rows), 200))       # the newest records survive
+
+
+def test_gateway_logs_close_is_bounded_by_the_deadline_and_counts_the_rest(tmp_path):
+    """A writer stuck (a hung disk) past the grace: close returns at the deadline, what was not
+    written is counted as dropped, the other log still writes everything."""
+    import threading
+
+    stuck = threading.Event()
+    cfg = GatewayConfig(out=tmp_path, shutdown_grace_s=1.0)
+    m = Metrics()
+    logs = open_logs(cfg, m, lambda r: (stuck.wait(30), r)[1], lambda r: r)
+    for i in range(50):
+        assert logs.exposures.submit({"n": i}) and logs.events.submit({"n": i})
+    t0 = time.monotonic()
+    assert logs.close(t0 + cfg.shutdown_grace_s) is False
+    assert time.monotonic() - t0 < 10          # bounded (generously: a loaded machine)
+    ex, ev = logs.exposures, logs.events
+    assert ex.written == 0 and ex.dropped == ex.submitted == 50
+    assert ev.written == ev.submitted == 50 and ev.dropped == 0
+    assert _val(m, "recsys_gateway_log_dropped_total", "exposures") == 50
+    stuck.set()
