@@ -8,7 +8,6 @@ import errno
 import os
 import threading
 import time
-from pathlib import Path
 
 import orjson
 import pytest

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from pathlib import Path
 
 import boto3
 import orjson
