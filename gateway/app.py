@@ -32,7 +32,8 @@ from gateway import experiment as E
 from gateway.auth import KeyStore, bearer, ensure_secret
 from gateway.config import GatewayConfig
 from gateway.fallback import BadRequest, Popularity, RequestView, view_of
-from gateway.logs import JsonlLog, Pseudonymizer
+from gateway.logs import Pseudonymizer
+from gateway.shipping import open_logs
 from gateway.metrics import Metrics
 from common.ids import try_canonical_id
 from gateway.upstream import Attempt, TokenKeeper, Upstream
@@ -90,14 +91,8 @@ class Gateway:
         self.popularity = Popularity(paths.popularity)
         self.experiment: E.Experiment | None = None
         self._file_digest: str | None = None
-        self.exposures = JsonlLog(paths.exposures, "exposures", self._exposure_record,
-                                  cfg.log_queue_size, cfg.log_rotate_bytes, cfg.log_rotate_s,
-                                  on_drop=m.log_dropped.labels("exposures").inc,
-                                  on_write=m.log_written.labels("exposures").inc)
-        self.events = JsonlLog(paths.events, "events", self._event_record, cfg.log_queue_size,
-                               cfg.log_rotate_bytes, cfg.log_rotate_s,
-                               on_drop=m.log_dropped.labels("events").inc,
-                               on_write=m.log_written.labels("events").inc)
+        self.logs = open_logs(cfg, m, self._exposure_record, self._event_record)
+        self.exposures, self.events = self.logs.exposures, self.logs.events
         self._tasks: list[asyncio.Task] = []
         self.ready = False
 
@@ -552,15 +547,16 @@ class Gateway:
             self._spawn(self._token_loop())
         self.ready = True
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: float | None = None) -> None:
+        """``deadline`` (time.monotonic()) bounds the log close; default now + shutdown_grace_s."""
+        deadline = time.monotonic() + self.cfg.shutdown_grace_s if deadline is None else deadline
         self.ready = False
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.upstream.close()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.exposures.close)
-        await loop.run_in_executor(None, self.events.close)
+        await loop.run_in_executor(None, self.logs.close, deadline)
 
 
 def _splice(body: bytes, experiment: str, variant: str, fallback: bool, rid: bytes | str) -> bytes:

@@ -128,8 +128,31 @@ class GatewayConfig:
     popularity_probe_user: str = "__recsys_gateway_popularity__"
     # --- logs ----------------------------------------------------------------------------------
     log_queue_size: int = 100_000
+    """Records waiting to be written, per log; a full queue drops and counts (never blocks)."""
+    log_queue_bytes: int = 32 * 1024 * 1024
+    """Estimated bytes waiting to be written, per log (the queue's memory bound)."""
+    log_max_record_bytes: int = 64 * 1024
+    """A record's JSON line is cut to this size (list fields shortened, ``truncated: true``)."""
     log_rotate_bytes: int = 64 * 1024 * 1024
     log_rotate_s: float = 3600.0
+    log_fsync_s: float = 1.0
+    """fsync the open log file at most this often (0 = after every batch): the records written
+    since the last fsync are what a node crash can lose (docs/gateway.md, loss windows)."""
+    log_ship_uri: str = ""
+    """``s3://bucket/prefix``: rotated files go to ``prefix/<exposures|events>/<hostname>/`` and
+    are deleted locally after a verified upload; '' = no shipping."""
+    log_retain_bytes: int = 0
+    """Cap on the local log files (both logs, open files included): past it the oldest rotated
+    files are deleted, shipped or not, and counted. 0 = no cap (local runs; the chart sets it
+    below the emptyDir's size limit)."""
+    log_ship_interval_s: float = 10.0
+    """How often the shipper looks for rotated files (a rotation also wakes it)."""
+    log_ship_backoff_max_s: float = 300.0
+    """Longest wait between upload retries (backoff doubles from log_ship_interval_s)."""
+    shutdown_grace_s: float = 25.0
+    """On SIGTERM: the drain of in-flight requests plus the close of the logs (last writes,
+    final rotation, last uploads) end within this; keep it below the pod's
+    terminationGracePeriodSeconds. Records not written by then are counted as dropped."""
     history_logged: int = 50
     # --- security ------------------------------------------------------------------------------
     keys_file: Path | None = None
@@ -155,12 +178,18 @@ class GatewayConfig:
 
     @classmethod
     def from_env(cls, out: str | Path, **overrides: Any) -> "GatewayConfig":
-        """Defaults, then GATEWAY_PORT / GATEWAY_METRICS_PORT / GATEWAY_UPSTREAM_URL, then
-        ``overrides`` (keys of this dataclass whose value is not None)."""
+        """Defaults, then GATEWAY_PORT / GATEWAY_METRICS_PORT / GATEWAY_UPSTREAM_URL /
+        GATEWAY_LOG_SHIP_URI / GATEWAY_LOG_RETAIN_BYTES / GATEWAY_LOG_FSYNC_S /
+        GATEWAY_SHUTDOWN_GRACE_S, then ``overrides`` (keys of this dataclass whose value is not
+        None)."""
         env: dict[str, Any] = {}
         for key, var, typ in (("port", "GATEWAY_PORT", int),
                               ("metrics_port", "GATEWAY_METRICS_PORT", int),
-                              ("upstream_url", "GATEWAY_UPSTREAM_URL", str)):
+                              ("upstream_url", "GATEWAY_UPSTREAM_URL", str),
+                              ("log_ship_uri", "GATEWAY_LOG_SHIP_URI", str),
+                              ("log_retain_bytes", "GATEWAY_LOG_RETAIN_BYTES", int),
+                              ("log_fsync_s", "GATEWAY_LOG_FSYNC_S", float),
+                              ("shutdown_grace_s", "GATEWAY_SHUTDOWN_GRACE_S", float)):
             if os.environ.get(var):
                 try:
                     env[key] = typ(os.environ[var])
@@ -190,6 +219,31 @@ class GatewayConfig:
             raise ValueError("concurrency limits must be >= 1")
         if not 1 <= self.popularity_k <= 1000:
             raise ValueError("popularity_k must be 1..1000 (the handler's k range)")
+        self._check_logs()
+
+    def _check_logs(self) -> None:
+        if self.log_queue_size < 1 or self.log_queue_bytes < 1:
+            raise ValueError("log_queue_size and log_queue_bytes must be >= 1")
+        if self.log_max_record_bytes < 4096:
+            raise ValueError("log_max_record_bytes must be >= 4096 (a record's fixed fields)")
+        if self.log_rotate_bytes < 1 or self.log_rotate_s <= 0:
+            raise ValueError("log_rotate_bytes must be >= 1 and log_rotate_s > 0")
+        if self.log_fsync_s < 0:
+            raise ValueError("log_fsync_s must be >= 0 (0 = fsync every batch)")
+        if self.log_ship_uri:
+            bucket = self.log_ship_uri[5:].split("/", 1)[0]
+            if not self.log_ship_uri.startswith("s3://") or not bucket:
+                raise ValueError(f"log_ship_uri {self.log_ship_uri!r} is not s3://bucket[/prefix]")
+        if self.log_retain_bytes < 0:
+            raise ValueError("log_retain_bytes must be >= 0 (0 = no cap)")
+        if 0 < self.log_retain_bytes < 2 * self.log_rotate_bytes:
+            raise ValueError(f"log_retain_bytes {self.log_retain_bytes} must be at least twice "
+                             f"log_rotate_bytes ({self.log_rotate_bytes}): the two open files "
+                             "count against it and cannot be deleted")
+        if self.log_ship_interval_s <= 0 or self.log_ship_backoff_max_s < self.log_ship_interval_s:
+            raise ValueError("log_ship_interval_s must be > 0 and <= log_ship_backoff_max_s")
+        if self.shutdown_grace_s <= 0:
+            raise ValueError("shutdown_grace_s must be > 0")
 
 
 # Fields exposed as serve options (name -> help); the rest keep their defaults.
@@ -209,6 +263,13 @@ SERVE_OPTIONS: dict[str, str] = {
     "token_check_interval_s": "how often the key's expiry is checked",
     "log_queue_size": "exposure/event write queue (a full queue drops and counts)",
     "log_rotate_bytes": "rotate a JSON-lines log at this size",
+    "log_queue_bytes": "estimated bytes the write queue may hold per log (a full queue drops)",
+    "log_max_record_bytes": "cap of one log record's JSON line (longer ones are truncated)",
+    "log_fsync_s": "fsync the open log file this often, 0 = every batch (GATEWAY_LOG_FSYNC_S)",
+    "log_ship_uri": "ship rotated logs to s3://bucket/prefix (GATEWAY_LOG_SHIP_URI)",
+    "log_retain_bytes": "cap on local log bytes; oldest rotated files go first, 0 = none "
+                        "(GATEWAY_LOG_RETAIN_BYTES)",
+    "shutdown_grace_s": "drain + log close budget on SIGTERM (GATEWAY_SHUTDOWN_GRACE_S)",
     "keys_file": "key hashes (default OUT/gateway/keys.json; e.g. a mounted Secret)",
     "pseudonym_secret_file": "pseudonym secret, must exist (default OUT/gateway/pseudonym_secret, "
                              "created on first use)",

@@ -5,7 +5,10 @@ hot path does a dict lookup and an ``observe``.
 """
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # 1 ms .. 1 s, dense where P50/P99 of a healthy gateway sit (a few ms to tens of ms).
 DURATION_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025,
@@ -43,10 +46,41 @@ class Metrics:
         self.config_ok = Gauge("recsys_gateway_config_last_reload_ok",
                                "1 when the last experiment load succeeded", registry=r)
         self.log_dropped = Counter("recsys_gateway_log_dropped_total",
-                                   "Exposure/event records dropped because the write queue was full",
+                                   "Exposure/event records lost: write queue full (count or bytes), "
+                                   "write error, or not written within the shutdown grace",
                                    ["log"], registry=r)
         self.log_written = Counter("recsys_gateway_log_written_total",
                                    "Exposure/event records written", ["log"], registry=r)
+        # ---- log durability and shipping (gateway/logs.py, gateway/shipping.py) ----------
+        self.log_write_errors = Counter("recsys_gateway_log_write_errors_total",
+                                        "Failed log writes (e.g. ENOSPC); their records are "
+                                        "counted as dropped", ["log"], registry=r)
+        self.log_truncated = Counter("recsys_gateway_log_truncated_total",
+                                     "Records cut to the record byte cap (kept, marked "
+                                     "truncated)", ["log"], registry=r)
+        self.log_shipped_files = Counter("recsys_gateway_log_shipped_files_total",
+                                         "Rotated log files uploaded to S3, verified and deleted "
+                                         "locally", ["log"], registry=r)
+        self.log_shipped_bytes = Counter("recsys_gateway_log_shipped_bytes_total",
+                                         "Bytes of the shipped log files", ["log"], registry=r)
+        self.log_ship_failures = Counter("recsys_gateway_log_ship_failures_total",
+                                         "Failed or unverified uploads of a log file (kept and "
+                                         "retried)", ["log"], registry=r)
+        self.log_pending_bytes = Gauge("recsys_gateway_log_pending_bytes",
+                                       "Bytes of local log files not shipped yet (all of them "
+                                       "when shipping is off)", ["log"], registry=r)
+        self.log_retain_bytes = Gauge("recsys_gateway_log_retain_bytes",
+                                      "The retention cap on local log bytes (0 = none)",
+                                      registry=r)
+        self.log_shipping_enabled = Gauge("recsys_gateway_log_shipping_enabled",
+                                          "1 when rotated logs are shipped to S3 (0: the logs "
+                                          "are ephemeral by configuration)", registry=r)
+        self.log_deleted_files = Counter("recsys_gateway_log_deleted_unshipped_files_total",
+                                         "Unshipped log files deleted by the retention cap",
+                                         ["log"], registry=r)
+        self.log_deleted_bytes = Counter("recsys_gateway_log_deleted_unshipped_bytes_total",
+                                         "Bytes of unshipped log files deleted by the retention "
+                                         "cap", ["log"], registry=r)
         self.client_errors = Counter("recsys_gateway_client_errors_total",
                                      "Requests refused by the gateway itself",
                                      ["reason"], registry=r)
@@ -83,8 +117,32 @@ class Metrics:
         for name, f in fractions.items():
             self.weight.labels(experiment, name).set(f)
 
+    def watch_logs(self, logs: dict[str, Any]) -> None:
+        """Export each log's submitted records and queued bytes, read from the log objects at
+        scrape time (nothing per request). With ``_written`` and ``_dropped`` they make the
+        identity submitted = written + dropped + queued checkable from outside."""
+        self.registry.register(_LogQueues(logs))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LogQueues:
+    """Collector over ``{name: JsonlLog}``."""
+
+    def __init__(self, logs: dict[str, Any]):
+        self.logs = logs
+
+    def collect(self) -> Iterator:
+        sub = CounterMetricFamily("recsys_gateway_log_submitted",
+                                  "Exposure/event records submitted to the write queue", labels=["log"])
+        qb = GaugeMetricFamily("recsys_gateway_log_queued_bytes",
+                               "Estimated bytes of records waiting in the write queue", labels=["log"])
+        for name, lg in self.logs.items():
+            sub.add_metric([name], lg.submitted)
+            qb.add_metric([name], lg.queued_bytes)
+        yield sub
+        yield qb
 
 
 __all__ = ["Metrics", "DURATION_BUCKETS"]

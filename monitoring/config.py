@@ -76,6 +76,11 @@ class RuleConfig:
     """A worker's RSS gauge that has not changed in this window is treated as gone (TorchServe
     keeps a dead worker's last value)."""
     drift_psi_threshold: float = 0.2
+    log_ship_window: str = "15m"
+    """RecsysGatewayLogShippingFailing: uploads failed and none succeeded in this window."""
+    log_backlog_ratio: float = 0.8
+    """RecsysGatewayLogBacklogNearCap: unshipped local log bytes above this share of the
+    gateway's retention cap (``recsys_gateway_log_retain_bytes``)."""
     runbook_base_url: str = "docs/monitoring.md"
     """Runbook links are ``<base>#<alert name in lower case>``. The repository has no public
     address yet, so the default is the page's path in the repository; a deployment sets its

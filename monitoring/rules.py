@@ -262,6 +262,52 @@ def _alerts() -> tuple[Alert, ...]:
               "PSI of {{ $labels.feature }} is {{ $value | printf \"%.3f\" }} (threshold "
               "${drift_psi_threshold}) for ${slow_for}: live traffic no longer looks like what "
               "the model was trained on.", "${slow_for}"),
+    ) + _log_alerts()
+
+
+def _log_alerts() -> tuple[Alert, ...]:
+    """The gateway's A/B data: records dropped, shipping to S3 failing, the local backlog near
+    the retention cap or past it (only where shipping is on: with ``ephemeral`` logs the cap is
+    the plan, not an incident), and an experiment file the gateway refused."""
+    return (
+        Alert("RecsysGatewayLogRecordsDropped",
+              "sum by (job, instance, log) (increase(recsys_gateway_log_dropped_total"
+              "[${rate_window}])) > 0", "warning",
+              "The gateway is dropping exposure or event records.",
+              "{{ $value | printf \"%.0f\" }} {{ $labels.log }} records dropped by "
+              "{{ $labels.instance }} in ${rate_window} (write queue full, write errors, or not "
+              "written within the shutdown grace): the experiment's data has holes."),
+        Alert("RecsysGatewayLogShippingFailing",
+              "sum by (job, instance, log) (increase(recsys_gateway_log_ship_failures_total"
+              "[${log_ship_window}])) > 0 unless on (job, instance, log) sum by (job, instance, "
+              "log) (increase(recsys_gateway_log_shipped_files_total[${log_ship_window}])) > 0",
+              "warning", "The gateway cannot ship its logs to S3.",
+              "{{ $labels.instance }}: {{ $value | printf \"%.0f\" }} failed uploads of "
+              "{{ $labels.log }} files and none shipped in ${log_ship_window}; the files wait on "
+              "the pod's disk, where a rollout or an eviction deletes them."),
+        Alert("RecsysGatewayLogBacklogNearCap",
+              "sum without (log) (recsys_gateway_log_pending_bytes) > ${log_backlog_ratio} * "
+              "(recsys_gateway_log_retain_bytes > 0) and recsys_gateway_log_shipping_enabled == 1",
+              "warning",
+              "Unshipped gateway logs are close to the retention cap.",
+              "{{ $labels.instance }} holds {{ $value | humanize1024 }}B of unshipped logs, above "
+              "${log_backlog_ratio} of its retention cap: past it the oldest files are deleted.",
+              "${alert_for}"),
+        Alert("RecsysGatewayLogRetentionDeleting",
+              "sum by (job, instance, log) (increase("
+              "recsys_gateway_log_deleted_unshipped_files_total[${rate_window}])) > 0 "
+              "and on (job, instance) recsys_gateway_log_shipping_enabled == 1",
+              "critical", "The gateway is deleting unshipped log files.",
+              "{{ $labels.instance }} deleted {{ $value | printf \"%.0f\" }} unshipped "
+              "{{ $labels.log }} files in ${rate_window} to stay under its retention cap: that "
+              "A/B data is gone."),
+        Alert("RecsysExperimentReloadFailed",
+              "recsys_gateway_config_last_reload_ok == 0", "warning",
+              "The gateway refused the experiment file.",
+              "{{ $labels.instance }} could not load the experiment file (see "
+              "recsys_gateway_config_reloads_total{result=\"error\"} and its log); it keeps "
+              "serving the previous experiment, so the file in the ConfigMap is not what runs.",
+              "${alert_for}"),
     )
 
 

@@ -58,7 +58,7 @@ def test_alerts_follow_the_mixin_conventions():
     doc = (REPO / "docs" / "monitoring.md").read_text()
     headings = {h.strip().lower() for h in re.findall(r"^### (.+)$", doc, re.M)}
     alerts = [r for g in rule_groups() for r in g["rules"] if "alert" in r]
-    assert len(alerts) == len(set(a["alert"] for a in alerts)) == 9
+    assert len(alerts) == len(set(a["alert"] for a in alerts)) == 14
     for a in alerts:
         assert re.fullmatch(r"Recsys[A-Z][A-Za-z0-9]+", a["alert"])
         assert a["labels"]["severity"] in ("warning", "critical")
