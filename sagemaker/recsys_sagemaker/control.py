@@ -409,7 +409,7 @@ class ControlPlane:
             try:
                 cfg = sm.describe_endpoint_config(EndpointConfigName=name)
                 models |= {v["ModelName"] for v in cfg["ProductionVariants"]
-                           if self._owner(v["ModelName"], "model") in (endpoint, None)}
+                           if self._model_owner(v["ModelName"]) in (endpoint, None)}
             except ClientError:
                 pass
         try:
@@ -444,17 +444,24 @@ class ControlPlane:
             raise explain(e, f"list endpoint configs of {endpoint}") from e
         return found
 
-    def _owner(self, arn_or_name: str, kind: str | None = None) -> str | None:
-        """The ``recsys:endpoint`` tag of a resource (its ARN, or a name of ``kind``), or None."""
-        sm = self.c.sagemaker
+    def _owner(self, arn: str) -> str | None:
+        """The ``recsys:endpoint`` tag of a resource, or None (untagged)."""
         try:
-            arn = arn_or_name if kind is None else sm.describe_model(ModelName=arn_or_name)["ModelArn"]
-            tags = sm.list_tags(ResourceArn=arn).get("Tags", [])
-        except ClientError as e:
-            if kind is not None and "Could not find" in e.response.get("Error", {}).get("Message", ""):
-                return None
-            raise explain(e, f"read the tags of {arn_or_name}") from e
+            tags = self.c.sagemaker.list_tags(ResourceArn=arn).get("Tags", [])
+        except Exception as e:
+            raise explain(e, f"read the tags of {arn}") from e
         return next((t["Value"] for t in tags if t["Key"] == TAG_ENDPOINT), None)
+
+    def _model_owner(self, name: str) -> str | None:
+        """The endpoint a Model is tagged with (None: untagged); ``""`` when it is gone already,
+        so delete skips it."""
+        try:
+            arn = self.c.sagemaker.describe_model(ModelName=name)["ModelArn"]
+        except ClientError as e:
+            if "Could not find" in e.response.get("Error", {}).get("Message", ""):
+                return ""
+            raise explain(e, f"describe model {name}") from e
+        return self._owner(arn)
 
 
 @dataclass(frozen=True)

@@ -164,3 +164,24 @@ def test_a_restore_that_fails_does_not_hide_the_update_failure(moto_aws, out_wit
     with pytest.raises(DeployError, match="update endpoint recsys-prod .*quota"):
         plane.deploy(deployment(out_with_archives, c, "recsys-prod", ("3", "4")))
     assert "could not restore auto scaling of recsys-prod variant v3" in caplog.text
+
+
+def test_a_model_tagged_for_another_endpoint_or_gone_is_not_deleted(moto_aws, out_with_archives):
+    """Models come from the endpoint's configs, but one tagged with another endpoint stays, and
+    one already deleted is skipped instead of failing the delete half-way."""
+    c = clients()
+    plane = ControlPlane(c, poll_s=0)
+    for name, version in (("recsys", "3"), ("recsys-canary", "4")):
+        plane.deploy(deployment(out_with_archives, c, name, (version,)))
+    canary_model = resources(c, "recsys-canary")["models"][0]
+    c.sagemaker.create_model(ModelName="gone", ExecutionRoleArn=ROLE,
+                             PrimaryContainer={"Image": IMAGE})
+    for config, model in (("recsys-1700000000000", canary_model), ("recsys-1600000000000", "gone")):
+        c.sagemaker.create_endpoint_config(EndpointConfigName=config, ProductionVariants=[{
+            "VariantName": "v9", "ModelName": model, "InitialInstanceCount": 1,
+            "InstanceType": "ml.m5.large", "InitialVariantWeight": 1.0}])
+    c.sagemaker.delete_model(ModelName="gone")
+    deleted = plane.delete("recsys")
+    assert "endpoint config recsys-1700000000000" in deleted and "model gone" not in deleted
+    c.sagemaker.describe_model(ModelName=canary_model)
+    assert resources(c, "recsys-canary")["models"] == [canary_model]
