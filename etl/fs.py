@@ -5,7 +5,9 @@ SparkSession, which is what reads and writes the data on EMR anyway.
 """
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -41,6 +43,32 @@ def rename(spark: SparkSession, src: AnyPath, dst: AnyPath) -> None:
     fs, hsrc, jvm = _hadoop(spark, src)
     if not fs.rename(hsrc, jvm.org.apache.hadoop.fs.Path(str(dst))):
         raise OSError(f"could not rename {src} to {dst}")
+
+
+def sync(spark: SparkSession, path: AnyPath) -> None:
+    """Flush a local file or folder (every file, then the folders' entries) to disk, so that a
+    rename after it publishes complete data even across a power cut. URIs: nothing to do (HDFS
+    and object stores have a file durable once it is closed)."""
+    if not is_local(path):
+        return
+    root = Path(path)  # type: ignore[arg-type]
+    if not root.exists():
+        return
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    folders = [] if root.is_file() else sorted((p for p in root.rglob("*") if p.is_dir()),
+                                              key=lambda p: -len(p.parts)) + [root]
+    for p in files:
+        _fsync(p, os.O_RDONLY)
+    for p in folders:
+        _fsync(p, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(spark: SparkSession, path: AnyPath, text: str) -> None:

@@ -4,9 +4,18 @@ A served model addresses its embedding rows by these indices, so a re-run must k
 known id's index and append new ids after the largest one. New ids are numbered in a fixed
 order (numeric ids numerically, then the rest lexically) so the result does not depend on
 partitioning or input order.
+
+Losing a map therefore renumbers every id, so a map is replaced without ever leaving none: the
+new one is written beside it (``<map>.tmp``) and flushed, the old one renamed aside
+(``<map>.old``), the new one renamed into place, then the old one deleted. A crash at any step
+leaves a complete map at ``<map>`` or at ``<map>.old``; :func:`recover` (run before every read
+and write of a map) puts the latter back. Each rename is atomic on a local or HDFS file system.
+On an object store (S3) a rename is a copy and a delete, so there a run should write a fresh
+``--out`` and extend the earlier run's maps with ``--previous-maps``, which replaces nothing.
 """
 from __future__ import annotations
 
+import logging
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -15,13 +24,45 @@ from pyspark.sql.window import Window
 from common.storage import AnyPath
 from etl import fs
 
+log = logging.getLogger("etl.idmaps")
+
 
 def _id_order(c: str) -> list:
     return [F.length(c), F.col(c)]
 
 
+def _staged(path: AnyPath) -> AnyPath:
+    return path.with_name(path.name + ".tmp")
+
+
+def _aside(path: AnyPath) -> AnyPath:
+    return path.with_name(path.name + ".old")
+
+
+def _complete(spark: SparkSession, path: AnyPath) -> bool:
+    return fs.exists(spark, path / "_SUCCESS")
+
+
+def recover(spark: SparkSession, path: AnyPath) -> None:
+    """Finish a replacement a crash interrupted: the old map back in place when the new one never
+    got there, or the old one dropped when it did."""
+    old = _aside(path)
+    if not fs.exists(spark, old):
+        return
+    if _complete(spark, path):
+        fs.remove(spark, old)
+    elif _complete(spark, old):
+        log.warning("%s: restoring the map from %s (a replacement was interrupted)", path, old)
+        fs.remove(spark, path)
+        fs.rename(spark, old, path)
+        fs.sync(spark, path.parent)
+    else:
+        log.warning("%s: neither it nor %s holds a complete map", path, old)
+
+
 def read_map(spark: SparkSession, path: AnyPath, key: str) -> DataFrame | None:
-    if not fs.exists(spark, path / "_SUCCESS"):
+    recover(spark, path)
+    if not _complete(spark, path):
         return None
     return spark.read.parquet(str(path)).select(key, key.replace("_id", "_idx"))
 
@@ -61,10 +102,18 @@ def _number(ids: DataFrame, key: str, idx: str, start: int) -> DataFrame:
 
 
 def write_map(df: DataFrame, path: AnyPath) -> DataFrame:
-    """Write through a temporary folder, so a map being read is never overwritten in place."""
+    """Replace the map at ``path`` with ``df`` so that a crash at any step leaves a complete map
+    (see the module's docstring); ``df`` may read the map it replaces."""
     spark = df.sparkSession
-    tmp = path.with_name(path.name + ".tmp")
+    recover(spark, path)
+    tmp, old = _staged(path), _aside(path)
     df.orderBy(df.columns[1]).coalesce(1).write.mode("overwrite").parquet(str(tmp))
-    fs.remove(spark, path)
+    fs.sync(spark, tmp)
+    if fs.exists(spark, path):
+        if fs.exists(spark, old):  # neither was complete (see recover): nothing to keep there
+            fs.remove(spark, old)
+        fs.rename(spark, path, old)
     fs.rename(spark, tmp, path)
+    fs.sync(spark, path.parent)
+    fs.remove(spark, old)
     return spark.read.parquet(str(path))

@@ -7,8 +7,13 @@
 * create or update the endpoint and wait for it; a failed update is reported with SageMaker's
   reason, and SageMaker keeps the endpoint on its previous config (checked and said);
 * weights: UpdateEndpointWeightsAndCapacities (canary shift, rollback) without a redeploy;
-* optional data capture to S3, optional target tracking on invocations per instance;
-* delete: scaling targets, endpoint, its configs and Models.
+* optional data capture to S3, optional target tracking on invocations per instance; an update
+  takes it off the old variants first (it names them) and, whatever the update's outcome, the
+  variants that serve afterwards get theirs: the deployment's after a success, their own saved
+  settings after a failure;
+* delete: scaling targets, endpoint, its configs and Models, chosen by the ``recsys:endpoint``
+  tag put on everything created here (untagged configs of older releases: by the exact name
+  pattern ``<endpoint>-<milliseconds>``), never by a name prefix that another endpoint shares.
 
 Every AWS error becomes a :class:`DeployError` with one sentence a person can act on.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,6 +39,10 @@ THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException",
               "RequestLimitExceeded", "SlowDown"}
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 TAG_CONTROL = "recsys:control"
+TAG_ENDPOINT = "recsys:endpoint"  # on every Model and endpoint config: whose it is, for delete
+# keys of a described scaling policy that PutScalingPolicy takes back unchanged
+POLICY_CONFIGS = ("TargetTrackingScalingPolicyConfiguration", "StepScalingPolicyConfiguration",
+                  "PredictiveScalingPolicyConfiguration")
 
 
 class DeployError(RuntimeError):
@@ -120,6 +130,7 @@ class ControlPlane:
                 PrimaryContainer={"Image": dep.image_uri, "ModelDataUrl": v.model_data,
                                   "Environment": env},
                 Tags=[{"Key": "recsys:version", "Value": v.version},
+                      {"Key": TAG_ENDPOINT, "Value": dep.endpoint},
                       *[{"Key": k, "Value": val} for k, val in dep.tags.items()]])
         except Exception as e:
             raise explain(e, f"create model {name} (version {v.version})") from e
@@ -133,7 +144,8 @@ class ControlPlane:
                      "InitialInstanceCount": v.instance_count, "InstanceType": v.instance_type,
                      "InitialVariantWeight": float(v.weight)} for v in dep.variants]
         kw: dict[str, Any] = {"EndpointConfigName": name, "ProductionVariants": variants,
-                              "Tags": [{"Key": TAG_CONTROL, "Value": dep.variants[0].name}]}
+                              "Tags": [{"Key": TAG_CONTROL, "Value": dep.variants[0].name},
+                                       {"Key": TAG_ENDPOINT, "Value": dep.endpoint}]}
         if dep.data_capture:
             kw["DataCaptureConfig"] = {
                 "EnableCapture": True,
@@ -206,21 +218,64 @@ class ControlPlane:
             if current["EndpointStatus"] not in ("InService", "Failed"):
                 raise DeployError(f"endpoint {dep.endpoint} is {current['EndpointStatus']}; "
                                   "wait until it is InService before updating it")
-            # scaling targets name variants: drop them while the variants change
-            self.remove_autoscaling(dep.endpoint, [v["VariantName"] for v in
-                                                   current.get("ProductionVariants", [])])
-            try:
-                self.c.sagemaker.update_endpoint(EndpointName=dep.endpoint, EndpointConfigName=config,
-                                                 RetainAllVariantProperties=False)
-            except Exception as e:
-                raise explain(e, f"update endpoint {dep.endpoint} (it still serves {previous})") from e
-            log.info("updating endpoint %s: %s -> %s", dep.endpoint, previous, config)
+            return self._update(dep, config, current, wait=wait)
         if not wait:
             return {"EndpointName": dep.endpoint, "EndpointConfigName": config}
         d = self.wait(dep.endpoint, expect_config=config, previous_config=previous)
         if dep.autoscaling:
             self.add_autoscaling(dep.endpoint, [v.name for v in dep.variants], dep.autoscaling)
         return d
+
+    def _update(self, dep: Deployment, config: str, current: dict, *, wait: bool) -> dict:
+        """UpdateEndpoint to ``config``. Scaling targets name variants, so they come off the old
+        variants first; ``finally`` gives the variants that serve afterwards theirs back: on a
+        failure (refused, rolled back) the old variants their own saved settings."""
+        previous = current.get("EndpointConfigName")
+        saved = self.scaling_of(dep.endpoint, [v["VariantName"] for v in
+                                               current.get("ProductionVariants", [])])
+        updated = False
+        try:
+            self.remove_saved_scaling(dep.endpoint, saved)
+            try:
+                self.c.sagemaker.update_endpoint(EndpointName=dep.endpoint, EndpointConfigName=config,
+                                                 RetainAllVariantProperties=False)
+            except Exception as e:
+                raise explain(e, f"update endpoint {dep.endpoint} (it still serves {previous})") from e
+            log.info("updating endpoint %s: %s -> %s", dep.endpoint, previous, config)
+            if not wait:
+                updated = True  # the outcome is unknown here: scaling is the caller's, see docs
+                if saved or dep.autoscaling:
+                    log.warning("endpoint %s is updating without waiting: auto scaling is off "
+                                "until a deploy that waits", dep.endpoint)
+                return {"EndpointName": dep.endpoint, "EndpointConfigName": config}
+            d = self.wait(dep.endpoint, expect_config=config, previous_config=previous)
+            updated = True
+        finally:
+            if not updated:
+                self._restore_scaling(dep.endpoint, saved)
+        if dep.autoscaling:
+            self.add_autoscaling(dep.endpoint, [v.name for v in dep.variants], dep.autoscaling)
+        return d
+
+    def _restore_scaling(self, endpoint: str, saved: dict[str, "SavedScaling"]) -> None:
+        """Put back the saved scaling of the variants that still serve after a failed update.
+        Runs while that failure propagates, so its own errors are logged, never raised over it."""
+        if not saved:
+            return
+        try:
+            d = self.describe(endpoint)
+            serving = {v["VariantName"] for v in (d or {}).get("ProductionVariants", [])}
+        except DeployError as e:
+            log.warning("%s; restoring the auto scaling of every old variant", e)
+            serving = set(saved)
+        for name in sorted(set(saved) & serving):
+            try:
+                self.apply_scaling(endpoint, name, saved[name])
+                log.info("restored auto scaling of %s variant %s after the failed update",
+                         endpoint, name)
+            except DeployError as e:
+                log.error("could not restore auto scaling of %s variant %s: %s; re-apply it "
+                          "with a deploy", endpoint, name, e)
 
     # ---- weights ------------------------------------------------------------------------------
     def weights(self, endpoint: str) -> list[tuple[str, float]]:
@@ -281,20 +336,61 @@ class ControlPlane:
             log.info("auto scaling %s: %d-%d instances, target %.0f invocations/instance/min",
                      rid, cfg.min_capacity, cfg.max_capacity, cfg.invocations_per_instance)
 
-    def remove_autoscaling(self, endpoint: str, variants: list[str]) -> None:
+    def scaling_of(self, endpoint: str, variants: list[str]) -> dict[str, "SavedScaling"]:
+        """The scaling target and policies of each variant that has one, as they are now."""
+        out: dict[str, SavedScaling] = {}
         for name in variants:
             rid = f"endpoint/{endpoint}/variant/{name}"
             try:
                 found = self.c.autoscaling.describe_scalable_targets(
                     ServiceNamespace="sagemaker", ResourceIds=[rid],
                     ScalableDimension=SCALABLE_DIMENSION)["ScalableTargets"]
-                if found:
-                    self.c.autoscaling.deregister_scalable_target(
-                        ServiceNamespace="sagemaker", ResourceId=rid,
-                        ScalableDimension=SCALABLE_DIMENSION)
-                    log.info("removed auto scaling of %s", rid)
+                if not found:
+                    continue
+                policies = self.c.autoscaling.describe_scaling_policies(
+                    ServiceNamespace="sagemaker", ResourceId=rid,
+                    ScalableDimension=SCALABLE_DIMENSION)["ScalingPolicies"]
+            except Exception as e:
+                raise explain(e, f"read auto scaling of {rid}") from e
+            t = found[0]
+            out[name] = SavedScaling(
+                target={k: t[k] for k in ("MinCapacity", "MaxCapacity", "SuspendedState") if k in t},
+                policies=[{"PolicyName": p["PolicyName"], "PolicyType": p["PolicyType"],
+                           **{k: p[k] for k in POLICY_CONFIGS if k in p}} for p in policies])
+        return out
+
+    def apply_scaling(self, endpoint: str, variant: str, saved: "SavedScaling") -> None:
+        """Register a variant's target and put its policies, as :meth:`scaling_of` read them."""
+        rid = f"endpoint/{endpoint}/variant/{variant}"
+        where = {"ServiceNamespace": "sagemaker", "ResourceId": rid,
+                 "ScalableDimension": SCALABLE_DIMENSION}
+        try:
+            self.c.autoscaling.register_scalable_target(**where, **saved.target)
+            for p in saved.policies:
+                self.c.autoscaling.put_scaling_policy(**where, **p)
+        except Exception as e:
+            raise explain(e, f"auto scaling of {rid}") from e
+
+    def remove_autoscaling(self, endpoint: str, variants: list[str]) -> dict[str, "SavedScaling"]:
+        """Take auto scaling off these variants; returns what it was (see :meth:`apply_scaling`)."""
+        saved = self.scaling_of(endpoint, variants)
+        self.remove_saved_scaling(endpoint, saved)
+        return saved
+
+    def remove_saved_scaling(self, endpoint: str, saved: dict[str, "SavedScaling"]) -> None:
+        """Policies, then the target (AWS drops the policies with the target itself; deleting
+        them first leaves nothing behind wherever that is not so)."""
+        for name, scaling in saved.items():
+            rid = f"endpoint/{endpoint}/variant/{name}"
+            where = {"ServiceNamespace": "sagemaker", "ResourceId": rid,
+                     "ScalableDimension": SCALABLE_DIMENSION}
+            try:
+                for policy in scaling.policies:
+                    self.c.autoscaling.delete_scaling_policy(PolicyName=policy["PolicyName"], **where)
+                self.c.autoscaling.deregister_scalable_target(**where)
             except Exception as e:
                 raise explain(e, f"remove auto scaling of {rid}") from e
+            log.info("removed auto scaling of %s", rid)
 
     # ---- delete -------------------------------------------------------------------------------
     def delete(self, endpoint: str, *, keep_models: bool = False) -> list[str]:
@@ -307,18 +403,13 @@ class ControlPlane:
         variants = [v["VariantName"] for v in d.get("ProductionVariants", [])]
         self.remove_autoscaling(endpoint, variants)
         sm = self.c.sagemaker
-        configs = {d["EndpointConfigName"]}
-        try:
-            for page in sm.get_paginator("list_endpoint_configs").paginate(NameContains=endpoint):
-                configs |= {c["EndpointConfigName"] for c in page["EndpointConfigs"]
-                            if c["EndpointConfigName"].startswith(f"{endpoint}-")}
-        except Exception as e:
-            raise explain(e, f"list endpoint configs of {endpoint}") from e
+        configs = {d["EndpointConfigName"]} | self._configs_of(endpoint)
         models: set[str] = set()
         for name in sorted(configs):
             try:
                 cfg = sm.describe_endpoint_config(EndpointConfigName=name)
-                models |= {v["ModelName"] for v in cfg["ProductionVariants"]}
+                models |= {v["ModelName"] for v in cfg["ProductionVariants"]
+                           if self._model_owner(v["ModelName"]) in (endpoint, None)}
             except ClientError:
                 pass
         try:
@@ -335,5 +426,51 @@ class ControlPlane:
             raise explain(e, f"delete {endpoint} (done so far: {done})") from e
         return done
 
+    def _configs_of(self, endpoint: str) -> set[str]:
+        """The endpoint configs of ``endpoint``: tagged with it, or (untagged, from a release
+        before the tag) named exactly ``<endpoint>-<milliseconds>``. ``recsys-canary-17...``
+        contains ``recsys`` but is tagged ``recsys-canary`` and does not fit that pattern."""
+        legacy = re.compile(rf"{re.escape(endpoint)}-[0-9]+")
+        found: set[str] = set()
+        try:
+            for page in self.c.sagemaker.get_paginator("list_endpoint_configs").paginate(
+                    NameContains=endpoint):
+                for c in page["EndpointConfigs"]:
+                    name = c["EndpointConfigName"]
+                    owner = self._owner(c["EndpointConfigArn"])
+                    if owner == endpoint or owner is None and legacy.fullmatch(name):
+                        found.add(name)
+        except Exception as e:
+            raise explain(e, f"list endpoint configs of {endpoint}") from e
+        return found
 
-__all__ = ["ControlPlane", "Clients", "DeployError", "explain", "model_name", "RETRIES"]
+    def _owner(self, arn: str) -> str | None:
+        """The ``recsys:endpoint`` tag of a resource, or None (untagged)."""
+        try:
+            tags = self.c.sagemaker.list_tags(ResourceArn=arn).get("Tags", [])
+        except Exception as e:
+            raise explain(e, f"read the tags of {arn}") from e
+        return next((t["Value"] for t in tags if t["Key"] == TAG_ENDPOINT), None)
+
+    def _model_owner(self, name: str) -> str | None:
+        """The endpoint a Model is tagged with (None: untagged); ``""`` when it is gone already,
+        so delete skips it."""
+        try:
+            arn = self.c.sagemaker.describe_model(ModelName=name)["ModelArn"]
+        except ClientError as e:
+            if "Could not find" in e.response.get("Error", {}).get("Message", ""):
+                return ""
+            raise explain(e, f"describe model {name}") from e
+        return self._owner(arn)
+
+
+@dataclass(frozen=True)
+class SavedScaling:
+    """A variant's scaling target (capacities) and policies, in the calls' own argument names."""
+
+    target: dict[str, Any]
+    policies: list[dict[str, Any]]
+
+
+__all__ = ["ControlPlane", "Clients", "DeployError", "SavedScaling", "explain", "model_name",
+           "RETRIES", "TAG_ENDPOINT"]

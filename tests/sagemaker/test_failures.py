@@ -79,6 +79,15 @@ def test_update_endpoint_adds_a_canary_variant(stubbed):
         "ServiceNamespace": "sagemaker", "ResourceId": "endpoint/recsys-prod/variant/v3",
         "ScalableDimension": C.SCALABLE_DIMENSION, "MinCapacity": 1, "MaxCapacity": 2,
         "RoleARN": ROLE, "CreationTime": NOW}]}, None)
+    aas.add_response("describe_scaling_policies", {"ScalingPolicies": [{
+        "PolicyARN": "arn:aws:autoscaling:v3", "PolicyName": "recsys-prod-v3-invocations",
+        "ServiceNamespace": "sagemaker", "ResourceId": "endpoint/recsys-prod/variant/v3",
+        "ScalableDimension": C.SCALABLE_DIMENSION, "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {"TargetValue": 200.0},
+        "CreationTime": NOW}]}, None)
+    aas.add_response("delete_scaling_policy", {}, {
+        "PolicyName": "recsys-prod-v3-invocations", "ServiceNamespace": "sagemaker",
+        "ResourceId": "endpoint/recsys-prod/variant/v3", "ScalableDimension": C.SCALABLE_DIMENSION})
     aas.add_response("deregister_scalable_target", {}, {
         "ServiceNamespace": "sagemaker", "ResourceId": "endpoint/recsys-prod/variant/v3",
         "ScalableDimension": C.SCALABLE_DIMENSION})
