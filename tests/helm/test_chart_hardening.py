@@ -109,9 +109,12 @@ def test_image_digest_pins_every_pod():
 @pytest.mark.parametrize("digest", ["sha256:abc", "latest", "sha512:" + "0" * 128, DIGEST.upper(),
                                     "recsys@" + DIGEST])
 def test_image_digest_format_is_checked(digest):
-    for values in ({"image": {"digest": digest}}, {"retraining": {"image": {"digest": digest}}}):
-        with pytest.raises(helm_python.HelmValuesError, match="digest"):
+    for values, where in (({"image": {"digest": digest}}, "'/image/digest': "),
+                          ({"retraining": {"image": {"digest": digest}}}, "'/retraining/image/digest': ")):
+        with pytest.raises(helm_python.HelmValuesError) as e:
             chart().validate_schema(values)
+        assert f"at {where}" in str(e.value) and "does not match pattern" in str(e.value), str(e.value)
+    chart().validate_schema({"image": {"digest": DIGEST}, "retraining": {"image": {"digest": DIGEST}}})
 
 
 # --- recsys.validate reports every problem ---------------------------------------------------------
