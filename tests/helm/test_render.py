@@ -40,6 +40,14 @@ TOGGLES = {
                           "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/recsys"}},
                       "gateway": {"logs": {"perPodSubPath": True, "volume": {
                           "persistentVolumeClaim": {"claimName": "gateway-logs"}}}}},
+    # issue 18: a pinned image, log shipping with the gateway's own IRSA identity, the model API
+    "digest-shipping-model-api": {
+        "image": {"digest": "sha256:" + "ab" * 32},
+        "retraining": {"enabled": True, "image": {"digest": "sha256:" + "cd" * 32}},
+        "torchserve": {"enableModelApi": True, "allowedUrls": [r"https://models\.example\.com/.*"]},
+        "gateway": {"logs": {"ephemeral": False, "fsyncSeconds": 0.5, "shipping": {
+            "enabled": True, "s3Uri": "s3://ab-logs/recsys", "region": "eu-west-1",
+            "roleArn": "arn:aws:iam::111122223333:role/recsys-gateway-logs"}}}},
 }
 
 

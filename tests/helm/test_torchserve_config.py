@@ -22,6 +22,9 @@ from tests.gateway.conftest import build_versions
 from tests.helm.chart import REPO, render
 
 
+CLOSED_PORT = S.free_port()  # nothing listens: an allowed URL fails to download, not to match
+
+
 def probe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "archives.probe", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=30)
@@ -38,7 +41,12 @@ def served(tmp_path_factory):
               "experiment": {"variants": [{"name": "control", "model_version": "1", "weight": 1},
                                           {"name": "b", "model_version": "2", "weight": 1}]},
               "torchserve": {"workersPerVersion": 1, "batchSize": 3, "maxBatchDelayMs": 9,
-                             "responseTimeoutSeconds": 33}}
+                             "responseTimeoutSeconds": 33,
+                             # the model API on, fetching only from the model volume and this
+                             # (closed) loopback port; the regex's escapes must survive the
+                             # properties format (`\d` read as `d` would match nothing)
+                             "enableModelApi": True,
+                             "allowedUrls": [rf"http://127\.0\.0\.1:{CLOSED_PORT}/allowed/recsys-v\d+\.mar"]}}
     text = render(values).get("ConfigMap", "recsys-torchserve")["data"]["config.properties"]
     config = root / "config.properties"
     config.write_text(text)
@@ -102,3 +110,30 @@ def test_alive_and_http_probes(served):
     port = S.free_port()
     r = probe("alive", "--url", f"http://127.0.0.1:{port}/ping", "--timeout", "2")
     assert r.returncode == 1 and "no answer" in r.stderr
+
+
+def _register(state, url: str) -> requests.Response:
+    return requests.post(f"{state.management_url}/models", params={"url": url, "model_name": "x"},
+                         timeout=60)
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:{port}/elsewhere/recsys-v9.mar",   # a host:port allowed, another path
+    "https://evil.example.com/recsys-v9.mar",
+    "file:///etc/passwd",
+    "file:///models/sub%2Frecsys-v9.mar",                 # no %-escapes
+    "file:///models/sub/recsys-v9.mar",                   # no folders below the volume
+])
+def test_model_api_refuses_urls_outside_allowed_urls(served, url):
+    """Issue 18, defect 10: with the model API on, TorchServe's default allowed_urls would fetch
+    any file or http(s) URL; the chart's fetches only from the model volume and the values."""
+    r = _register(served, url.format(port=CLOSED_PORT))
+    assert r.status_code >= 400 and "does not match any allowed URL" in r.text, (r.status_code, r.text)
+
+
+def test_model_api_follows_an_allowed_url(served):
+    """The values' pattern (its `\\d` and `\\.` escapes included) reached TorchServe intact: the
+    URL passes the check and fails only at the download (nothing listens there)."""
+    r = _register(served, f"http://127.0.0.1:{CLOSED_PORT}/allowed/recsys-v9.mar")
+    assert r.status_code >= 400 and "does not match" not in r.text, (r.status_code, r.text)
+    assert "recsys" in requests.get(f"{served.management_url}/models", timeout=10).text

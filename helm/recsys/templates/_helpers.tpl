@@ -27,6 +27,20 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The gateway's own ServiceAccount when log shipping names an IAM role (IRSA): only the
+gateway may write the logs' bucket, only TorchServe's fetch step read the archives. */}}
+{{- define "recsys.gateway.ownServiceAccount" -}}
+{{- if and .Values.gateway.logs.shipping.enabled .Values.gateway.logs.shipping.roleArn -}}true{{- end -}}
+{{- end -}}
+
+{{- define "recsys.gateway.serviceAccountName" -}}
+{{- if include "recsys.gateway.ownServiceAccount" . -}}
+{{- include "recsys.gateway.fullname" . -}}
+{{- else -}}
+{{- include "recsys.serviceAccountName" . -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Labels: selectors are the name, the instance and the component, nothing that changes on an
 upgrade (a Deployment's selector is immutable). */}}
 {{- define "recsys.labels" -}}
@@ -52,8 +66,18 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* An image reference: `repository@sha256:...` when a digest is given (immutable: what was
+tested is what runs, whatever the tag now points at), else `repository:tag`. */}}
+{{- define "recsys.imageRef" -}}
+{{- if .digest -}}
+{{ .repository }}@{{ .digest }}
+{{- else -}}
+{{ .repository }}:{{ .tag }}
+{{- end -}}
+{{- end -}}
+
 {{- define "recsys.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{ include "recsys.imageRef" .Values.image }}
 {{- end -}}
 
 {{/* Models ---------------------------------------------------------------------------- */}}
@@ -116,6 +140,11 @@ grpc_management_address=127.0.0.1
 # behind one Service cannot share one; the NetworkPolicy admits only the gateway to inference.
 disable_token_authorization=true
 enable_model_api={{ $ts.enableModelApi }}
+# POST /models?url= may fetch only from these (TorchServe's default: any file or http(s) URL):
+# an archive on the chart's model volume (/models; no slash, no %-escape, so no way out of it),
+# then torchserve.allowedUrls. A plain archive name in the model store is no URL and needs none.
+# Java regexes, comma-separated; backslashes doubled for the properties format.
+allowed_urls={{ prepend $ts.allowedUrls "file:///models/[A-Za-z0-9_-][A-Za-z0-9_.-]*[.]mar" | join "," | replace "\\" "\\\\" }}
 metrics_mode=prometheus
 max_request_size={{ int $ts.maxRequestSize }}
 max_response_size={{ int $ts.maxResponseSize }}
@@ -130,71 +159,134 @@ load_models={{ join "," $files }}
 model_snapshot={{ dict "name" "startup.cfg" "modelCount" (len .Values.models) "models" (dict $name $versions) | toJson }}
 {{ end -}}
 
-{{/* Checks that a schema cannot express; a failure names the value to fix. */}}
+{{/* Checks that a schema cannot express. Every problem is collected, then one `fail` names
+them all: a values file with three mistakes is fixed in one round, not three. Each message
+names the value to fix. */}}
 {{- define "recsys.validate" -}}
+{{- $errors := list -}}
 {{- $name := .Values.modelName -}}
 {{- $versions := list -}}
 {{- range $i, $m := .Values.models -}}
 {{- $v := toString $m.version -}}
 {{- if has $v $versions -}}
-{{- fail (printf "models[%d]: version %q is listed twice" $i $v) -}}
+{{- $errors = append $errors (printf "models[%d]: version %q is listed twice" $i $v) -}}
 {{- end -}}
 {{- $versions = append $versions $v -}}
 {{- if eq $.Values.modelStore.source "s3" -}}
 {{- if not (and $m.uri $m.sha256) -}}
-{{- fail (printf "models[%d] (version %s): modelStore.source is s3, so uri and sha256 are required" $i $v) -}}
-{{- end -}}
+{{- $errors = append $errors (printf "models[%d] (version %s): modelStore.source is s3, so uri and sha256 are required" $i $v) -}}
+{{- else -}}
 {{- $want := include "recsys.marName" (dict "name" $name "version" $v) -}}
 {{- if ne (base $m.uri) $want -}}
-{{- fail (printf "models[%d]: %s must name the archive %s (<modelName>-v<version>.mar: TorchServe registers archives by file name)" $i $m.uri $want) -}}
+{{- $errors = append $errors (printf "models[%d]: %s must name the archive %s (<modelName>-v<version>.mar: TorchServe registers archives by file name)" $i $m.uri $want) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if and (eq .Values.modelStore.source "volume") (not .Values.modelStore.volume) -}}
-{{- fail "modelStore.source is volume but modelStore.volume is empty: give a volume source, e.g. {persistentVolumeClaim: {claimName: recsys-archives}}" -}}
+{{- $errors = append $errors "modelStore.source is volume but modelStore.volume is empty: give a volume source, e.g. {persistentVolumeClaim: {claimName: recsys-archives}}" -}}
 {{- end -}}
 {{- $exp := .Values.experiment -}}
 {{- $names := list -}}
 {{- range $i, $var := $exp.variants -}}
 {{- if has $var.name $names -}}
-{{- fail (printf "experiment.variants[%d]: variant name %q is used twice" $i $var.name) -}}
+{{- $errors = append $errors (printf "experiment.variants[%d]: variant name %q is used twice" $i $var.name) -}}
 {{- end -}}
 {{- $names = append $names $var.name -}}
 {{- if not (has (toString $var.model_version) $versions) -}}
-{{- fail (printf "experiment.variants[%d] (%s): model_version %s is not in models (listed: %s); TorchServe would not hold it" $i $var.name (toString $var.model_version) (join ", " $versions)) -}}
+{{- $errors = append $errors (printf "experiment.variants[%d] (%s): model_version %s is not in models (listed: %s); TorchServe would not hold it" $i $var.name (toString $var.model_version) (join ", " $versions)) -}}
 {{- end -}}
 {{- end -}}
 {{- if not (has $exp.control $names) -}}
-{{- fail (printf "experiment.control %q is not one of the variants (%s)" $exp.control (join ", " $names)) -}}
+{{- $errors = append $errors (printf "experiment.control %q is not one of the variants (%s)" $exp.control (join ", " $names)) -}}
 {{- end -}}
-{{- if and (not .Values.gateway.auth.existingSecret) (not .Values.gateway.auth.keyHashes) -}}
-{{- fail "gateway.auth: set existingSecret (a Secret with keys.json and pseudonym_secret) or keyHashes; see docs/kubernetes.md" -}}
+{{- $auth := .Values.gateway.auth -}}
+{{- if and (not $auth.existingSecret) (not $auth.keyHashes) -}}
+{{- $errors = append $errors "gateway.auth: set existingSecret (a Secret with keys.json and pseudonym_secret) or keyHashes; see docs/kubernetes.md" -}}
 {{- end -}}
-{{- if and .Values.gateway.auth.existingSecret .Values.gateway.auth.keyHashes -}}
-{{- fail "gateway.auth: set existingSecret or keyHashes, not both" -}}
+{{- if and $auth.existingSecret $auth.keyHashes -}}
+{{- $errors = append $errors "gateway.auth: set existingSecret or keyHashes, not both" -}}
 {{- end -}}
 {{- $ts := .Values.torchserve -}}
 {{- $need := add $ts.preStopSleepSeconds $ts.drainTimeoutSeconds $ts.stopTimeoutSeconds 5 -}}
 {{- if lt (int $ts.terminationGracePeriodSeconds) (int $need) -}}
-{{- fail (printf "torchserve.terminationGracePeriodSeconds %d is shorter than preStopSleepSeconds + drainTimeoutSeconds + stopTimeoutSeconds + 5 = %d: the pod would be killed while draining" (int $ts.terminationGracePeriodSeconds) (int $need)) -}}
+{{- $errors = append $errors (printf "torchserve.terminationGracePeriodSeconds %d is shorter than preStopSleepSeconds + drainTimeoutSeconds + stopTimeoutSeconds + 5 = %d: the pod would be killed while draining" (int $ts.terminationGracePeriodSeconds) (int $need)) -}}
 {{- end -}}
 {{- $gw := .Values.gateway -}}
 {{- if lt (int $gw.terminationGracePeriodSeconds) (int (add $gw.preStopSleepSeconds 15)) -}}
-{{- fail (printf "gateway.terminationGracePeriodSeconds %d is shorter than preStopSleepSeconds + 15 (the gateway's 10 s drain and its log flush)" (int $gw.terminationGracePeriodSeconds)) -}}
+{{- $errors = append $errors (printf "gateway.terminationGracePeriodSeconds %d is shorter than preStopSleepSeconds + 15 (the gateway's 10 s drain and its log flush)" (int $gw.terminationGracePeriodSeconds)) -}}
 {{- end -}}
 {{- range $k, $_ := $ts.extraProperties -}}
-{{- if has $k (list "inference_address" "management_address" "metrics_address" "grpc_inference_address" "grpc_management_address" "disable_token_authorization" "load_models" "model_snapshot" "models" "model_store" "metrics_config") -}}
-{{- fail (printf "torchserve.extraProperties.%s is set by the chart (ports, addresses, token auth, the model list): use the chart's own values" $k) -}}
+{{- if has $k (list "inference_address" "management_address" "metrics_address" "grpc_inference_address" "grpc_management_address" "disable_token_authorization" "load_models" "model_snapshot" "models" "model_store" "metrics_config" "allowed_urls" "enable_model_api") -}}
+{{- $errors = append $errors (printf "torchserve.extraProperties.%s is set by the chart (ports, addresses, token auth, the model list, the model API and its allowed URLs): use the chart's own values" $k) -}}
 {{- end -}}
 {{- end -}}
 {{- if le (int $ts.maxRequestSize) 4194304 -}}
-{{- fail "torchserve.maxRequestSize must be above 4194304, the handler's own body limit: the largest valid request (up to about 3.9 MB) must reach the handler, and a body over the handler's limit must get its JSON 413" -}}
+{{- $errors = append $errors "torchserve.maxRequestSize must be above 4194304, the handler's own body limit: the largest valid request (up to about 3.9 MB) must reach the handler, and a body over the handler's limit must get its JSON 413" -}}
 {{- end -}}
+{{- $errors = concat $errors (include "recsys.validateLogs" . | fromYamlArray) -}}
+{{- if $errors -}}
+{{- fail (printf "\n%d problem(s) in the values:\n- %s" (len $errors) (join "\n- " $errors)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Bytes of a Kubernetes quantity (2Gi, 1500Mi, 2G, 1073741824); empty when unparseable. */}}
+{{- define "recsys.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $num := regexFind "^[0-9]+([.][0-9]+)?" $q -}}
+{{- $suffix := trimPrefix $num $q -}}
+{{- if and $num (hasKey $units $suffix) -}}
+{{- mulf (float64 $num) (get $units $suffix) | int64 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Seconds the gateway has from SIGTERM to exit (GATEWAY_SHUTDOWN_GRACE_S): the grace period
+counts from the preStop hook, so what is left after the preStop sleep, less a 3 s margin for the
+process to exit before the kubelet's SIGKILL. */}}
+{{- define "recsys.gateway.shutdownGraceSeconds" -}}
+{{- $gw := .Values.gateway -}}
+{{- sub (int $gw.terminationGracePeriodSeconds) (add (int $gw.preStopSleepSeconds) 3) | max 1 -}}
+{{- end -}}
+
+{{/* The run folder's volume source. Helm merges a values file into the defaults, so a
+`persistentVolumeClaim` given there arrives next to the default `emptyDir`: the one given wins. */}}
+{{- define "recsys.gateway.logVolume" -}}
+{{- $vol := .Values.gateway.logs.volume | default dict -}}
+{{- if gt (len $vol) 1 -}}
+{{- $vol = omit $vol "emptyDir" -}}
+{{- end -}}
+{{- toYaml $vol -}}
+{{- end -}}
+
+{{/* Exposure and event logs (the A/B report's only input): shipped to S3, or explicitly
+declared ephemeral; the local retention cap fits in the volume. A YAML list of problems. */}}
+{{- define "recsys.validateLogs" -}}
+{{- $errors := list -}}
+{{- $logs := .Values.gateway.logs -}}
+{{- $ship := $logs.shipping -}}
+{{- if and $ship.enabled (not $ship.s3Uri) -}}
+{{- $errors = append $errors "gateway.logs.shipping.enabled is true but gateway.logs.shipping.s3Uri is empty: give s3://bucket/prefix" -}}
+{{- end -}}
+{{- if and (not $ship.enabled) (not $logs.ephemeral) -}}
+{{- $errors = append $errors "gateway.logs.ephemeral is false but gateway.logs.shipping.enabled is false: without shipping the exposure and event logs (the A/B report's input) die with the pod and are cut by the retention cap; enable shipping (gateway.logs.shipping.s3Uri, IRSA) or set gateway.logs.ephemeral: true to accept losing them" -}}
+{{- end -}}
+{{- $size := dig "emptyDir" "sizeLimit" "" (include "recsys.gateway.logVolume" . | fromYaml) -}}
+{{- if $size -}}
+{{- $limit := include "recsys.quantityBytes" $size -}}
+{{- $reserve := 268435456 -}}
+{{- if not $limit -}}
+{{- $errors = append $errors (printf "gateway.logs.volume.emptyDir.sizeLimit %q is not a quantity the chart can read (e.g. 2Gi)" (toString $size)) -}}
+{{- else if gt (add (int64 $logs.retainBytes) $reserve) (int64 $limit) -}}
+{{- $errors = append $errors (printf "gateway.logs.retainBytes %d + 256Mi (the open files of both logs, 64 MiB each, and the run folder) exceeds gateway.logs.volume.emptyDir.sizeLimit %s (%d bytes): the kubelet would evict the pod before the retention cap deletes anything" (int64 $logs.retainBytes) (toString $size) (int64 $limit)) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $errors -}}
 {{- end -}}
 
 {{/* The pod-spec parts both Deployments share. */}}
 {{- define "recsys.podCommon" -}}
-serviceAccountName: {{ include "recsys.serviceAccountName" .ctx }}
+serviceAccountName: {{ .serviceAccountName | default (include "recsys.serviceAccountName" .ctx) }}
 automountServiceAccountToken: false
 {{- with .ctx.Values.imagePullSecrets }}
 imagePullSecrets:
