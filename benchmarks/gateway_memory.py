@@ -118,7 +118,11 @@ def run_case(repo: Path, kind: str, body: bytes, extra: list[str]) -> dict:
             peak = _status(proc.pid, "VmHWM")
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
             log.close()
     return {"body": kind, "body_bytes": len(body), "args": extra, "idle_rss_mib": round(idle, 1),
             "peak_rss_mib": round(peak, 1), "added_mib": round(peak - idle, 1),

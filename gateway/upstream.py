@@ -242,10 +242,16 @@ class Upstream:
     async def _attempt(self, version: str, body: bytes, t0: float, timeout_s: float) -> Attempt:
         """Post within the version's concurrency slot (taken within the time left)."""
         slot = self._slot(version)
-        try:
-            await asyncio.wait_for(slot.acquire(), timeout_s - (time.perf_counter() - t0))
-        except asyncio.TimeoutError:
-            return Attempt("overload")
+        left = timeout_s - (time.perf_counter() - t0)
+        if left <= 0:
+            return Attempt("timeout")
+        if slot.locked():
+            try:
+                await asyncio.wait_for(slot.acquire(), left)
+            except asyncio.TimeoutError:
+                return Attempt("overload")
+        else:
+            await slot.acquire()  # free: taken at once (wait_for would refuse a tiny timeout)
         try:
             a = await self._post(version, body, timeout_s - (time.perf_counter() - t0))
             if a.kind == "disconnected":
