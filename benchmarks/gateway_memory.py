@@ -1,9 +1,10 @@
 """Peak memory of the gateway under 32 concurrent 4 MiB bodies: in-flight budget on vs off.
 
 ``python -m benchmarks.gateway_memory`` starts the real gateway (``python -m gateway serve``)
-once per case, on free loopback ports, with TorchServe absent (its upstream is a closed port, so
-admitted requests are answered by the popularity fallback: the gateway's own memory is what is
-measured). Each case sends 32 requests at once and reads the gateway process's peak RSS
+once per case, on free loopback ports, with TorchServe replaced by an upstream that accepts
+connections and never answers (so every admitted request is held for its whole deadline, as
+under a slow model, then answered by the popularity fallback: the gateway's own memory is what
+is measured, with all 32 requests alive at once). Each case sends 32 requests at once and reads the gateway process's peak RSS
 (``VmHWM`` in ``/proc/<pid>/status``) after all are answered. Bodies:
 
 * ``short_strings``: 4 MiB of ``"1",`` in ``history`` (a million short strings: 60-100 MiB of
@@ -24,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,12 +47,28 @@ def bodies() -> dict[str, bytes]:
             "valid_large": large}
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+class HungUpstream:
+    """Accepts connections, reads nothing, answers nothing (a model that never answers)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
 
 
 def _out(root: Path, repo: Path) -> tuple[Path, str]:
@@ -90,12 +108,13 @@ async def _burst(url: str, key: str, body: bytes) -> dict[int, int]:
 
 
 def run_case(repo: Path, kind: str, body: bytes, extra: list[str]) -> dict:
+    upstream = HungUpstream()
     with tempfile.TemporaryDirectory(prefix="gw-mem-") as tmp:
         out, key = _out(Path(tmp), repo)
         log = open(Path(tmp) / "gateway.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--out", str(out), "--port", "0",
-             "--metrics-port", "0", "--upstream-url", f"http://127.0.0.1:{_free_port()}",
+             "--metrics-port", "0", "--upstream-url", f"http://127.0.0.1:{upstream.port}",
              *extra], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, stdout=log,
             stderr=subprocess.STDOUT)
         try:
@@ -124,6 +143,7 @@ def run_case(repo: Path, kind: str, body: bytes, extra: list[str]) -> dict:
                 proc.kill()
                 proc.wait(10)
             log.close()
+            upstream.close()
     return {"body": kind, "body_bytes": len(body), "args": extra, "idle_rss_mib": round(idle, 1),
             "peak_rss_mib": round(peak, 1), "added_mib": round(peak - idle, 1),
             "statuses": codes, "seconds": round(seconds, 2)}

@@ -14,7 +14,7 @@ import logging
 import socket
 from typing import Mapping
 
-from aiohttp import web, web_server
+from aiohttp import HttpVersion11, web, web_server
 
 from gateway.http import Request, Response, Route, ServerLimits
 
@@ -82,6 +82,11 @@ class AiohttpServer:
                 resp.force_close()  # the unread body must not be parsed as the next request
                 return resp
         try:
+            if request.version == HttpVersion11 and \
+                    request.headers.get("Expect", "").lower() == "100-continue":
+                # admitted: now the client may send the body (curl waits for this above 1 MiB)
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0
             try:
                 body = await _read(request, limits.max_body_bytes)
             except _TooLarge:

@@ -267,3 +267,19 @@ def test_bodies_beyond_the_budget_are_shed(down):
     assert metric_value(after, "recsys_gateway_inflight_bytes") == 0
     # after the burst the budget is free again
     assert _post(gw, keys["client"], b'{"user_id": "1"}').status_code == 200
+
+
+def test_expect_100_continue_is_answered_once_admitted(down):
+    """curl sends ``Expect: 100-continue`` above 1 MiB: the gateway says go once the body is
+    admitted (a refusal would come instead, before any byte of the body)."""
+    gw, keys, _ = down
+    body = b'{"user_id": "1", "k": 2}'
+    host, port = gw.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"POST /v1/recommendations HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer "
+                  f"{keys['client']}\r\nContent-Type: application/json\r\nContent-Length: "
+                  f"{len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+        assert s.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(body)
+        status, _, payload = _answer(s)
+    assert status == 200 and json.loads(payload)["fallback"] is True

@@ -120,7 +120,8 @@ def test_key_renewal_is_bounded_backs_off_and_holds_no_slot(prod, tmp_path):
     """Issue 18, defect 6. The gateway holds a key TorchServe refuses and GET /token hangs:
     every request is still answered within its deadline (the renewal's 5 s timeout is not the
     request's), failed renewals back off instead of one GET /token per request, and a request
-    waiting on a renewal holds no concurrency slot (per-version concurrency 1: no overload)."""
+    waiting on a renewal holds no concurrency slot (per-version concurrency 2: before, two
+    requests waiting on the renewal held both slots, and the rest were refused as overload)."""
     import requests
     out, ts, keys = prod
     stale = json.loads((out / "torchserve" / "key_file.json").read_text())
@@ -129,7 +130,7 @@ def test_key_renewal_is_bounded_backs_off_and_holds_no_slot(prod, tmp_path):
     key_file.write_text(json.dumps(stale))
     hung = _Hung()
     gw = GatewayProc(out, ["--key-file", str(key_file), "--management-url",
-                           f"http://127.0.0.1:{hung.port}", "--per-version-concurrency", "1",
+                           f"http://127.0.0.1:{hung.port}", "--per-version-concurrency", "2",
                            "--token-check-interval-s", "3600"]).start()
     try:
         before_burst = len(hung.conns)
@@ -146,7 +147,7 @@ def test_key_renewal_is_bounded_backs_off_and_holds_no_slot(prod, tmp_path):
         threads = [threading.Thread(target=one, args=(u,)) for u in range(1, 25)]
         for t in threads:
             t.start()
-            time.sleep(0.02)
+            time.sleep(0.05)
         for t in threads:
             t.join()
         assert all(code == 200 and fb is True for code, fb, _ in results), results
