@@ -79,7 +79,9 @@ class Gateway:
                                   backoff_s=cfg.token_backoff_s,
                                   max_backoff_s=cfg.token_max_backoff_s)
         self.upstream = Upstream(inference, cfg.model_name, connections=cfg.upstream_connections,
-                                 per_version=cfg.per_version_concurrency, tokens=self.tokens)
+                                 per_version=cfg.per_version_concurrency, tokens=self.tokens,
+                                 **upstream_client(cfg.upstream_client, inference,
+                                                   cfg.upstream_connections))
         self.budget = (ByteBudget(cfg.inflight_bytes_budget, m.inflight_bytes.set)
                        if cfg.inflight_bytes_budget > 0 else None)
         self.popularity = Popularity(paths.popularity)
@@ -335,6 +337,17 @@ class Gateway:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.exposures.close)
         await loop.run_in_executor(None, self.events.close)
+
+
+def upstream_client(name: str, url: str, connections: int) -> dict:
+    """The upstream HTTP client chosen by ``upstream_client`` (Upstream's keyword arguments)."""
+    if name == "aiohttp":
+        return {}  # Upstream's default: AiohttpClient
+    if name == "fast":
+        from gateway import fastclient as F  # type: ignore[attr-defined]
+        return {"client": F.FastClient(url, connections),
+                "disconnected": (F.Disconnected, F.ProtocolError)}
+    raise ValueError(f"unknown upstream_client {name!r}: aiohttp or fast")
 
 
 def server_factory(name: str) -> ServerFactory:

@@ -134,6 +134,9 @@ class GatewayConfig:
     http_server: str = "aiohttp"
     """The HTTP server stack: "aiohttp" (gateway/aioserver.py) or "fast" (httptools,
     gateway/fastserver.py). Both enforce the same limits and serve the same routes."""
+    upstream_client: str = "aiohttp"
+    """The HTTP client to TorchServe: "aiohttp" (gateway/upstream.py AiohttpClient) or "fast"
+    (httptools, gateway/fastclient.py FastClient)."""
     drain_grace_s: float = 10.0
     """On SIGTERM: how long requests in flight may take to finish."""
     # --- experiment ----------------------------------------------------------------------------
@@ -211,8 +214,10 @@ class GatewayConfig:
             raise ValueError("concurrency limits must be >= 1")
         if self.inflight_bytes_budget < 0:
             raise ValueError("inflight_bytes_budget must be >= 0 (0: no budget)")
-        if self.http_server not in ("aiohttp", "fast"):
-            raise ValueError(f"http_server must be 'aiohttp' or 'fast', got {self.http_server!r}")
+        for name in ("http_server", "upstream_client"):
+            if getattr(self, name) not in ("aiohttp", "fast"):
+                raise ValueError(f"{name} must be 'aiohttp' or 'fast', got "
+                                 f"{getattr(self, name)!r}")
         if not 1 <= self.popularity_k <= 1000:
             raise ValueError("popularity_k must be 1..1000 (the handler's k range)")
 
@@ -230,6 +235,7 @@ SERVE_OPTIONS: dict[str, str] = {
     "max_body_bytes": "largest request body",
     "inflight_bytes_budget": "bytes of request bodies in flight before shedding (0: no budget)",
     "http_server": "HTTP server: aiohttp or fast",
+    "upstream_client": "HTTP client to TorchServe: aiohttp or fast",
     "experiment_file": "experiment YAML (default OUT/gateway/experiment.yaml)",
     "reload_interval_s": "experiment file check interval",
     "popularity_refresh_s": "popularity list refresh interval",

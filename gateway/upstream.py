@@ -86,8 +86,9 @@ class AiohttpClient:
         if self.session is not None:
             await self.session.close()
 
-    async def request(self, method: str, path: str, body: bytes | None,
-                      headers: dict[str, str], timeout_s: float) -> tuple[int, bytes]:
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None, *,
+                      timeout_s: float) -> tuple[int, bytes]:
         try:
             async with self.session.request(method, self.base_url + path, data=body,
                                             headers=headers,
@@ -192,8 +193,8 @@ class TokenKeeper:
         if self.api_key and self.client is not None:
             try:
                 status, _ = await self.client.request(
-                    "GET", "/token?type=inference", None,
-                    {"Authorization": f"Bearer {self.api_key}"}, self.timeout_s)
+                    "GET", "/token?type=inference", b"",
+                    {"Authorization": f"Bearer {self.api_key}"}, timeout_s=self.timeout_s)
                 ok = status == 200
             except (OSError, asyncio.TimeoutError):
                 ok = False
@@ -214,9 +215,21 @@ class TokenKeeper:
         return self.expires is not None and self.expires - time.time() <= margin_s
 
 
+DISCONNECTED: tuple[type[BaseException], ...] = (ConnectionResetError, BrokenPipeError,
+                                                 ConnectionAbortedError)
+
+
 class Upstream:
+    """Model versions behind one TorchServe. ``client`` is anything with ``start()``,
+    ``close()`` and ``request(method, path, body, headers, *, timeout_s) -> (status, body)``
+    (:class:`AiohttpClient` by default, or ``gateway.fastclient.FastClient``);
+    ``disconnected`` names its errors for a connection that broke (retried once at once), any
+    other ``OSError`` is a failure to connect."""
+
     def __init__(self, inference_url: str, model_name: str, *, connections: int,
-                 per_version: int, tokens: TokenKeeper, client=None):
+                 per_version: int, tokens: TokenKeeper, client=None,
+                 disconnected: tuple[type[BaseException], ...] = DISCONNECTED):
+        self.disconnected = disconnected
         self.url = inference_url.rstrip("/")
         self.model = model_name
         self.connections, self.per_version = connections, per_version
@@ -283,13 +296,12 @@ class Upstream:
         headers = {"Content-Type": "application/json", **self.tokens.header()}
         try:
             status, data = await self.client.request(
-                "POST", f"/predictions/{self.model}/{version}", body, headers, timeout_s)
+                "POST", f"/predictions/{self.model}/{version}", body, headers,
+                timeout_s=timeout_s)
         except asyncio.TimeoutError:
             return Attempt("timeout")
-        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
-            return Attempt("disconnected")
-        except OSError:
-            return Attempt("connect")
+        except OSError as e:
+            return Attempt("disconnected" if isinstance(e, self.disconnected) else "connect")
         return classify(status, data)
 
 
