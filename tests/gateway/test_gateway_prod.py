@@ -15,6 +15,8 @@ import pytest
 from archives import server as S
 from archives.client import TorchServeClient
 from archives.testing import running_server
+from gateway.config import GatewayPaths
+from gateway.fallback import Popularity
 from gateway.testing import metric_value
 from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, load,
                                     need_java, register, setup_keys, write_experiment)
@@ -128,6 +130,10 @@ def test_key_renewal_is_bounded_backs_off_and_holds_no_slot(prod, tmp_path):
     stale["inference"]["key"] = "not-the-key"
     key_file = tmp_path / "key_file.json"
     key_file.write_text(json.dumps(stale))
+    popularity = GatewayPaths.under(out).popularity
+    if not popularity.exists():  # the gateway's saved list (when run alone: fetch one directly)
+        d = TorchServeClient(ts).predict(MODEL, {"user_id": "__popular__", "k": 20}, "1").json()
+        Popularity(popularity).set(d, "1")
     hung = _Hung()
     gw = GatewayProc(out, ["--key-file", str(key_file), "--management-url",
                            f"http://127.0.0.1:{hung.port}", "--per-version-concurrency", "2",
