@@ -74,8 +74,8 @@ def canonical_id(value: Any) -> str:
 
 def canonical_string(text: str) -> str:
     """The canonical form of an id given as a string (not yet checked for validity)."""
-    if text and text.isascii() and text.isdigit():
-        return text.lstrip("0") or "0"
+    if text and text.isascii():
+        return (text.lstrip("0") or "0") if text.isdigit() else text  # ASCII is NFC already
     return unicodedata.normalize("NFC", text)
 
 
@@ -85,6 +85,10 @@ def check_id(text: str) -> None:
         raise InvalidId(EMPTY, "ids must not be empty")
     if len(text) > MAX_ID_CHARS:
         raise InvalidId(TOO_LONG, f"ids have at most {MAX_ID_CHARS} characters, got {len(text)}")
+    if text.isascii() and text.isprintable() and text.strip(" "):
+        # the common case at C speed: an ASCII string is printable exactly when it has no
+        # control character (Cc), and space is its only printable white space
+        return
     bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
     if bad is not None:
         raise InvalidId(CONTROL_CHARACTER, f"ids must not contain control characters, found "

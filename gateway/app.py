@@ -1,15 +1,16 @@
-"""The gateway service (aiohttp): routing, assignment, fallbacks, security, logs, metrics.
+"""The gateway's composition and lifecycle: the pieces built, started, run and stopped.
 
-Endpoints (docs/gateway.md):
+The jobs live in their own modules (docs/gateway.md, "Code layout"):
 
-* ``POST /v1/recommendations`` (right ``recommend``): the handler's request body, forwarded
-  unchanged to ``/predictions/<model>/<version>`` of the user's variant; the answer is the
-  handler's body with ``experiment``, ``variant``, ``fallback``, ``request_id`` spliced in
-  (``model_version`` is already there).
-* ``POST /v1/events`` (right ``events``): an outcome ``{type, item_id, request_id | user_id}``.
-* ``GET|PUT /v1/admin/experiment`` (right ``admin``): read / replace variants and weights.
-* ``GET /healthz``, ``GET /readyz`` (no key): liveness and readiness.
-* Metrics on their own port: ``GET /metrics``.
+* ``gateway/routes.py``: the routes, plain ``async (Request) -> Response`` functions;
+* ``gateway/middleware.py``: auth (keys, rights, suspension, rate limits) around the routes;
+* ``gateway/http.py``: the seam a server implements; ``gateway/aioserver.py`` (aiohttp) and
+  ``gateway/fastserver.py`` (httptools) enforce the body limit and the in-flight budget
+  (``gateway/admission.py``) before a body is read;
+* ``gateway/validation.py``: the handler's own request validation, cheap and memory-safe;
+* ``gateway/records.py``: the exposure and event records;
+* here: :class:`Gateway` (config -> keys, upstream, logs, experiment; hot reload with warm-up
+  first; background loops) and :func:`serve` (servers, signals, SIGTERM drain).
 """
 from __future__ import annotations
 
@@ -18,38 +19,28 @@ import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import orjson
-from aiohttp import web
 
 from gateway import experiment as E
-from gateway.auth import KeyStore, bearer, ensure_secret
+from gateway.admission import ByteBudget
+from gateway.auth import KeyStore, ensure_secret
 from gateway.config import GatewayConfig
-from gateway.fallback import BadRequest, Popularity, RequestView, view_of
+from gateway.fallback import Popularity
+from gateway.http import Response, ServerFactory, ServerLimits
 from gateway.logs import Pseudonymizer
 from gateway.shipping import open_logs
 from gateway.metrics import Metrics
-from common.ids import try_canonical_id
-from gateway.upstream import Attempt, TokenKeeper, Upstream
+from gateway.middleware import error
+from gateway.records import event_dict, exposure_dict
+from gateway.routes import Routes, splice as _splice
+from gateway.upstream import TokenKeeper, Upstream
 
 log = logging.getLogger("gateway")
-JSON = "application/json"
-_RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-
-
-def _err(status: int, reason: str, message: str, headers: dict | None = None) -> web.Response:
-    kind = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
-            413: "PayloadTooLarge", 429: "TooManyRequests", 503: "ServiceUnavailable"}.get(
-        status, "BadRequest")
-    body = orjson.dumps({"code": status, "type": kind, "reason": reason, "message": message})
-    return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+SHED_PATHS = frozenset({"/v1/recommendations", "/v1/events"})
 
 
 def resolve_upstream(cfg: GatewayConfig) -> tuple[str, str, Path | None]:
@@ -85,15 +76,22 @@ class Gateway:
         self.keys = KeyStore.load(cfg.keys_path, cfg.default_rate_per_s, cfg.default_burst)
         self.pseudo = Pseudonymizer(self._pseudonym_secret())
         inference, management, key_file = resolve_upstream(cfg)
-        self.tokens = TokenKeeper(key_file, management, m)
+        self.tokens = TokenKeeper(key_file, management, m, timeout_s=cfg.token_renew_timeout_s,
+                                  backoff_s=cfg.token_backoff_s,
+                                  max_backoff_s=cfg.token_max_backoff_s)
         self.upstream = Upstream(inference, cfg.model_name, connections=cfg.upstream_connections,
-                                 per_version=cfg.per_version_concurrency, tokens=self.tokens)
+                                 per_version=cfg.per_version_concurrency, tokens=self.tokens,
+                                 **upstream_client(cfg.upstream_client, inference,
+                                                   cfg.upstream_connections))
+        self.budget = (ByteBudget(cfg.inflight_bytes_budget, m.inflight_bytes.set)
+                       if cfg.inflight_bytes_budget > 0 else None)
         self.popularity = Popularity(paths.popularity)
         self.experiment: E.Experiment | None = None
-        self._file_digest: str | None = None
+        self.file_digest: str | None = None
         self.logs = open_logs(cfg, m, self._exposure_record, self._event_record)
         self.exposures, self.events = self.logs.exposures, self.logs.events
         self._tasks: list[asyncio.Task] = []
+        self._apply_lock = asyncio.Lock()
         self.ready = False
 
     def _pseudonym_secret(self) -> bytes:
@@ -111,8 +109,9 @@ class Gateway:
         return secret
 
     # =========================================================================== experiment
-    def load_experiment_file(self, source: str = "file") -> bool:
-        """(Re)read the experiment file; a bad file keeps the running experiment."""
+    async def load_experiment_file(self, source: str = "file") -> bool:
+        """(Re)read the experiment file; a bad file keeps the running experiment. Versions new
+        to the experiment are warmed before it switches (:meth:`apply_warm`)."""
         path = self.cfg.experiment_path
         try:
             raw = path.read_bytes()
@@ -122,9 +121,9 @@ class Gateway:
             self._reload_failed(f"{path}: cannot read: {e.strerror or e}", source)
             return False
         digest = hashlib.sha256(raw).hexdigest()
-        if digest == self._file_digest and source == "file":
+        if digest == self.file_digest and source == "file":
             return False
-        self._file_digest = digest
+        self.file_digest = digest
         try:
             new = E.loads(raw.decode("utf-8", errors="replace"), str(path))
         except E.ExperimentError as e:
@@ -132,7 +131,7 @@ class Gateway:
                 raise
             self._reload_failed(str(e), source)
             return False
-        self.apply(new, source)
+        await self.apply_warm(new, source)
         return True
 
     def _reload_failed(self, message: str, source: str) -> None:
@@ -141,7 +140,25 @@ class Gateway:
         log.error("experiment reload (%s) refused, keeping %r: %s", source,
                   self.experiment.name if self.experiment else None, message)
 
+    async def apply_warm(self, new: E.Experiment, source: str) -> int | None:
+        """Warm the versions ``new`` adds, then switch to it: a version takes traffic only once
+        its workers have answered (a cold worker's first answers can outlast the deadline and
+        be logged as the treatment's fallbacks). One switch at a time."""
+        async with self._apply_lock:
+            old = self.experiment
+            if old is not None and old.digest != new.digest:
+                fresh = [v for v in new.versions if v not in old.versions]
+                if fresh:
+                    try:
+                        await asyncio.wait_for(self.warm_up(E.simple("warm", fresh)),
+                                               self.cfg.warm_up_timeout_s)
+                    except asyncio.TimeoutError:
+                        log.warning("warm-up of %s took over %g s; switching anyway", fresh,
+                                    self.cfg.warm_up_timeout_s)
+            return self.apply(new, source)
+
     def apply(self, new: E.Experiment, source: str) -> int | None:
+        """Switch to ``new`` now (callers warm its new versions first: :meth:`apply_warm`)."""
         old = self.experiment
         if old is not None and old.digest == new.digest:
             return 0
@@ -158,261 +175,40 @@ class Gateway:
         if old is not None:
             if old.control_variant.model_version != new.control_variant.model_version:
                 self._spawn(self.refresh_popularity())
-            fresh = [v for v in new.versions if v not in old.versions]
-            if fresh:
-                self._spawn(self.warm_up(E.simple("warm", fresh)))
         return moved
 
     # =========================================================================== records
-    def _exposure_record(self, t: tuple) -> dict:
-        (ts, rid, exp, variant, version, user, mode, body, fallback, cause, source, hlen, htail,
-         status, override) = t
-        items, scores, strategy, unknown = [], [], None, 0
-        if status == 200 and body:
-            d = orjson.loads(body) if isinstance(body, (bytes, bytearray)) else body
-            for it in d.get("items") or []:
-                items.append(it.get("item_id"))
-                scores.append(it.get("score"))
-            strategy = d.get("strategy")
-            unknown = len(d.get("ignored_history") or [])
-        return {"ts": ts, "request_id": rid, "experiment": exp, "variant": variant,
-                "model_version": version, "user": self.pseudo(user), "mode": mode,
-                "strategy": strategy, "items": items, "scores": scores, "fallback": fallback,
-                "fallback_cause": cause, "fallback_source": source, "history_len": hlen,
-                "history_items": htail, "unknown_history": unknown, "status": status,
-                "override": override}
+    def _exposure_record(self, r) -> dict:
+        return exposure_dict(r, self.pseudo)
 
-    def _event_record(self, t: tuple) -> dict:
-        ts, rid, user, item, kind = t
-        return {"ts": ts, "request_id": rid, "user": self.pseudo(user), "item_id": item,
-                "type": kind}
+    def _event_record(self, r) -> dict:
+        return event_dict(r, self.pseudo)
 
-    # =========================================================================== auth
-    def _auth(self, request: web.Request, right: str):
-        """The key's entry, or an error response (401 no/unknown key, 403 no right, 429)."""
-        key = bearer(request.headers.get("Authorization"))
-        if key is None:
-            self.metrics.client_errors.labels("unauthorized").inc()
-            return _err(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'",
-                        {"WWW-Authenticate": "Bearer"})
-        entry = self.keys.identify(key)
-        if entry is None:
-            self.metrics.client_errors.labels("unauthorized").inc()
-            return _err(401, "unauthorized", "unknown API key", {"WWW-Authenticate": "Bearer"})
-        if right not in entry.rights:
-            self.metrics.client_errors.labels("forbidden").inc()
-            return _err(403, "forbidden", f"this key lacks the {right!r} right")
-        wait = self.keys.throttle(entry)
-        if wait > 0:
-            self.metrics.client_errors.labels("rate_limited").inc()
-            retry = max(1, int(wait + 0.999))
-            return _err(429, "rate_limited", f"rate limit of {entry.rate_per_s:g} requests/s "
-                        f"exceeded; retry in {retry} s", {"Retry-After": str(retry)})
-        return entry
+    # =========================================================================== limits
+    def limits(self) -> ServerLimits:
+        """What the API server enforces before a route runs: the body limit and the in-flight
+        budget (shed answers: 503 + Retry-After, status_class="shed")."""
+        cfg = self.cfg
 
-    async def _body(self, request: web.Request) -> bytes:
-        limit = self.cfg.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BadRequest("too_large", f"request body is {request.content_length} bytes; the "
-                             f"limit is {limit} bytes", 413)
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BadRequest("too_large", f"request body is over the limit of {limit} bytes",
-                             413) from None
+        def too_large(n: int | None) -> Response:
+            self.metrics.client_errors.labels("too_large").inc()
+            size = f"{n} bytes" if n is not None else "over the limit"
+            return error(413, "too_large", f"request body is {size}; the limit is "
+                         f"{cfg.max_body_bytes} bytes")
 
-    async def _json(self, request: web.Request) -> tuple[bytes, Any]:
-        """(raw body, its JSON value), or :class:`BadRequest` (too large, not JSON)."""
-        body = await self._body(request)
-        try:
-            return body, orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise BadRequest("not_json", "the body is not valid JSON") from None
+        def shed() -> Response:
+            exp = self.experiment
+            self.metrics.shed(exp.name if exp else "none")
+            return error(503, "shed", "the gateway is at its in-flight budget "
+                         f"({cfg.inflight_bytes_budget} bytes of requests); retry shortly",
+                         {"Retry-After": str(cfg.shed_retry_after_s)})
+        return ServerLimits(cfg.max_body_bytes, too_large, shed, self.budget, SHED_PATHS)
 
-    # =========================================================================== recommend
-    async def recommend(self, request: web.Request) -> web.Response:
-        t0 = time.perf_counter()
-        entry = self._auth(request, "recommend")
-        if isinstance(entry, web.Response):
-            return entry
-        try:
-            body, doc = await self._json(request)
-            if not isinstance(doc, dict):
-                raise BadRequest("not_object", "the body must be a JSON object")
-            view = view_of(doc)
-        except BadRequest as e:
-            self.metrics.client_errors.labels(e.reason).inc()
-            return web.Response(body=orjson.dumps(e.to_dict()), status=e.status, content_type=JSON)
-        exp = self.experiment
-        override = request.headers.get(self.cfg.override_header)
-        if override is not None:
-            if "admin" not in entry.rights:
-                self.metrics.client_errors.labels("forbidden").inc()
-                return _err(403, "forbidden", f"{self.cfg.override_header} needs an admin key")
-            variant = exp.by_name.get(override)
-            if variant is None:
-                return _err(400, "unknown_variant", f"{self.cfg.override_header}: {override!r} "
-                            f"is not a variant of {exp.name!r} ({list(exp.by_name)})")
-            self.metrics.overrides.labels(exp.name, variant.name).inc()
-        elif view.user is not None:
-            variant = exp.assign(view.user)
-            self.metrics.assigned(exp.name, variant.name)
-        else:
-            variant = exp.control_variant
-            self.metrics.no_user.labels(exp.name).inc()
-        rid = request.headers.get("X-Request-Id")
-        if rid is None or not _RID.match(rid):
-            rid = uuid.uuid4().hex
-        deadline = t0 + self.cfg.deadline_ms / 1000.0
-
-        status, out, version, cause, source, upstream_s = await self._serve(exp, variant, body,
-                                                                            view, deadline)
-        fallback = cause is not None
-        if status == 200 and isinstance(out, (bytes, bytearray)):
-            payload = _splice(out, exp.name, variant.name, fallback, rid)
-        elif status == 200:
-            payload = orjson.dumps({**out, "experiment": exp.name, "variant": variant.name,
-                                    "fallback": True, "request_id": rid})
-        else:
-            payload = out if isinstance(out, (bytes, bytearray)) else orjson.dumps(out)
-        if fallback:
-            self.metrics.fallbacks.labels(exp.name, variant.name, cause).inc()
-        hist = view.history
-        self.exposures.submit((time.time(), rid, exp.name, variant.name, version, view.user,
-                               view.mode, out if status == 200 else None, fallback, cause, source,
-                               len(hist), hist[-self.cfg.history_logged:], status,
-                               override is not None))
-        total = time.perf_counter() - t0
-        self.metrics.observe(exp.name, variant.name, version or "none", status, total)
-        self.metrics.own_time.observe(max(0.0, total - upstream_s))
-        headers = {"X-Request-Id": rid}
-        if status == 503:
-            headers["Retry-After"] = "1"
-        return web.Response(body=payload, status=status, content_type=JSON, headers=headers)
-
-    async def _serve(self, exp: E.Experiment, variant: E.Variant, body: bytes, view: RequestView,
-                     deadline: float):
-        """(status, body bytes or dict, served version, fallback cause, source, upstream s)."""
-        chain = [variant]
-        if variant.name != exp.control:
-            chain.append(exp.control_variant)
-        cause, upstream_s = None, 0.0
-        for i, v in enumerate(chain):
-            remaining = deadline - time.perf_counter()
-            budget = remaining - (self.cfg.fallback_reserve_ms / 1000.0 if i + 1 < len(chain)
-                                  else 0.0)
-            a: Attempt = await self.upstream.predict(v.model_version, body, budget)
-            upstream_s += a.seconds
-            if a.kind == "ok":
-                return 200, a.body, v.model_version, cause, ("control" if cause else None), \
-                    upstream_s
-            if a.kind == "client_error":
-                return a.status, a.body, v.model_version, None, None, upstream_s
-            if a.kind == "too_large":
-                self.metrics.client_errors.labels("too_large").inc()
-                return 413, orjson.dumps({"code": 413, "type": "PayloadTooLarge",
-                                          "reason": "too_large",
-                                          "message": "request body over TorchServe's limit"}), \
-                    v.model_version, None, None, upstream_s
-            self.metrics.upstream_errors.labels(v.name, a.kind).inc()
-            cause = cause or a.kind
-        answer = self.popularity.answer(view)
-        if answer is None:
-            return 503, {"code": 503, "type": "ServiceUnavailable", "reason": "unavailable",
-                         "message": "TorchServe did not answer and no popularity list is loaded "
-                                    "yet"}, None, cause, None, upstream_s
-        src = "candidates" if view.mode == "rerank" else "popularity"
-        return 200, answer[0], self.popularity.version, cause, src, upstream_s
-
-    # =========================================================================== events
-    async def event(self, request: web.Request) -> web.Response:
-        entry = self._auth(request, "events")
-        if isinstance(entry, web.Response):
-            return entry
-        try:
-            _, doc = await self._json(request)
-            docs = doc if isinstance(doc, list) else [doc]
-            if len(docs) > 1000:
-                raise BadRequest("too_many", "at most 1000 events per request")
-            records = [self._event_of(d) for d in docs]
-        except BadRequest as e:
-            self.metrics.client_errors.labels(e.reason).inc()
-            return web.Response(body=orjson.dumps(e.to_dict()), status=e.status, content_type=JSON)
-        accepted = sum(self.events.submit(r) for r in records)
-        if accepted < len(records):
-            return _err(503, "log_full", f"{len(records) - accepted} of {len(records)} events "
-                        "dropped: the write queue is full; send them again",
-                        {"Retry-After": "1"})
-        return web.Response(body=orjson.dumps({"accepted": accepted}), status=202,
-                            content_type=JSON)
-
-    @staticmethod
-    def _event_of(d) -> tuple:
-        if not isinstance(d, dict):
-            raise BadRequest("not_object", "an event must be a JSON object")
-        unknown = set(d) - {"type", "item_id", "request_id", "user_id", "ts"}
-        if unknown:
-            raise BadRequest("unknown_field", f"unknown event fields {sorted(unknown)}")
-        kind = d.get("type")
-        if not isinstance(kind, str) or not _EVENT_TYPE.match(kind):
-            raise BadRequest("bad_type", "type must be a short lower-case word (click, purchase, "
-                                         "...)")
-        item = try_canonical_id(d.get("item_id"))
-        if item is None:
-            raise BadRequest("bad_item_id", "item_id must be a valid id")
-        rid, user = d.get("request_id"), d.get("user_id")
-        if rid is not None and (not isinstance(rid, str) or not _RID.match(rid)):
-            raise BadRequest("bad_request_id", "request_id must be the id the gateway answered")
-        cuser = try_canonical_id(user) if user is not None else None
-        if user is not None and cuser is None:
-            raise BadRequest("bad_user_id", "user_id must be a valid id")
-        if rid is None and cuser is None:
-            raise BadRequest("missing_subject", "an event needs request_id or user_id")
-        ts = d.get("ts")
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
-            raise BadRequest("bad_ts", "ts must be epoch seconds")
-        return (float(ts) if ts is not None else time.time(), rid, cuser, item, kind)
-
-    # =========================================================================== admin
-    async def get_experiment(self, request: web.Request) -> web.Response:
-        entry = self._auth(request, "admin")
-        if isinstance(entry, web.Response):
-            return entry
-        return web.json_response(self._describe())
-
-    def _describe(self) -> dict:
+    def describe(self) -> dict:
         exp = self.experiment
         return {"experiment": exp.to_dict(), "buckets": {n: list(r) for n, r in
                                                          exp.split.ranges.items()},
                 "fractions": exp.fractions(), "file": str(self.cfg.experiment_path)}
-
-    async def put_experiment(self, request: web.Request) -> web.Response:
-        entry = self._auth(request, "admin")
-        if isinstance(entry, web.Response):
-            return entry
-        try:
-            _, doc = await self._json(request)
-            try:
-                new = E.parse(doc, "body")
-            except E.ExperimentError as e:
-                raise BadRequest("bad_experiment", str(e)) from None
-        except BadRequest as e:
-            return web.Response(body=orjson.dumps(e.to_dict()), status=e.status, content_type=JSON)
-        missing = await self.unknown_versions(new)
-        if missing:
-            return _err(409, "unknown_model_version", f"TorchServe does not serve version(s) "
-                        f"{missing} of {self.cfg.model_name!r}; register them first")
-        try:
-            E.write(self.cfg.experiment_path, new)
-        except OSError as e:  # e.g. a Kubernetes ConfigMap mount: read-only, shared by replicas
-            return _err(409, "experiment_read_only",
-                        f"this gateway reads its experiment from a read-only file "
-                        f"({self.cfg.experiment_path}: {e.strerror}); change it at its source "
-                        "(on Kubernetes: helm upgrade with new weights, or patch the experiment "
-                        "ConfigMap); every replica reloads it")
-        self._file_digest = hashlib.sha256(self.cfg.experiment_path.read_bytes()).hexdigest()
-        moved = self.apply(new, "admin")
-        return web.json_response({**self._describe(), "moved_buckets": moved})
 
     async def unknown_versions(self, exp: E.Experiment) -> list[str]:
         """Versions TorchServe definitely does not hold (404); unreachable counts as unknown-not."""
@@ -423,24 +219,6 @@ class Gateway:
             if a.kind == "http_404":
                 missing.append(version)
         return missing
-
-    # =========================================================================== health
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        # ready = started and able to answer every request: with no popularity list yet (a fresh
-        # start while TorchServe is unreachable), a fallback would have nothing to serve
-        exp = self.experiment
-        ready = self.ready and len(self.popularity) > 0
-        body = {"ready": ready, "experiment": exp.name if exp else None,
-                "popularity_items": len(self.popularity),
-                "popularity_version": self.popularity.version}
-        return web.json_response(body, status=200 if ready else 503)
-
-    async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.exposition(),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     # =========================================================================== background
     def _spawn(self, coro) -> None:
@@ -472,17 +250,24 @@ class Gateway:
     async def warm_up(self, exp: E.Experiment, rounds: int = 4) -> None:
         """A few requests per version before taking traffic: the first answers of a fresh
         TorchServe worker (page faults into the catalog, first kernels) can take longer than
-        the deadline, and would otherwise be counted as fallbacks."""
+        the deadline, and would otherwise be counted as fallbacks. Sequential rounds, then one
+        concurrent burst, so that more than one worker of the version is reached."""
         history = [it["item_id"] for it in self.popularity.items[:5]]
+
+        def body(i: int) -> bytes:
+            b = {"user_id": f"{self.cfg.popularity_probe_user}-warm", "k": 10}
+            if i % 2 and history:
+                b["history"] = history
+            return orjson.dumps(b)
         for version in exp.versions:
             for i in range(rounds):
-                body = {"user_id": f"{self.cfg.popularity_probe_user}-warm", "k": 10}
-                if i % 2 and history:
-                    body["history"] = history
-                a = await self.upstream.predict(version, orjson.dumps(body), 30.0)
+                a = await self.upstream.predict(version, body(i), 30.0)
                 if a.kind != "ok":
                     log.warning("warm-up of v%s: %s", version, a.kind)
                     break
+            else:
+                await asyncio.gather(*(self.upstream.predict(version, body(i), 30.0)
+                                       for i in range(rounds)))
 
     async def _popularity_loop(self) -> None:
         while True:
@@ -496,7 +281,7 @@ class Gateway:
         while True:
             await asyncio.sleep(self.cfg.reload_interval_s)
             try:
-                self.load_experiment_file("file")
+                await self.load_experiment_file("file")
             except Exception:  # noqa: BLE001
                 log.exception("experiment reload")
 
@@ -504,33 +289,24 @@ class Gateway:
         while True:
             await asyncio.sleep(self.cfg.token_check_interval_s)
             if self.tokens.due(self.cfg.token_renew_margin_s):
-                await self.tokens.renew(self.upstream.session, "expiry")
+                await self.tokens.renew("expiry")
 
     def sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.cfg.experiment_path)
+        self._spawn(self._reload_now("sighup"))
+
+    async def _reload_now(self, source: str) -> None:
         try:
-            self.load_experiment_file("sighup")
+            await self.load_experiment_file(source)
         except Exception:  # noqa: BLE001
-            log.exception("experiment reload on SIGHUP")
+            log.exception("experiment reload on %s", source.upper())
 
     # =========================================================================== lifecycle
-    def api(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.max_body_bytes)
-        app.router.add_post("/v1/recommendations", self.recommend)
-        app.router.add_post("/v1/events", self.event)
-        app.router.add_get("/v1/admin/experiment", self.get_experiment)
-        app.router.add_put("/v1/admin/experiment", self.put_experiment)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        return app
-
-    def metrics_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self.metrics_endpoint)
-        return app
+    def routes(self) -> Routes:
+        return Routes(self)
 
     async def start(self) -> None:
-        self.load_experiment_file("start")
+        await self.load_experiment_file("start")
         await self.upstream.start()
         if self.tokens.enabled and self.tokens.key is None:
             log.warning("token auth is on but %s is not readable yet", self.tokens.key_file)
@@ -559,45 +335,51 @@ class Gateway:
         await loop.run_in_executor(None, self.logs.close, deadline)
 
 
-def _splice(body: bytes, experiment: str, variant: str, fallback: bool, rid: bytes | str) -> bytes:
-    """The handler's JSON object with the gateway's fields appended before its closing brace
-    (no re-encoding of the handler's body)."""
-    end = body.rstrip()
-    if not end.endswith(b"}"):
-        d = orjson.loads(body)
-        return orjson.dumps({**d, "experiment": experiment, "variant": variant,
-                             "fallback": fallback, "request_id": rid})
-    sep = b"" if end[:-1].rstrip().endswith(b"{") else b","
-    return b"".join((end[:-1], sep, b'"experiment":', orjson.dumps(experiment), b',"variant":',
-                     orjson.dumps(variant), b',"fallback":', b"true" if fallback else b"false",
-                     b',"request_id":', orjson.dumps(rid), b"}"))
+def upstream_client(name: str, url: str, connections: int) -> dict:
+    """The upstream HTTP client chosen by ``upstream_client`` (Upstream's keyword arguments)."""
+    if name == "aiohttp":
+        return {}  # Upstream's default: AiohttpClient
+    if name == "fast":
+        from gateway import fastclient as F  # type: ignore[attr-defined]
+        return {"client": F.FastClient(url, connections),
+                "disconnected": (F.Disconnected, F.ProtocolError)}
+    raise ValueError(f"unknown upstream_client {name!r}: aiohttp or fast")
+
+
+def server_factory(name: str) -> ServerFactory:
+    """The HTTP server chosen by ``http_server`` (both take the same arguments)."""
+    if name == "aiohttp":
+        from gateway.aioserver import start_aiohttp
+        return start_aiohttp
+    if name == "fast":
+        from gateway.fastserver import start_fast  # type: ignore[import-not-found]
+        return start_fast
+    raise ValueError(f"unknown http_server {name!r}: aiohttp or fast")
 
 
 async def serve(cfg: GatewayConfig, started=None) -> None:
     """Run until SIGTERM/SIGINT; write OUT/gateway/gateway.json with the bound ports."""
     gw = Gateway(cfg)
     await gw.start()
-    runner = web.AppRunner(gw.api(), access_log=None, shutdown_timeout=10.0,
-                           handle_signals=False)
-    mrunner = web.AppRunner(gw.metrics_app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    await mrunner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, backlog=2048, reuse_address=True)
-    msite = web.TCPSite(mrunner, cfg.host, cfg.metrics_port, reuse_address=True)
-    await site.start()
-    await msite.start()
-    port = site._server.sockets[0].getsockname()[1]
-    mport = msite._server.sockets[0].getsockname()[1]
+    factory = server_factory(cfg.http_server)
+    routes = gw.routes()
+    limits = gw.limits()
+    api = await factory(routes.table(), cfg.host, cfg.port, limits, backlog=2048)
+    mlimits = ServerLimits(64 * 1024, limits.too_large, limits.shed)
+    msrv = await factory(routes.metrics_table(), cfg.host, cfg.metrics_port, mlimits)
+    port, mport = api.port, msrv.port
     state = {"pid": os.getpid(), "host": cfg.host, "port": port, "metrics_port": mport,
              "url": f"http://{_client_host(cfg.host)}:{port}",
              "metrics_url": f"http://{_client_host(cfg.host)}:{mport}/metrics",
              "upstream": gw.upstream.url, "token_auth": gw.tokens.enabled,
+             "http_server": cfg.http_server,
              "experiment": gw.experiment.name, "started_at": time.time()}
     tmp = cfg.paths.state.with_name(".gateway.json.tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(cfg.paths.state)
-    log.info("gateway on %s (metrics %s), upstream %s, token auth %s", state["url"],
-             state["metrics_url"], gw.upstream.url, "on" if gw.tokens.enabled else "off")
+    log.info("gateway on %s (metrics %s), upstream %s, token auth %s, server %s", state["url"],
+             state["metrics_url"], gw.upstream.url, "on" if gw.tokens.enabled else "off",
+             cfg.http_server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -608,10 +390,15 @@ async def serve(cfg: GatewayConfig, started=None) -> None:
     try:
         await stop.wait()
     finally:
-        log.info("shutting down: draining requests, flushing logs")
-        await runner.cleanup()       # stops accepting, waits for in-flight handlers
-        await gw.stop()
-        await mrunner.cleanup()
+        # one budget from SIGTERM to exit (GATEWAY_SHUTDOWN_GRACE_S, below the pod's grace
+        # period): the drain takes at most drain_grace_s of it, the log close the rest
+        deadline = time.monotonic() + cfg.shutdown_grace_s
+        log.info("shutting down: draining requests, flushing logs (%.0f s at most)",
+                 cfg.shutdown_grace_s)
+        drain_s = min(cfg.drain_grace_s, 0.6 * cfg.shutdown_grace_s)
+        await api.close(drain_s)  # stops accepting, waits for in-flight requests
+        await gw.stop(deadline)
+        await msrv.close(max(0.0, min(1.0, deadline - time.monotonic())))
         try:
             if json.loads(cfg.paths.state.read_text()).get("pid") == os.getpid():
                 cfg.paths.state.unlink()
@@ -635,4 +422,5 @@ def run(cfg: GatewayConfig) -> None:
         uvloop.run(serve(cfg))
 
 
-__all__ = ["Gateway", "serve", "run", "resolve_upstream"]
+__all__ = ["Gateway", "serve", "run", "resolve_upstream", "server_factory", "SHED_PATHS",
+           "_splice"]

@@ -35,7 +35,12 @@ class KeyEntry:
     sha256: str
     rights: tuple[str, ...]
     rate_per_s: float
+    """Requests per second; 0 means suspended (every request gets 403 ``suspended``)."""
     burst: float
+
+    @property
+    def suspended(self) -> bool:
+        return self.rate_per_s == 0
 
 
 @dataclass
@@ -83,9 +88,11 @@ class KeyStore:
             bad = set(rights) - set(RIGHTS)
             if bad or not k.get("id") or len(k.get("sha256", "")) != 64:
                 raise ValueError(f"{p}: keys[{i}] is malformed (id, sha256, rights in {RIGHTS})")
-            entries.append(KeyEntry(k["id"], k["sha256"], rights,
-                                    float(k.get("rate_per_s", default_rate)),
-                                    float(k.get("burst", default_burst))))
+            rate = _number(k.get("rate_per_s", default_rate), f"{p}: keys[{i}].rate_per_s")
+            burst = _number(k.get("burst", default_burst), f"{p}: keys[{i}].burst")
+            if rate > 0 and burst < 1:
+                raise ValueError(f"{p}: keys[{i}].burst must be >= 1 (one request), got {burst:g}")
+            entries.append(KeyEntry(k["id"], k["sha256"], rights, rate, burst))
         return cls(entries)
 
     def identify(self, key: str | None) -> KeyEntry | None:
@@ -102,6 +109,16 @@ class KeyStore:
     def throttle(self, entry: KeyEntry) -> float:
         """0.0 when this key may go on, else seconds to wait (Retry-After)."""
         return self.buckets[entry.id].take()
+
+
+def _number(value, what: str) -> float:
+    """A finite number >= 0 (a rate of 0 suspends the key), else a clear error at load time."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number >= 0, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{what} must be a finite number >= 0 (0 suspends the key), got {value!r}")
+    return v
 
 
 def bearer(header: str | None) -> str | None:

@@ -102,6 +102,12 @@ class GatewayConfig:
     token_renew_margin_s: float = 300.0
     """Renew TorchServe's inference key (GET /token) this long before it expires."""
     token_check_interval_s: float = 30.0
+    token_renew_timeout_s: float = 5.0
+    """One GET /token at most this long; a request waits for it only within its own deadline."""
+    token_backoff_s: float = 1.0
+    """After a failed renewal, no new GET /token for this long, doubling per failure..."""
+    token_max_backoff_s: float = 60.0
+    """... up to this."""
     upstream_connections: int = 256
     """Pooled connections to TorchServe (one ClientSession for the upstream)."""
     per_version_concurrency: int = 64
@@ -117,11 +123,29 @@ class GatewayConfig:
     gets our JSON 413 at the front door instead of spending the deadline on an upload,
     TorchServe's JSON decoding and the handler's refusal (which a 300 ms deadline would turn
     into a fallback answer)."""
+    inflight_bytes_budget: int = 128 * 1024 * 1024
+    """Bytes of request bodies handled at once (0 = no budget). Above it a request is shed: 503
+    with Retry-After, status_class="shed", outside the error ratio. 128 MiB answers 32
+    concurrent 4 MiB bodies; with the cheap pre-parse checks (gateway/validation.py) each costs
+    a few times its size, which fits the chart's 1 GiB gateway memory limit
+    (benchmarks/gateway_memory.py measures it)."""
+    shed_retry_after_s: int = 1
+    """Retry-After of a shed answer."""
+    http_server: str = "aiohttp"
+    """The HTTP server stack: "aiohttp" (gateway/aioserver.py) or "fast" (httptools,
+    gateway/fastserver.py). Both enforce the same limits and serve the same routes."""
+    upstream_client: str = "aiohttp"
+    """The HTTP client to TorchServe: "aiohttp" (gateway/upstream.py AiohttpClient) or "fast"
+    (httptools, gateway/fastclient.py FastClient)."""
+    drain_grace_s: float = 10.0
+    """On SIGTERM: how long requests in flight may take to finish."""
     # --- experiment ----------------------------------------------------------------------------
     experiment_file: Path | None = None
     """None = OUT/gateway/experiment.yaml."""
     reload_interval_s: float = 1.0
     """How often the experiment file's content hash is checked (SIGHUP reloads at once)."""
+    warm_up_timeout_s: float = 60.0
+    """A reload adding a version warms it before switching; past this the switch goes ahead."""
     # --- fallback list -----------------------------------------------------------------------
     popularity_k: int = 1000
     popularity_refresh_s: float = 60.0
@@ -217,6 +241,12 @@ class GatewayConfig:
             raise ValueError("fallback_reserve_ms must be below deadline_ms")
         if self.per_version_concurrency < 1 or self.upstream_connections < 1:
             raise ValueError("concurrency limits must be >= 1")
+        if self.inflight_bytes_budget < 0:
+            raise ValueError("inflight_bytes_budget must be >= 0 (0: no budget)")
+        for name in ("http_server", "upstream_client"):
+            if getattr(self, name) not in ("aiohttp", "fast"):
+                raise ValueError(f"{name} must be 'aiohttp' or 'fast', got "
+                                 f"{getattr(self, name)!r}")
         if not 1 <= self.popularity_k <= 1000:
             raise ValueError("popularity_k must be 1..1000 (the handler's k range)")
         self._check_logs()
@@ -251,11 +281,15 @@ SERVE_OPTIONS: dict[str, str] = {
     "host": "bind address",
     "upstream_url": "TorchServe inference URL (default: OUT/torchserve/server.json)",
     "management_url": "TorchServe management URL (token renewal)",
+    "key_file": "TorchServe key_file.json (default OUT/torchserve/key_file.json)",
     "model_name": "TorchServe model name",
     "deadline_ms": "per-request deadline, fallbacks included",
     "fallback_reserve_ms": "time kept back from a treatment attempt for control",
     "per_version_concurrency": "in-flight requests per model version",
     "max_body_bytes": "largest request body",
+    "inflight_bytes_budget": "bytes of request bodies in flight before shedding (0: no budget)",
+    "http_server": "HTTP server: aiohttp or fast",
+    "upstream_client": "HTTP client to TorchServe: aiohttp or fast",
     "experiment_file": "experiment YAML (default OUT/gateway/experiment.yaml)",
     "reload_interval_s": "experiment file check interval",
     "popularity_refresh_s": "popularity list refresh interval",

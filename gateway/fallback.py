@@ -89,6 +89,21 @@ def view_of(doc: dict) -> RequestView:
                        similar_to=doc.get("similar_to"))
 
 
+def view_from(doc: dict, req) -> RequestView:
+    """The view of a request the handler's validation accepted (``handlers.validation.RecRequest``:
+    canonical ids, the mode's defaults applied). A fallback answer echoes the canonical user id,
+    as the handler does."""
+    mode = "similar" if req.similar_to is not None else \
+        "rerank" if req.candidates is not None else "user"
+    return RequestView(user=req.user_id, raw_user=req.user_id, mode=mode, k=req.k,
+                       history=list(req.history), exclude_seen=req.exclude_seen,
+                       exclude=list(req.exclude),
+                       include_categories=(list(req.include_categories)
+                                           if req.include_categories is not None else None),
+                       exclude_categories=list(req.exclude_categories),
+                       candidates=list(req.candidates or ()), similar_to=req.similar_to)
+
+
 def _ids(values: list) -> set[str]:
     return {c for c in (try_canonical_id(v) for v in values) if c is not None}
 
@@ -226,4 +241,4 @@ class Popularity:
         return not set(map(str, v.exclude_categories)) & set(cats)
 
 
-__all__ = ["RequestView", "view_of", "Popularity", "BadRequest"]
+__all__ = ["RequestView", "view_of", "view_from", "Popularity", "BadRequest"]

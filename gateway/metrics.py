@@ -93,6 +93,12 @@ class Metrics:
                                       registry=r)
         self.popularity_items = Gauge("recsys_gateway_popularity_items",
                                       "Items in the in-memory popularity list", registry=r)
+        self.shed_total = Counter("recsys_gateway_shed_total",
+                                  "Requests shed at the in-flight budget (503 + Retry-After)",
+                                  ["experiment"], registry=r)
+        self.inflight_bytes = Gauge("recsys_gateway_inflight_bytes",
+                                    "Bytes of request bodies being handled (the in-flight budget's "
+                                    "use)", registry=r)
         self._dur: dict[tuple, object] = {}
         self._asg: dict[tuple, object] = {}
 
@@ -104,6 +110,11 @@ class Metrics:
             child = self._dur[key] = self.duration.labels(experiment, variant, version,
                                                           f"{status // 100}xx")
         child.observe(seconds)
+
+    def shed(self, experiment: str) -> None:
+        """A shed request: its own status class, so the error ratio leaves it out."""
+        self.shed_total.labels(experiment).inc()
+        self.duration.labels(experiment, "none", "none", "shed").observe(0.0)
 
     def assigned(self, experiment: str, variant: str) -> None:
         key = (experiment, variant)

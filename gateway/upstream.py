@@ -64,17 +64,69 @@ def _expiry(value: str | None) -> float | None:
         return None
 
 
-class TokenKeeper:
-    """TorchServe's inference key, from ``key_file.json``; None everywhere when auth is off."""
+class AiohttpClient:
+    """The upstream HTTP call over one pooled aiohttp session: ``request()`` is the whole
+    interface the gateway uses, so ``gateway/fastclient.py``'s ``FastClient`` (httptools) can
+    take its place. Errors: ``asyncio.TimeoutError``; ``ConnectionRefusedError`` (or another
+    ``ConnectionError``/``OSError``) when no connection could be made; ``ConnectionResetError``
+    when a connection broke (e.g. a pooled keep-alive connection the server had closed)."""
 
-    def __init__(self, key_file: Path | None, management_url: str | None, metrics=None):
+    def __init__(self, base_url: str, connections: int):
+        self.base_url = base_url.rstrip("/")
+        self.connections = connections
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.connections, keepalive_timeout=30,
+                                         enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None, *,
+                      timeout_s: float) -> tuple[int, bytes]:
+        try:
+            async with self.session.request(method, self.base_url + path, data=body,
+                                            headers=headers,
+                                            timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+                return r.status, await r.read()
+        except asyncio.TimeoutError:
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as e:
+            raise ConnectionResetError(str(e)) from None
+        except aiohttp.ClientConnectorError as e:
+            raise ConnectionRefusedError(str(e)) from None
+        except aiohttp.ClientError as e:
+            raise ConnectionError(str(e)) from None
+
+
+class TokenKeeper:
+    """TorchServe's inference key, from ``key_file.json``; None everywhere when auth is off.
+
+    Renewal is shared: one ``GET /token`` at a time, bounded by ``timeout_s``; a caller waits
+    for it at most its own remaining deadline (the renewal goes on for the others). After a
+    failed renewal no new ``GET /token`` is sent until a back-off has passed (doubling from
+    ``backoff_s`` up to ``max_backoff_s``), so a broken management API sees no renewal storm;
+    meanwhile a newer key in the file is still adopted at once.
+    """
+
+    def __init__(self, key_file: Path | None, management_url: str | None, metrics=None, *,
+                 timeout_s: float = 5.0, backoff_s: float = 1.0, max_backoff_s: float = 60.0):
         self.key_file = key_file
         self.management_url = (management_url or "").rstrip("/")
         self.metrics = metrics
         self.key: str | None = None
         self.api_key: str | None = None
         self.expires: float | None = None
-        self._lock = asyncio.Lock()
+        self.timeout_s, self.backoff_s, self.max_backoff_s = timeout_s, backoff_s, max_backoff_s
+        self.client: AiohttpClient | None = None
+        self._task: asyncio.Future | None = None
+        self._failures = 0
+        self._retry_at = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -96,64 +148,103 @@ class TokenKeeper:
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
+    async def start(self) -> None:
+        if self.enabled and self.management_url and self.client is None:
+            self.client = AiohttpClient(self.management_url, 2)
+            await self.client.start()
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.client is not None:
+            await self.client.close()
+
     def _count(self, trigger: str, result: str) -> None:
         if self.metrics is not None:
             self.metrics.token_renewals.labels(trigger, result).inc()
 
-    async def renew(self, session: aiohttp.ClientSession, trigger: str,
-                    stale_key: str | None = None) -> bool:
+    async def renew(self, trigger: str, stale_key: str | None = None,
+                    timeout_s: float | None = None) -> bool:
         """A fresh key: from the file when it already holds a newer one (TorchServe restarted or
-        someone renewed), else via ``GET /token``. One renewal at a time."""
-        async with self._lock:
-            if stale_key is not None and self.key != stale_key:
-                return True  # another request renewed meanwhile
+        someone renewed), else via the shared ``GET /token``. Waits at most ``timeout_s``."""
+        if stale_key is not None and self.key != stale_key:
+            return True  # another request renewed meanwhile
+        task = self._task
+        if task is None or task.done():
             before = self.key
             if self.read() and self.key != before and self.key != stale_key:
                 self._count(trigger, "reread")
                 return True
-            if not (self.api_key and self.management_url):
-                self._count(trigger, "error")
+            if time.monotonic() < self._retry_at:
+                self._count(trigger, "backoff")
                 return False
-            try:
-                async with session.get(f"{self.management_url}/token", params={"type": "inference"},
-                                       headers={"Authorization": f"Bearer {self.api_key}"},
-                                       timeout=aiohttp.ClientTimeout(total=5)) as r:
-                    await r.read()
-                    ok = r.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                ok = False
-            if ok and self.read():
-                self._count(trigger, "renewed")
-                log.info("TorchServe inference key renewed (%s)", trigger)
-                return True
-            self._count(trigger, "error")
-            log.warning("TorchServe inference key renewal failed (%s)", trigger)
+            task = self._task = asyncio.ensure_future(self._renew(trigger))
+        if timeout_s is None:
+            return await asyncio.shield(task)
+        if timeout_s <= 0:
             return False
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+
+    async def _renew(self, trigger: str) -> bool:
+        ok = False
+        if self.api_key and self.client is not None:
+            try:
+                status, _ = await self.client.request(
+                    "GET", "/token?type=inference", b"",
+                    {"Authorization": f"Bearer {self.api_key}"}, timeout_s=self.timeout_s)
+                ok = status == 200
+            except (OSError, asyncio.TimeoutError):
+                ok = False
+        if ok and self.read():
+            self._failures, self._retry_at = 0, 0.0
+            self._count(trigger, "renewed")
+            log.info("TorchServe inference key renewed (%s)", trigger)
+            return True
+        self._failures += 1
+        wait = min(self.max_backoff_s, self.backoff_s * 2 ** (self._failures - 1))
+        self._retry_at = time.monotonic() + wait
+        self._count(trigger, "error")
+        log.warning("TorchServe inference key renewal failed (%s); next try in %g s", trigger,
+                    wait)
+        return False
 
     def due(self, margin_s: float) -> bool:
         return self.expires is not None and self.expires - time.time() <= margin_s
 
 
+DISCONNECTED: tuple[type[BaseException], ...] = (ConnectionResetError, BrokenPipeError,
+                                                 ConnectionAbortedError)
+
+
 class Upstream:
+    """Model versions behind one TorchServe. ``client`` is anything with ``start()``,
+    ``close()`` and ``request(method, path, body, headers, *, timeout_s) -> (status, body)``
+    (:class:`AiohttpClient` by default, or ``gateway.fastclient.FastClient``);
+    ``disconnected`` names its errors for a connection that broke (retried once at once), any
+    other ``OSError`` is a failure to connect."""
+
     def __init__(self, inference_url: str, model_name: str, *, connections: int,
-                 per_version: int, tokens: TokenKeeper):
+                 per_version: int, tokens: TokenKeeper, client=None,
+                 disconnected: tuple[type[BaseException], ...] = DISCONNECTED):
+        self.disconnected = disconnected
         self.url = inference_url.rstrip("/")
         self.model = model_name
         self.connections, self.per_version = connections, per_version
         self.tokens = tokens
-        self.session: aiohttp.ClientSession | None = None
+        self.client = client if client is not None else AiohttpClient(self.url, connections)
         self._slots: dict[str, asyncio.Semaphore] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.connections, keepalive_timeout=30,
-                                         enable_cleanup_closed=True)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                             skip_auto_headers=("User-Agent",))
+        await self.client.start()
+        await self.tokens.start()
         self.tokens.read()
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.tokens.close()
+        await self.client.close()
 
     def _slot(self, version: str) -> asyncio.Semaphore:
         s = self._slots.get(version)
@@ -161,28 +252,41 @@ class Upstream:
             s = self._slots[version] = asyncio.Semaphore(self.per_version)
         return s
 
-    async def predict(self, version: str, body: bytes, timeout_s: float) -> Attempt:
-        """One attempt (plus one retry after a key renewal) within ``timeout_s``."""
-        t0 = time.perf_counter()
-        if timeout_s <= 0:
-            return Attempt("timeout")
+    async def _attempt(self, version: str, body: bytes, t0: float, timeout_s: float) -> Attempt:
+        """Post within the version's concurrency slot (taken within the time left)."""
         slot = self._slot(version)
-        try:
-            await asyncio.wait_for(slot.acquire(), timeout_s)
-        except asyncio.TimeoutError:
-            return Attempt("overload", seconds=time.perf_counter() - t0)
+        left = timeout_s - (time.perf_counter() - t0)
+        if left <= 0:
+            return Attempt("timeout")
+        if slot.locked():
+            try:
+                await asyncio.wait_for(slot.acquire(), left)
+            except asyncio.TimeoutError:
+                return Attempt("overload")
+        else:
+            await slot.acquire()  # free: taken at once (wait_for would refuse a tiny timeout)
         try:
             a = await self._post(version, body, timeout_s - (time.perf_counter() - t0))
             if a.kind == "disconnected":
                 # a pooled keep-alive connection the server had closed (e.g. TorchServe
                 # restarted): one immediate retry on a fresh connection
                 a = await self._post(version, body, timeout_s - (time.perf_counter() - t0))
-            if a.kind == "invalid_key" and self.tokens.enabled:
-                used = self.tokens.key
-                if await self.tokens.renew(self.session, "invalid_key", stale_key=used):
-                    a = await self._post(version, body, timeout_s - (time.perf_counter() - t0))
+            return a
         finally:
             slot.release()
+
+    async def predict(self, version: str, body: bytes, timeout_s: float) -> Attempt:
+        """One attempt (plus one retry after a key renewal) within ``timeout_s``. A key renewal
+        happens outside the version's slot and within the time left."""
+        t0 = time.perf_counter()
+        if timeout_s <= 0:
+            return Attempt("timeout")
+        used = self.tokens.key
+        a = await self._attempt(version, body, t0, timeout_s)
+        if a.kind == "invalid_key" and self.tokens.enabled:
+            left = timeout_s - (time.perf_counter() - t0)
+            if await self.tokens.renew("invalid_key", stale_key=used, timeout_s=left):
+                a = await self._attempt(version, body, t0, timeout_s)
         a.seconds = time.perf_counter() - t0
         return a
 
@@ -191,19 +295,13 @@ class Upstream:
             return Attempt("timeout")
         headers = {"Content-Type": "application/json", **self.tokens.header()}
         try:
-            async with self.session.post(f"{self.url}/predictions/{self.model}/{version}",
-                                         data=body, headers=headers,
-                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-                data = await r.read()
-                status = r.status
+            status, data = await self.client.request(
+                "POST", f"/predictions/{self.model}/{version}", body, headers,
+                timeout_s=timeout_s)
         except asyncio.TimeoutError:
             return Attempt("timeout")
-        except aiohttp.ClientConnectorError:
-            return Attempt("connect")
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError):
-            return Attempt("disconnected")
-        except aiohttp.ClientError:
-            return Attempt("connect")
+        except OSError as e:
+            return Attempt("disconnected" if isinstance(e, self.disconnected) else "connect")
         return classify(status, data)
 
 
@@ -226,4 +324,4 @@ def classify(status: int, data: bytes) -> Attempt:
     return Attempt(f"http_{status}", status, data)
 
 
-__all__ = ["Upstream", "TokenKeeper", "Attempt", "classify", "FAILURE_KINDS"]
+__all__ = ["Upstream", "TokenKeeper", "AiohttpClient", "Attempt", "classify", "FAILURE_KINDS"]

@@ -118,23 +118,27 @@ def test_answers_carry_the_experiment_and_users_are_sticky(stack):
     assert 'recsys_gateway_request_duration_seconds_bucket{experiment="test-exp",le="0.001"' in text
 
 
-def test_handler_4xx_passes_through_unchanged(stack):
+def test_invalid_requests_get_the_handlers_own_answer(stack):
+    """The gateway checks requests with the handler's own validation: its refusal is the
+    handler's, byte for byte, and the request never reaches TorchServe."""
     c = stack.client()
     for body in ({"user_id": "1", "k": 0}, {"user_id": "1", "filters": ["x"]},
-                 {"user_id": "2", "colour": "red"}):
+                 {"user_id": "2", "colour": "red"}, {"k": 3}):
         r = c.rec(body)
-        d = _direct(stack, body, E.parse(BASE).assign(str(body["user_id"])).model_version)
+        d = _direct(stack, body, "1")
         assert r.status_code == d.status_code and 400 <= r.status_code < 500
         assert r.content == d.content and r.json()["reason"]
-    # no user and no similar_to: routed to control, the handler's own 400 comes back
-    r = c.rec({"k": 3})
-    assert r.status_code == 400 and r.json()["reason"] == "missing_user_id"
-    assert metric_value(stack.gw.metrics(), "recsys_gateway_requests_without_user_total") >= 1
-    # what the gateway must read itself is checked by the gateway, same shape
     for body, reason in ((b"not json", "not_json"), (b"[1]", "not_object"),
                          ({"user_id": "a\nb"}, "bad_user_id"), ({"user_id": ""}, "bad_user_id")):
         r = c.rec(body)
         assert r.status_code == 400 and r.json()["reason"] == reason, r.text
+    # no user, similar_to only: routed to control and counted apart; a 4xx of the handler
+    # itself (an item it does not know) passes through unchanged
+    body = {"similar_to": "no-such-item", "k": 3}
+    r = c.rec(body)
+    d = _direct(stack, body, "1")
+    assert r.status_code == d.status_code == 404 and r.content == d.content
+    assert metric_value(stack.gw.metrics(), "recsys_gateway_requests_without_user_total") >= 1
 
 
 # ---- security --------------------------------------------------------------------------------
@@ -331,6 +335,44 @@ def test_deadline_treatment_then_control(stack):
         assert metric_value(text, "recsys_gateway_fallbacks_total", cause="timeout") >= 2
         assert metric_value(text, "recsys_gateway_upstream_errors_total", variant="slow",
                             kind="timeout") >= 2
+    finally:
+        stack.reset()
+
+
+def test_a_new_version_is_warmed_before_it_takes_traffic(stack):
+    """Issue 18, defect 7: a reload that adds a version warms it first, then switches.
+
+    v3 answers a lone request only after its 3 s batch delay, so warming it (four sequential
+    requests, then a burst) takes >= 12 s: the switch must come after that, where before the
+    fix the experiment switched at once and warm-up ran beside live traffic."""
+    admin = stack.client("admin")
+    with_v3 = {**BASE, "variants": [*BASE["variants"], {"name": "slow", "model_version": "3",
+                                                         "weight": 0}]}
+
+    def versions():
+        r = admin.s.get(stack.gw.url + "/v1/admin/experiment", headers=admin.headers(),
+                        timeout=30)
+        return {v["model_version"] for v in r.json()["experiment"]["variants"]}
+    try:
+        # the file (e.g. a ConfigMap) changes
+        t0 = time.perf_counter()
+        E.write(stack.gw.paths.experiment, E.parse(with_v3))
+        served_before_switch = []
+        while "3" not in versions():
+            assert time.perf_counter() - t0 < 90
+            r = stack.client().rec({"user_id": "7", "k": 2})
+            served_before_switch.append((r.status_code, r.json()["variant"]))
+            time.sleep(0.5)
+        assert time.perf_counter() - t0 >= 12.0
+        # the old experiment kept answering meanwhile
+        assert served_before_switch and all(code == 200 and v in ("control", "treatment")
+                                            for code, v in served_before_switch)
+        stack.reset()
+        # the admin API: its answer comes once the version is warm and the experiment switched
+        t0 = time.perf_counter()
+        r = admin.put_experiment(with_v3)
+        assert r.status_code == 200 and time.perf_counter() - t0 >= 12.0
+        assert "3" in versions()
     finally:
         stack.reset()
 

@@ -15,6 +15,8 @@ import pytest
 from archives import server as S
 from archives.client import TorchServeClient
 from archives.testing import running_server
+from gateway.config import GatewayPaths
+from gateway.fallback import Popularity
 from gateway.testing import metric_value
 from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, load,
                                     need_java, register, setup_keys, write_experiment)
@@ -89,6 +91,82 @@ def test_keys_change_when_torchserve_restarts(prod):
                             trigger="invalid_key") >= 1
     finally:
         assert gw.stop() == 0
+
+
+class _Hung:
+    """A management API that accepts connections and never answers (counts them)."""
+
+    def __init__(self):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_key_renewal_is_bounded_backs_off_and_holds_no_slot(prod, tmp_path):
+    """Issue 18, defect 6. The gateway holds a key TorchServe refuses and GET /token hangs:
+    every request is still answered within its deadline (the renewal's 5 s timeout is not the
+    request's), failed renewals back off instead of one GET /token per request, and a request
+    waiting on a renewal holds no concurrency slot (per-version concurrency 2: before, two
+    requests waiting on the renewal held both slots, and the rest were refused as overload)."""
+    import requests
+    out, ts, keys = prod
+    stale = json.loads((out / "torchserve" / "key_file.json").read_text())
+    stale["inference"]["key"] = "not-the-key"
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps(stale))
+    popularity = GatewayPaths.under(out).popularity
+    if not popularity.exists():  # the gateway's saved list (when run alone: fetch one directly)
+        d = TorchServeClient(ts).predict(MODEL, {"user_id": "__popular__", "k": 20}, "1").json()
+        Popularity(popularity).set(d, "1")
+    hung = _Hung()
+    gw = GatewayProc(out, ["--key-file", str(key_file), "--management-url",
+                           f"http://127.0.0.1:{hung.port}", "--per-version-concurrency", "2",
+                           "--token-check-interval-s", "3600"]).start()
+    try:
+        before_burst = len(hung.conns)
+        results = []
+
+        def one(u):
+            t0 = time.perf_counter()
+            try:
+                r = _rec(gw, keys["client"], {"user_id": str(u), "k": 3})
+                results.append((r.status_code, r.json().get("fallback"),
+                                time.perf_counter() - t0))
+            except requests.RequestException as e:
+                results.append((0, repr(e), time.perf_counter() - t0))
+        threads = [threading.Thread(target=one, args=(u,)) for u in range(1, 25)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        assert all(code == 200 and fb is True for code, fb, _ in results), results
+        # deadline 300 ms (+ the fallback): far below the renewal's own 5 s timeout
+        assert max(s for _, _, s in results) < 2.5, results
+        # back-off: at most one new GET /token for the 24 requests
+        assert len(hung.conns) - before_burst <= 1
+        text = gw.metrics()
+        assert metric_value(text, "recsys_gateway_upstream_errors_total", kind="overload") == 0
+        assert metric_value(text, "recsys_gateway_token_renewals_total", result="backoff") >= 1
+    finally:
+        assert gw.stop() == 0
+        hung.close()
 
 
 def test_torchserve_killed_during_a_run_is_answered_by_popularity(prod):

@@ -91,6 +91,10 @@ def loaded(stack):
     prom.wait_for('experiment_variant_cause:recsys_gateway_fallbacks:rate{variant="treatment"} > 0', timeout=30)
     time.sleep(5)
     assert client.scale(MODEL, "2", 1).status_code == 200
+    # the gateway refuses invalid requests itself (the handler's own validation, issue 18):
+    # the handler's invalid-request metric counts clients that reach TorchServe directly
+    for body in SPECIAL_BODIES:
+        client.predict(MODEL, body, "1")
     prom.wait_for('model_version:RecHandlerLatencySeconds:histogram_quantile{model_version="2"} > 0', timeout=60)
     time.sleep(3)
     yield result

@@ -1,0 +1,278 @@
+"""The gateway's routes: plain ``async (Request) -> Response`` functions, no HTTP stack types.
+
+* ``POST /v1/recommendations`` (right ``recommend``): checked with the handler's own validation
+  (``gateway/validation.py``), forwarded unchanged to the user's variant, the handler's answer
+  with ``experiment``, ``variant``, ``fallback``, ``request_id`` spliced in;
+* ``POST /v1/events`` (right ``events``);
+* ``GET|PUT /v1/admin/experiment`` (right ``admin``);
+* ``GET /healthz``, ``GET /readyz``; ``GET /metrics`` on the metrics port.
+
+Auth wraps the keyed routes (``gateway/middleware.py``); body size and the in-flight budget are
+the server's (``gateway/http.py``). State (the running experiment, the upstream, the logs) is
+the composed :class:`gateway.app.Gateway`'s.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from common.ids import try_canonical_id
+from gateway import experiment as E
+from gateway.fallback import BadRequest, RequestView, view_from
+from gateway.http import Request, Response, Route
+from gateway.middleware import authorized, error
+from gateway.records import EventRecord, ExposureRecord
+from gateway.upstream import Attempt
+from gateway.validation import InvalidRequest, check
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+_RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _json(status: int, value: Any, headers: dict | None = None) -> Response:
+    return Response(status, orjson.dumps(value), headers or {})
+
+
+def splice(body: bytes, experiment: str, variant: str, fallback: bool, rid: str) -> bytes:
+    """The handler's JSON object with the gateway's fields appended before its closing brace
+    (no re-encoding of the handler's body)."""
+    end = body.rstrip()
+    if not end.endswith(b"}"):
+        d = orjson.loads(body)
+        return orjson.dumps({**d, "experiment": experiment, "variant": variant,
+                             "fallback": fallback, "request_id": rid})
+    sep = b"" if end[:-1].rstrip().endswith(b"{") else b","
+    return b"".join((end[:-1], sep, b'"experiment":', orjson.dumps(experiment), b',"variant":',
+                     orjson.dumps(variant), b',"fallback":', b"true" if fallback else b"false",
+                     b',"request_id":', orjson.dumps(rid), b"}"))
+
+
+class Routes:
+    """The route functions over one composed gateway."""
+
+    def __init__(self, gw: "Gateway"):
+        self.gw = gw
+        self.cfg = gw.cfg
+        self.metrics = gw.metrics
+
+    def table(self) -> dict[tuple[str, str], Route]:
+        keys, m = self.gw.keys, self.metrics
+        return {("POST", "/v1/recommendations"): authorized(keys, m, "recommend", self.recommend),
+                ("POST", "/v1/events"): authorized(keys, m, "events", self.event),
+                ("GET", "/v1/admin/experiment"): authorized(keys, m, "admin", self.get_experiment),
+                ("PUT", "/v1/admin/experiment"): authorized(keys, m, "admin", self.put_experiment),
+                ("GET", "/healthz"): self.healthz,
+                ("GET", "/readyz"): self.readyz}
+
+    def metrics_table(self) -> dict[tuple[str, str], Route]:
+        return {("GET", "/metrics"): self.metrics_endpoint}
+
+    # ======================================================================= recommend
+    async def recommend(self, request: Request, entry) -> Response:
+        t0 = time.perf_counter()
+        gw, cfg, m = self.gw, self.cfg, self.metrics
+        try:
+            doc, req = check(request.body, cfg.max_body_bytes)
+        except InvalidRequest as e:
+            m.client_errors.labels(e.reason).inc()
+            # byte for byte the handler's own refusal (handlers/recommender.py: json.dumps)
+            return Response(e.status, json.dumps(e.to_dict()).encode())
+        view = view_from(doc, req)
+        exp = gw.experiment
+        override = request.headers.get(cfg.override_header.lower())
+        if override is not None:
+            if "admin" not in entry.rights:
+                m.client_errors.labels("forbidden").inc()
+                return error(403, "forbidden", f"{cfg.override_header} needs an admin key")
+            variant = exp.by_name.get(override)
+            if variant is None:
+                return error(400, "unknown_variant", f"{cfg.override_header}: {override!r} "
+                             f"is not a variant of {exp.name!r} ({list(exp.by_name)})")
+            m.overrides.labels(exp.name, variant.name).inc()
+        elif view.user is not None:
+            variant = exp.assign(view.user)
+            m.assigned(exp.name, variant.name)
+        else:
+            variant = exp.control_variant
+            m.no_user.labels(exp.name).inc()
+        rid = request.headers.get("x-request-id")
+        if rid is None or not _RID.match(rid):
+            rid = uuid.uuid4().hex
+        deadline = t0 + cfg.deadline_ms / 1000.0
+
+        status, out, version, cause, source, upstream_s = await self._serve(
+            exp, variant, request.body, view, deadline)
+        fallback = cause is not None
+        if status == 200 and isinstance(out, (bytes, bytearray)):
+            payload = splice(out, exp.name, variant.name, fallback, rid)
+        elif status == 200:
+            payload = orjson.dumps({**out, "experiment": exp.name, "variant": variant.name,
+                                    "fallback": True, "request_id": rid})
+        else:
+            payload = out if isinstance(out, (bytes, bytearray)) else orjson.dumps(out)
+        if fallback:
+            m.fallbacks.labels(exp.name, variant.name, cause).inc()
+        answer = out if status == 200 else None
+        tail = req.history[-cfg.history_logged:] if status == 200 and cfg.history_logged else ()
+        record = ExposureRecord(
+            time.time(), rid, exp.name, variant.name, version, view.user, view.mode, answer,
+            fallback, cause, source, len(req.history), tail, status, override is not None,
+            (len(out) if isinstance(answer, (bytes, bytearray)) else 0)
+            + sum(len(h) for h in tail))
+        gw.exposures.submit(record, record.nbytes + 256)  # + the record's fixed fields
+        total = time.perf_counter() - t0
+        m.observe(exp.name, variant.name, version or "none", status, total)
+        m.own_time.observe(max(0.0, total - upstream_s))
+        headers = {"X-Request-Id": rid}
+        if status == 503:
+            headers["Retry-After"] = "1"
+        return Response(status, payload, headers)
+
+    async def _serve(self, exp: E.Experiment, variant: E.Variant, body: bytes,
+                     view: RequestView, deadline: float):
+        """(status, body bytes or dict, served version, fallback cause, source, upstream s)."""
+        gw, m = self.gw, self.metrics
+        chain = [variant]
+        if variant.name != exp.control:
+            chain.append(exp.control_variant)
+        cause, upstream_s = None, 0.0
+        for i, v in enumerate(chain):
+            remaining = deadline - time.perf_counter()
+            budget = remaining - (self.cfg.fallback_reserve_ms / 1000.0 if i + 1 < len(chain)
+                                  else 0.0)
+            a: Attempt = await gw.upstream.predict(v.model_version, body, budget)
+            upstream_s += a.seconds
+            if a.kind == "ok":
+                return 200, a.body, v.model_version, cause, ("control" if cause else None), \
+                    upstream_s
+            if a.kind == "client_error":
+                return a.status, a.body, v.model_version, None, None, upstream_s
+            if a.kind == "too_large":
+                m.client_errors.labels("too_large").inc()
+                return 413, orjson.dumps({"code": 413, "type": "PayloadTooLarge",
+                                          "reason": "too_large",
+                                          "message": "request body over TorchServe's limit"}), \
+                    v.model_version, None, None, upstream_s
+            m.upstream_errors.labels(v.name, a.kind).inc()
+            cause = cause or a.kind
+        answer = gw.popularity.answer(view)
+        if answer is None:
+            return 503, {"code": 503, "type": "ServiceUnavailable", "reason": "unavailable",
+                         "message": "TorchServe did not answer and no popularity list is loaded "
+                                    "yet"}, None, cause, None, upstream_s
+        src = "candidates" if view.mode == "rerank" else "popularity"
+        return 200, answer[0], gw.popularity.version, cause, src, upstream_s
+
+    # ======================================================================= events
+    async def event(self, request: Request, entry) -> Response:
+        try:
+            doc = self._decode(request.body)
+            docs = doc if isinstance(doc, list) else [doc]
+            if len(docs) > 1000:
+                raise BadRequest("too_many", "at most 1000 events per request")
+            records = [self._event_of(d) for d in docs]
+        except BadRequest as e:
+            self.metrics.client_errors.labels(e.reason).inc()
+            return _json(e.status, e.to_dict())
+        accepted = sum(self.gw.events.submit(r) for r in records)
+        if accepted < len(records):
+            return error(503, "log_full", f"{len(records) - accepted} of {len(records)} events "
+                         "dropped: the write queue is full; send them again", {"Retry-After": "1"})
+        return _json(202, {"accepted": accepted})
+
+    @staticmethod
+    def _decode(body: bytes) -> Any:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("not_json", "the body is not valid JSON") from None
+
+    @staticmethod
+    def _event_of(d) -> EventRecord:
+        if not isinstance(d, dict):
+            raise BadRequest("not_object", "an event must be a JSON object")
+        unknown = set(d) - {"type", "item_id", "request_id", "user_id", "ts"}
+        if unknown:
+            raise BadRequest("unknown_field", f"unknown event fields {sorted(unknown)}")
+        kind = d.get("type")
+        if not isinstance(kind, str) or not _EVENT_TYPE.match(kind):
+            raise BadRequest("bad_type", "type must be a short lower-case word (click, purchase, "
+                                         "...)")
+        item = try_canonical_id(d.get("item_id"))
+        if item is None:
+            raise BadRequest("bad_item_id", "item_id must be a valid id")
+        rid, user = d.get("request_id"), d.get("user_id")
+        if rid is not None and (not isinstance(rid, str) or not _RID.match(rid)):
+            raise BadRequest("bad_request_id", "request_id must be the id the gateway answered")
+        cuser = try_canonical_id(user) if user is not None else None
+        if user is not None and cuser is None:
+            raise BadRequest("bad_user_id", "user_id must be a valid id")
+        if rid is None and cuser is None:
+            raise BadRequest("missing_subject", "an event needs request_id or user_id")
+        ts = d.get("ts")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
+            raise BadRequest("bad_ts", "ts must be epoch seconds")
+        return EventRecord(float(ts) if ts is not None else time.time(), rid, cuser, item, kind,
+                           len(item) + len(cuser or "") + len(rid or ""))
+
+    # ======================================================================= admin
+    async def get_experiment(self, request: Request, entry) -> Response:
+        return _json(200, self.gw.describe())
+
+    async def put_experiment(self, request: Request, entry) -> Response:
+        gw = self.gw
+        try:
+            doc = self._decode(request.body)
+            try:
+                new = E.parse(doc, "body")
+            except E.ExperimentError as e:
+                raise BadRequest("bad_experiment", str(e)) from None
+        except BadRequest as e:
+            return _json(e.status, e.to_dict())
+        missing = await gw.unknown_versions(new)
+        if missing:
+            return error(409, "unknown_model_version", f"TorchServe does not serve version(s) "
+                         f"{missing} of {self.cfg.model_name!r}; register them first")
+        path = self.cfg.experiment_path
+        try:
+            E.write(path, new)
+        except OSError as e:  # e.g. a Kubernetes ConfigMap mount: read-only, shared by replicas
+            return error(409, "experiment_read_only",
+                         f"this gateway reads its experiment from a read-only file "
+                         f"({path}: {e.strerror}); change it at its source "
+                         "(on Kubernetes: helm upgrade with new weights, or patch the experiment "
+                         "ConfigMap); every replica reloads it")
+        gw.file_digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        moved = await gw.apply_warm(new, "admin")
+        return _json(200, {**gw.describe(), "moved_buckets": moved})
+
+    # ======================================================================= health
+    async def healthz(self, request: Request) -> Response:
+        return _json(200, {"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        # ready = started and able to answer every request: with no popularity list yet (a fresh
+        # start while TorchServe is unreachable), a fallback would have nothing to serve
+        gw = self.gw
+        exp = gw.experiment
+        ready = gw.ready and len(gw.popularity) > 0
+        body = {"ready": ready, "experiment": exp.name if exp else None,
+                "popularity_items": len(gw.popularity),
+                "popularity_version": gw.popularity.version}
+        return _json(200 if ready else 503, body)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(200, self.metrics.exposition(), content_type=_TEXT)
+
+
+__all__ = ["Routes", "splice"]
