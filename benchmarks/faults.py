@@ -50,9 +50,9 @@ import threading
 import time
 import zipfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import aiohttp
 import orjson
@@ -481,6 +481,20 @@ def _build_help() -> str:
     return ""
 
 
+def chart_memory_limit_mb(values: Path = REPO / "helm" / "recsys" / "values.yaml") -> float | None:
+    """The gateway container's memory limit in the chart's default values (MiB), if any."""
+    import yaml
+    try:
+        limit = str(yaml.safe_load(values.read_text())["gateway"]["resources"]["limits"]["memory"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|K|M|G)?", limit.strip())
+    if not m:
+        return None
+    scale = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9, None: 1}
+    return float(m.group(1)) * scale[m.group(2)] / 2**20
+
+
 def _ids(path: Path) -> list[str]:
     return [x for x in path.read_text().splitlines() if x.strip()]
 
@@ -756,6 +770,7 @@ class Suite:
         self.faults["big_bodies"].update(
             gateway_rss_before_mb=round(sampler.before / 2**20, 1),
             gateway_peak_rss_mb=self.top["gateway_peak_rss_mb"],
+            chart_memory_limit_mb=chart_memory_limit_mb(),
             big_statuses=dict(Counter(str(a.status or a.error) for a in big)))
 
     def bad_experiment(self) -> None:
@@ -853,6 +868,12 @@ class Suite:
                      f["client_5xx"] == 0 and f["transport_errors"] == 0,
                      f"client_5xx={f['client_5xx']} transport_errors={f['transport_errors']} "
                      f"statuses={f['statuses']}")
+        big = self.faults.get("big_bodies") or {}
+        if "gateway_peak_rss_mb" in big and big.get("chart_memory_limit_mb"):
+            rule("big_bodies: gateway peak RSS within the chart's memory limit",
+                 big["gateway_peak_rss_mb"] < big["chart_memory_limit_mb"],
+                 f"peak {big['gateway_peak_rss_mb']} MiB, limit {big['chart_memory_limit_mb']:.0f} "
+                 "MiB (helm/recsys/values.yaml gateway.resources.limits.memory)")
         if "bad_experiment" in self.faults:
             n = self.faults["bad_experiment"].get("reload_errors", 0)
             rule("bad_experiment: counted as a failed reload", n >= 1, f"reload_errors={n}")
@@ -958,6 +979,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: every process the suite started is stopped", file=sys.stderr)
+        return 130
     path = out / "faults.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(table(result))
