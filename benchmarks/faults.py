@@ -350,6 +350,7 @@ class GatewayRuns:
         self.scrape_dropped()
         t = time.perf_counter()
         self.gw.proc.send_signal(signal.SIGTERM)
+        self.runs[-1]["sigterm_sent"] = True
         return t
 
     def stop(self, timeout: float = 90.0) -> dict:
@@ -357,7 +358,7 @@ class GatewayRuns:
         if self.gw is None:
             return {}
         run, gw = self.runs[-1], self.gw
-        if gw.proc.poll() is None:
+        if gw.proc.poll() is None and not run.get("sigterm_sent"):   # one SIGTERM only
             self.scrape_dropped()
             gw.proc.send_signal(signal.SIGTERM)
         try:
@@ -666,6 +667,8 @@ class Suite:
     def torchserve_sigkill(self) -> None:
         self.run_fault("torchserve_sigkill", [(self.at(), self.ts.kill_all)])
         self.ts.S.stop(self.work, timeout=10)
+        if self.ids["slow"] not in self.ts.versions:   # its worker loads beside treatment's
+            self.ts.versions.append(self.ids["slow"])
         self.faults["torchserve_sigkill"]["restart_s"] = round(self.ts.start(), 1)
         self.faults["torchserve_sigkill"]["served_again_s"] = self._await_model()
 
@@ -708,8 +711,9 @@ class Suite:
 
     def slow_version(self) -> None:
         t0 = time.monotonic()
-        self.ts.versions.append(self.ids["slow"])
-        self.ts.register([self.ids["slow"]])
+        if self.ids["slow"] not in self.ts.versions:
+            self.ts.versions.append(self.ids["slow"])
+            self.ts.register([self.ids["slow"]])
         register_s = round(time.monotonic() - t0, 1)
         before = self.gws.metric("recsys_gateway_config_reloads_total", result="ok") or 0
         self._write_experiment([self.ids["control"], self.ids["slow"]], "faults-slow")
