@@ -25,7 +25,7 @@ not an error); ``client_5xx`` = every other 5xx; ``transport_errors`` = no HTTP 
 
 Exposure accounting: every request carries its own ``X-Request-Id``, so each exposure record is
 matched to the answer the client saw. An answered ``/v1/recommendations`` expects exactly one
-record, except 401, 403, 413, 429 and shed answers, which expect none. After the last clean stop
+record, except refusals (400, 401, 403, 413, 429) and shed answers, which expect none. After the last clean stop
 ``exposures_logged + exposures_dropped == exposures_expected`` must hold (dropped: the gateway's
 ``recsys_gateway_log_dropped_total{log="exposures"}`` or its final log line, per gateway run), and
 only the ENOSPC run may drop.
@@ -64,7 +64,10 @@ from benchmarks.common import machine
 MODEL = "recsys"
 JSON = "application/json"
 SHED_REASONS = ("shed",)              # the JSON reason of a 503 the gateway sheds by its budget
-NO_EXPOSURE_STATUSES = (401, 403, 413, 429)
+# Refusals show no recommendation and log no exposure: the gateway's own (401 no key, 403, 413
+# body over the limit, 429 rate limit) and an invalid request's 400 (the gateway checks requests
+# with the handler's own validation, so it refuses them before any model is asked).
+NO_EXPOSURE_STATUSES = (400, 401, 403, 413, 429)
 STATS_KEYS = ("sent", "answered", "fallback", "client_5xx", "shed", "transport_errors")
 FAULTS = ("baseline", "worker_sigkill", "torchserve_sigkill", "upstream_hang", "slow_version",
           "gateway_sigterm", "big_bodies", "bad_experiment", "log_enospc")
@@ -891,7 +894,7 @@ class Suite:
         if "exposures_expected" in t:
             d = t["exposure_detail"]
             unknown = [r["label"] for r in d["gateway_runs"] if r["dropped"] is None]
-            rule("exposures: logged + dropped == expected, one per answer, none for 401/413/shed",
+            rule("exposures: logged + dropped == expected, one per answer, none for refusals or shed",
                  t["exposures_logged"] + t["exposures_dropped"] == t["exposures_expected"]
                  and not d["duplicates"] and not d["unexpected"] and not unknown,
                  f"logged={t['exposures_logged']} dropped={t['exposures_dropped']} "

@@ -33,9 +33,9 @@ def test_a_shed_answer_is_neither_an_error_nor_an_exposure():
 
 
 def test_refusals_log_nothing_and_handler_answers_log_one():
-    for status in (401, 403, 413, 429):
+    for status in (400, 401, 403, 413, 429):
         assert not _answer(status=status, reason="x").expects_exposure
-    for status in (200, 400, 404):
+    for status in (200, 500, 503):
         assert _answer(status=status).expects_exposure
     lost = F.Answer("t", error="timeout")
     assert not lost.expects_exposure
