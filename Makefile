@@ -9,7 +9,7 @@ DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
 .PHONY: help venv lock java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway bench-training bench-tower clean \
-	monitor monitoring-files drift chart-files image serve-container stop-container
+	monitor monitoring-files drift chart-files image serve-container stop-container faults
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
@@ -27,6 +27,8 @@ help:
 	@echo "make lock                                              re-resolve requirements.lock"
 	@echo "make bench-gateway                                     gateway overhead (benchmarks/results/gateway.json)"
 	@echo "make bench-http-stack                                  aiohttp vs fastserver/FastClient CPU per request (benchmarks/results/http_stack.json)"
+	@echo "make faults OUT=<dir> [FAULTS_ARGS=--quick]            faults injected under load through the gateway"
+	@echo "                                                       (own TorchServe + gateway over OUT's archives): OUT/faults.json"
 	@echo "make bench-tower                                       P99 at d = 256 vs today's TrainConfig.dim (benchmarks/results/tower.json)"
 	@echo "make bench-training                                    training time + 3-seed study (benchmarks/results/training.json)"
 	@echo "make monitor OUT=<dir>                                 Prometheus + load against make serve; latency PNGs in OUT/monitoring"
@@ -198,6 +200,14 @@ bench-gateway: venv java
 .PHONY: bench-http-stack
 bench-http-stack: venv
 	$(PY) -m benchmarks.http_stack_bench $(BENCH_ARGS)
+
+# The fault suite (benchmarks/faults.py, docs/gateway.md "Fault suite"): its own TorchServe and
+# gateway on free ports over OUT's archives (OUT from make demo), open-loop load, one fault at a
+# time; writes OUT/faults.json and fails when a rule of issue 18's "Done when" does not hold.
+# Needs root for the ENOSPC fault (a small tmpfs mounted over the exposure folder).
+FAULTS_ARGS ?=
+faults: venv java
+	$(PY) -m benchmarks.faults --out $(OUT) $(FAULTS_ARGS)
 
 MONITOR_ARGS ?=
 monitor: venv

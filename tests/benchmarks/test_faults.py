@@ -1,0 +1,74 @@
+"""The fault suite (benchmarks/faults.py): its short run through a real TorchServe and the real
+gateway, judged by issue 18's "Done when" rules, and the client-side classification it rests on.
+
+The short run (``--quick``) is the same code as ``make faults`` with small random archives, fewer
+requests and lower rates; it must pass every rule, so a fault the stack mishandles fails here.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import faults as F
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _answer(rid="r", status=200, **kw) -> F.Answer:
+    return F.Answer(rid, t_send=0.0, t_done=0.01, status=status, **kw)
+
+
+def test_a_shed_answer_is_neither_an_error_nor_an_exposure():
+    shed = _answer(status=503, retry_after=True, reason="shed")
+    down = _answer(status=503, retry_after=True, reason="unavailable")
+    assert shed.shed and not shed.expects_exposure
+    s = F.stats([shed, down])
+    assert (s["shed"], s["client_5xx"], s["answered"]) == (1, 1, 2)
+    assert down.expects_exposure   # an answered request the gateway logs like any other
+
+
+def test_refusals_log_nothing_and_handler_answers_log_one():
+    for status in (400, 401, 403, 413, 429):
+        assert not _answer(status=status, reason="x").expects_exposure
+    for status in (200, 500, 503):
+        assert _answer(status=status).expects_exposure
+    lost = F.Answer("t", error="timeout")
+    assert not lost.expects_exposure
+    s = F.stats([lost, _answer(fallback=True), _answer(fallback=False)])
+    assert (s["sent"], s["answered"], s["transport_errors"], s["fallback"]) == (3, 2, 1, 1)
+
+
+def test_a_failed_rule_is_reported():
+    suite = F.Suite(Path("."), F.QUICK, quick=True, log=lambda *_: None)
+    suite.faults = {name: {**dict.fromkeys(F.STATS_KEYS, 0), "statuses": {}} for name in F.FAULTS}
+    suite.faults["upstream_hang"]["client_5xx"] = 3
+    suite.faults["bad_experiment"]["reload_errors"] = 1
+    suite.top = {"inflight_at_sigterm": 25, "inflight_answered": 24}
+    failed = {r["rule"] for r in suite.rules() if not r["ok"]}
+    assert failed == {"upstream_hang: client_5xx == 0 and transport_errors == 0",
+                      "gateway_sigterm: >= 20 in flight, every one answered"}
+
+
+def test_quick_fault_suite_passes_done_when(tmp_path):
+    """`python -m benchmarks.faults --quick`: every fault injected for real, faults.json complete,
+    and every rule of issue 18's "Done when" holds (the CLI exits 0 only then)."""
+    if shutil.which("java") is None:
+        pytest.fail("Java 17 is required for TorchServe (see README)")
+    r = subprocess.run([sys.executable, "-m", "benchmarks.faults", "--out", str(tmp_path),
+                        "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    path = tmp_path / "faults.json"
+    assert path.exists(), f"no faults.json (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    result = json.loads(path.read_text())
+    for key in F.result_keys():
+        assert result[key] is not None, key
+    assert set(result["faults"]) == set(F.FAULTS)
+    for name, f in result["faults"].items():
+        if "skipped" not in f:
+            assert set(F.STATS_KEYS) <= set(f) and f["sent"] > 0, name
+    failed = [f"{x['rule']}: {x['detail']}" for x in result["rules"] if not x["ok"]]
+    assert not failed and r.returncode == 0, "\n".join(failed) + "\n" + r.stdout[-2000:]
