@@ -43,6 +43,7 @@ from gateway import experiment as E
 from gateway.config import GatewayPaths
 
 MODEL = "recsys"
+CPU_GOAL_US = 600.0  # issue 18: gateway CPU per request
 
 
 def _metric(text: str, name: str) -> float:
@@ -96,6 +97,9 @@ def main(argv=None) -> int:
     p.add_argument("--users", type=int, default=600)
     p.add_argument("--items", type=int, default=5000)
     p.add_argument("--out", help="keep the run folder here (default: a temporary one)")
+    p.add_argument("--stacks", default="fast,aiohttp",
+                   help="HTTP stacks (gateway --http-server/--upstream-client), one gateway "
+                        "process each, alternating in every round; the first is the headline")
     a = p.parse_args(argv)
     rates = [float(x) for x in a.rates.split(",")]
 
@@ -120,32 +124,40 @@ def main(argv=None) -> int:
         return L.request_mix(users, items, n, seed=seed)
 
     result: dict = {"machine": machine(), "config": vars(a), "runs": {}}
+    stacks = [x.strip() for x in a.stacks.split(",") if x.strip()]
     with running_server(out, config="dev", models={MODEL: f"{MODEL}-v1.mar"}) as ts:
-        gw = GatewayProc(out).start()
+        gws: dict[str, GatewayProc] = {}
         try:
-            g = GatewayRun(gw.state)
-            direct = (ts.inference_url, f"/predictions/{MODEL}/1", None)
-            via = (gw.url, "/v1/recommendations", {"Authorization": f"Bearer {key}"})
+            for stack in stacks:  # one gateway process per HTTP stack, same keys and experiment
+                gw_out = tmp / f"gw-{stack}"
+                shutil.copytree(paths.root, GatewayPaths.under(gw_out).root, dirs_exist_ok=True)
+                gws[stack] = GatewayProc(gw_out, [
+                    "--upstream-url", ts.inference_url, "--http-server", stack,
+                    "--upstream-client", stack]).start()
+            meters = {s_: GatewayRun(g_.state) for s_, g_ in gws.items()}
+            direct = ("direct", ts.inference_url, f"/predictions/{MODEL}/1", None)
+            vias = [(f"gateway-{s_}", g_.url, "/v1/recommendations",
+                     {"Authorization": f"Bearer {key}"}) for s_, g_ in gws.items()]
 
             def run(path, rate, n, seed, warmup):
-                url, route, headers = path
-                before = g.snapshot() if path is via else None
+                name, url, route, headers = path
+                g = meters.get(name.removeprefix("gateway-")) if path is not direct else None
+                before = g.snapshot() if g else None
                 r = L.run(url, mix(n + warmup, seed), rate, warmup=warmup, headers=headers,
                           path=route, timeout_s=10.0)
-                extra = GatewayRun.delta(before, g.snapshot()) if before else {}
+                extra = GatewayRun.delta(before, g.snapshot()) if g else {}
                 return r, extra
 
-            # warm both paths
-            run(direct, 50, 200, 99, 50)
-            run(via, 50, 200, 98, 50)
+            for path in (direct, *vias):  # warm every path
+                run(path, 50, 200, 99, 50)
 
-            def ramp(path, name):
+            def ramp(path):
                 rows, best = [], 0.0
                 for rate in rates:
                     r, extra = run(path, rate, a.ramp_requests, int(rate), 100)
                     ok = sustained(r, a.p99_budget_ms) and not extra.get("fallbacks")
                     rows.append({**_summary(r), **extra, "sustained": ok})
-                    print(f"[bench] ramp {name:8s} {rate:5.0f} rps: p50 {r.p50_ms:6.2f} p99 "
+                    print(f"[bench] ramp {path[0]:16s} {rate:5.0f} rps: p50 {r.p50_ms:6.2f} p99 "
                           f"{r.p99_ms:7.2f} thr {r.throughput_rps:6.1f} err {r.errors} "
                           f"late {r.late_sends} fb {extra.get('fallbacks', '-')} -> "
                           f"{'ok' if ok else 'NOT sustained'}", flush=True)
@@ -155,52 +167,71 @@ def main(argv=None) -> int:
                         break
                 return rows, best
 
-            rows, ts_max = ramp(direct, "direct")
+            rows, ts_max = ramp(direct)
             result["runs"]["ramp_direct"] = rows
             half = max(10.0, math.floor(ts_max / 2 / 10) * 10) if ts_max else rates[0] / 2
             print(f"[bench] TorchServe alone sustains {ts_max:.0f} rps; comparing at {half:.0f}",
                   flush=True)
-            rounds, lat = [], {"direct": [], "gateway": []}
-            for k in range(a.rounds):
-                for name, path in (("direct", direct), ("gateway", via)):
+            rounds, lat = [], {p[0]: [] for p in (direct, *vias)}
+            for k in range(a.rounds):  # the paths alternate within each round
+                for path in (direct, *vias):
                     r, extra = run(path, half, a.requests, 1000 + k, 200)
-                    lat[name] += r.latencies_ms
-                    rounds.append({"round": k + 1, "path": name, **_summary(r), **extra})
-                    print(f"[bench] round {k + 1} {name:8s} p50 {r.p50_ms:6.2f} p99 {r.p99_ms:7.2f}"
-                          f" err {r.errors} late {r.late_sends}"
+                    lat[path[0]] += r.latencies_ms
+                    rounds.append({"round": k + 1, "path": path[0], **_summary(r), **extra})
+                    print(f"[bench] round {k + 1} {path[0]:16s} p50 {r.p50_ms:6.2f} p99 "
+                          f"{r.p99_ms:7.2f} err {r.errors} late {r.late_sends}"
                           + (f" cpu/req {extra['cpu_us_per_request']:.0f} us own "
                              f"{extra['own_us_per_request']:.0f} us fb {extra['fallbacks']}"
                              if extra else ""), flush=True)
             result["runs"]["rounds"] = rounds
-            rows, gw_max = ramp(via, "gateway")
+            rows, gw_max = ramp(vias[0])
             result["runs"]["ramp_gateway"] = rows
         finally:
-            gw.stop()
+            for g_ in gws.values():
+                g_.stop()
 
     pooled = {name: L.percentiles(v) for name, v in lat.items()}
-    gw_rounds = [r for r in result["runs"]["rounds"] if r["path"] == "gateway"]
     d_rounds = [r for r in result["runs"]["rounds"] if r["path"] == "direct"]
-    added_rounds = [{"round": g_["round"], "p50_ms": g_["p50_ms"] - d_["p50_ms"],
-                     "p99_ms": g_["p99_ms"] - d_["p99_ms"]} for g_, d_ in zip(gw_rounds, d_rounds)]
-    cpu = float(np.mean([r["cpu_us_per_request"] for r in gw_rounds]))
-    own = float(np.mean([r["own_us_per_request"] for r in gw_rounds]))
-    added_p50 = pooled["gateway"]["p50_ms"] - pooled["direct"]["p50_ms"]
-    added_p99 = pooled["gateway"]["p99_ms"] - pooled["direct"]["p99_ms"]
+    per_stack = {}
+    for stack in stacks:
+        g_rounds = [r for r in result["runs"]["rounds"] if r["path"] == f"gateway-{stack}"]
+        pool = pooled[f"gateway-{stack}"]
+        per_stack[stack] = {
+            "gateway_p50_ms": round(pool["p50_ms"], 3), "gateway_p99_ms": round(pool["p99_ms"], 3),
+            "added_p50_ms": round(pool["p50_ms"] - pooled["direct"]["p50_ms"], 3),
+            "added_p99_ms": round(pool["p99_ms"] - pooled["direct"]["p99_ms"], 3),
+            "added_per_round": [{"round": g_["round"], "p50_ms": g_["p50_ms"] - d_["p50_ms"],
+                                 "p99_ms": g_["p99_ms"] - d_["p99_ms"]}
+                                for g_, d_ in zip(g_rounds, d_rounds)],
+            "cpu_us_per_request": round(float(np.mean([r["cpu_us_per_request"]
+                                                       for r in g_rounds])), 1),
+            "cpu_us_per_round": [round(r["cpu_us_per_request"], 1) for r in g_rounds],
+            "own_us_per_request": round(float(np.mean([r["own_us_per_request"]
+                                                       for r in g_rounds])), 1)}
+    head = per_stack[stacks[0]]
+    cpu, own = head["cpu_us_per_request"], head["own_us_per_request"]
+    added_p50, added_p99 = head["added_p50_ms"], head["added_p99_ms"]
+    ratios = ({f"cpu_{s_}_over_{stacks[-1]}": round(per_stack[s_]["cpu_us_per_request"]
+                                                    / per_stack[stacks[-1]]["cpu_us_per_request"], 3)
+               for s_ in stacks[:-1]} if len(stacks) > 1 else {})
     result["headline"] = {
-        "rate_rps": half, "torchserve_alone_max_rps": ts_max, "gateway_path_max_rps": gw_max,
+        "stack": stacks[0], "rate_rps": half, "torchserve_alone_max_rps": ts_max,
+        "gateway_path_max_rps": gw_max,
         "direct_p50_ms": round(pooled["direct"]["p50_ms"], 3),
         "direct_p99_ms": round(pooled["direct"]["p99_ms"], 3),
-        "gateway_p50_ms": round(pooled["gateway"]["p50_ms"], 3),
-        "gateway_p99_ms": round(pooled["gateway"]["p99_ms"], 3),
-        "added_p50_ms": round(added_p50, 3), "added_p99_ms": round(added_p99, 3),
-        "added_per_round": added_rounds,
-        "gateway_cpu_us_per_request": round(cpu, 1), "gateway_own_us_per_request": round(own, 1),
-        "goal": {"added_p50_ms": 1.0, "added_p99_ms": 3.0,
+        "gateway_p50_ms": head["gateway_p50_ms"], "gateway_p99_ms": head["gateway_p99_ms"],
+        "added_p50_ms": added_p50, "added_p99_ms": added_p99,
+        "added_per_round": head["added_per_round"],
+        "gateway_cpu_us_per_request": cpu, "gateway_own_us_per_request": own,
+        "stacks": per_stack, "ratios": ratios,
+        "goal": {"cpu_us_per_request": CPU_GOAL_US, "cpu_met": bool(cpu <= CPU_GOAL_US),
+                 "added_p50_ms": 1.0, "added_p99_ms": 3.0,
                  "met": bool(added_p50 <= 1.0 and added_p99 <= 3.0)},
         "percentile_method": "numpy 'higher' over all measured requests of all rounds",
     }
     result["dominant"] = (
-        f"The gateway process spends {cpu:.0f} us of CPU per request; {own:.0f} us of wall time "
+        f"The gateway process ({stacks[0]} HTTP stack) spends {cpu:.0f} us of CPU per request; "
+        f"{own:.0f} us of wall time "
         f"per request pass inside its request handler outside the upstream call (auth, parsing, "
         f"assignment, splice, metrics, queueing the exposure). The rest of the added "
         f"{added_p50:.2f} ms at P50 is the second loopback hop (client->gateway->TorchServe) and "
@@ -259,16 +290,34 @@ def markdown(res: dict) -> str:
              "| path | P50 ms | P99 ms | highest sustained rate |", "|---|---|---|---|",
              f"| TorchServe alone | {h['direct_p50_ms']:.2f} | {h['direct_p99_ms']:.2f} | "
              f"{h['torchserve_alone_max_rps']:.0f} req/s |",
-             f"| through the gateway | {h['gateway_p50_ms']:.2f} | {h['gateway_p99_ms']:.2f} | "
+             f"| through the gateway ({h.get('stack', 'aiohttp')}) | {h['gateway_p50_ms']:.2f} | {h['gateway_p99_ms']:.2f} | "
              f"{h['gateway_path_max_rps']:.0f} req/s |",
              f"| **added** | **{h['added_p50_ms']:+.2f}** (goal <= 1) | **{h['added_p99_ms']:+.2f}** "
              "(goal <= 3) | |", "",
              "Added per round (P50 / P99 ms): " + ", ".join(
                  f"{r['p50_ms']:+.2f} / {r['p99_ms']:+.2f}" for r in h["added_per_round"]) + ".", "",
-             f"Gateway CPU time per request: {h['gateway_cpu_us_per_request']:.0f} us; its own "
+             f"Gateway CPU time per request: {h['gateway_cpu_us_per_request']:.0f} us "
+             f"(goal <= {CPU_GOAL_US:.0f}); its own "
              f"time outside the upstream call: {h['gateway_own_us_per_request']:.0f} us.", "",
+             *_stack_table(h),
              res["dominant"], ""]
     return "\n".join(lines)
+
+
+def _stack_table(h: dict) -> list[str]:
+    """The HTTP stacks side by side (same TorchServe, same rounds, alternating)."""
+    stacks = h.get("stacks") or {}
+    if len(stacks) < 2:
+        return []
+    rows = ["| gateway HTTP stack | CPU us/request (per round) | added P50 ms | added P99 ms |",
+            "|---|---|---|---|"]
+    for name, st in stacks.items():
+        rows.append(f"| {name} | {st['cpu_us_per_request']:.0f} ("
+                    + ", ".join(f"{c:.0f}" for c in st["cpu_us_per_round"])
+                    + f") | {st['added_p50_ms']:+.2f} | {st['added_p99_ms']:+.2f} |")
+    ratios = ", ".join(f"{k.removeprefix('cpu_').replace('_over_', ' / ')} = {v:.2f}"
+                       for k, v in (h.get("ratios") or {}).items())
+    return rows + ["", f"CPU ratio: {ratios}.", ""]
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ The jobs live in their own modules (docs/gateway.md, "Code layout"):
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -361,6 +362,7 @@ async def serve(cfg: GatewayConfig, started=None) -> None:
     """Run until SIGTERM/SIGINT; write OUT/gateway/gateway.json with the bound ports."""
     gw = Gateway(cfg)
     await gw.start()
+    _tune_gc()
     factory = server_factory(cfg.http_server)
     routes = gw.routes()
     limits = gw.limits()
@@ -407,6 +409,17 @@ async def serve(cfg: GatewayConfig, started=None) -> None:
         log.info("gateway stopped (%d exposures, %d events written; %d dropped)",
                  gw.exposures.written, gw.events.written,
                  gw.exposures.dropped + gw.events.dropped)
+
+
+def _tune_gc() -> None:
+    """Keep Python's cycle collector off the start-up heap. A profile under load put ~10% of
+    the gateway's main thread in ``gc_collect_main``, mostly full collections walking the
+    modules and settings loaded at start, which never become garbage: freeze them
+    (``gc.freeze``) and collect the young generation less often. A request's objects are
+    freed by reference counting; the collector only has to find rare cycles."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def _client_host(host: str) -> str:

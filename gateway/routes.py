@@ -17,7 +17,8 @@ import hashlib
 import json
 import re
 import time
-import uuid
+import itertools
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -55,6 +56,17 @@ def splice(body: bytes, experiment: str, variant: str, fallback: bool, rid: str)
     return b"".join((end[:-1], sep, b'"experiment":', orjson.dumps(experiment), b',"variant":',
                      orjson.dumps(variant), b',"fallback":', b"true" if fallback else b"false",
                      b',"request_id":', orjson.dumps(rid), b"}"))
+
+
+_RID_PREFIX = secrets.token_hex(8)
+_RID_SEQ = itertools.count()
+
+
+def new_request_id() -> str:
+    """32 hex characters like a uuid4's, unique per gateway process: a random 64-bit prefix
+    drawn at start plus a counter (uuid4 reads os.urandom per request, a syscall that cost
+    ~20 us here; replicas differ by their prefix)."""
+    return f"{_RID_PREFIX}{next(_RID_SEQ):016x}"
 
 
 class Routes:
@@ -107,7 +119,7 @@ class Routes:
             m.no_user.labels(exp.name).inc()
         rid = request.headers.get("x-request-id")
         if rid is None or not _RID.match(rid):
-            rid = uuid.uuid4().hex
+            rid = new_request_id()
         deadline = t0 + cfg.deadline_ms / 1000.0
 
         status, out, version, cause, source, upstream_s = await self._serve(
