@@ -69,7 +69,11 @@ def model_config_yaml(cfg: ArchiveConfig) -> dict[str, Any]:
     if cfg.faults is not None:  # a test archive: validated here, so a typo fails the build
         from handlers.faults import parse_faults
 
-        handler["faults"] = parse_faults(cfg.faults).to_dict()
+        settings = parse_faults(cfg.faults).to_dict()
+        if not settings:  # only defaults (e.g. latency_ms 0): nothing to inject
+            raise ValueError(f"faults {cfg.faults} inject nothing (every setting is its "
+                             "default): leave --faults out for an archive without faults")
+        handler["faults"] = settings
     return {
         "minWorkers": cfg.min_workers,
         "maxWorkers": cfg.max_workers,

@@ -74,6 +74,13 @@ class AiohttpServer:
         if declared is not None and declared > limits.max_body_bytes:
             return _to_aiohttp(limits.too_large(declared))
         release = None
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if limits.gate is not None and request.path in limits.shed_paths:
+            refusal = limits.gate(Request(request.method, request.path, headers))
+            if refusal is not None:  # e.g. no API key: never admitted, its body never read
+                resp = _to_aiohttp(refusal)
+                resp.force_close()
+                return resp
         if limits.admission is not None and request.path in limits.shed_paths:
             release = limits.admission.admit(declared if declared is not None
                                              else limits.max_body_bytes)
@@ -93,9 +100,7 @@ class AiohttpServer:
                 resp = _to_aiohttp(limits.too_large(None))
                 resp.force_close()
                 return resp
-            answer = await route(Request(request.method, request.path,
-                                         {k.lower(): v for k, v in request.headers.items()},
-                                         body))
+            answer = await route(Request(request.method, request.path, headers, body))
             del body
             resp = _to_aiohttp(answer)
             if release is not None:

@@ -35,7 +35,7 @@ from gateway.http import Response, ServerFactory, ServerLimits
 from gateway.logs import Pseudonymizer
 from gateway.shipping import open_logs
 from gateway.metrics import Metrics
-from gateway.middleware import error
+from gateway.middleware import error, key_gate
 from gateway.records import event_dict, exposure_dict
 from gateway.routes import Routes, splice as _splice
 from gateway.upstream import TokenKeeper, Upstream
@@ -162,6 +162,8 @@ class Gateway:
         """Switch to ``new`` now (callers warm its new versions first: :meth:`apply_warm`)."""
         old = self.experiment
         if old is not None and old.digest == new.digest:
+            # e.g. a bad file reverted to the running experiment: the config is good again
+            self.metrics.config_ok.set(1)
             return 0
         moved = E.moved_buckets(old, new)
         self.experiment = new
@@ -203,7 +205,8 @@ class Gateway:
             return error(503, "shed", "the gateway is at its in-flight budget "
                          f"({cfg.inflight_bytes_budget} bytes of requests); retry shortly",
                          {"Retry-After": str(cfg.shed_retry_after_s)})
-        return ServerLimits(cfg.max_body_bytes, too_large, shed, self.budget, SHED_PATHS)
+        return ServerLimits(cfg.max_body_bytes, too_large, shed, self.budget, SHED_PATHS,
+                            gate=key_gate(self.keys, self.metrics))
 
     def describe(self) -> dict:
         exp = self.experiment

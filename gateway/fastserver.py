@@ -60,7 +60,7 @@ class FastServerConfig:
 
 
 def _error(status: int, reason: str, message: str) -> Response:
-    """The gateway's error shape (``gateway/app.py`` ``_err``): code, type, reason, message."""
+    """The gateway's error shape (``gateway.middleware.error``): code, type, reason, message."""
     kind = HTTPStatus(status).phrase.replace(" ", "")
     return Response(status, orjson.dumps({"code": status, "type": kind, "reason": reason,
                                           "message": message}))
@@ -254,6 +254,9 @@ class _Connection(asyncio.Protocol):
                            if allowed else _error(404, "not_found", f"no route {path}"))
             if allowed:
                 item.answer.headers["Allow"] = ", ".join(sorted(allowed))
+        elif limits.gate is not None and path in limits.shed_paths and \
+                (refusal := limits.gate(Request(method, path, headers))) is not None:
+            item.answer = refusal  # e.g. no API key: never admitted, its body never read
         elif limits.admission is not None and path in limits.shed_paths:
             release = limits.admission.admit(limits.max_body_bytes if chunked else n)
             if release is None:

@@ -58,6 +58,10 @@ class ServerLimits:
     admission: Admission | None = None
     shed_paths: frozenset[str] = frozenset()
     """Paths whose bodies go through ``admission`` (health and metrics never shed)."""
+    gate: Callable[[Request], Response | None] | None = None
+    """Checked on ``shed_paths`` from the headers alone (the request has no body yet), before
+    ``admission``: a refusal (no or unknown API key) is answered without admitting or reading
+    the body, so a client without a key cannot hold the in-flight budget."""
 
 
 class Server(Protocol):

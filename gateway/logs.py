@@ -369,6 +369,7 @@ class JsonlLog:
             with self._cv:
                 if not self._abandoned:
                     self._count_dropped(bad)
+                    self._inflight -= bad  # resolved: a timed-out close must not count them again
         return lines
 
     def _write(self, data: bytes) -> None:

@@ -29,8 +29,8 @@ def error(status: int, reason: str, message: str, headers: dict | None = None) -
     return Response(status, body, dict(headers) if headers else {})
 
 
-def check_key(keys: KeyStore, metrics, request: Request, right: str) -> KeyEntry | Response:
-    """The key's entry, or the refusal (401, 403, 429)."""
+def identify(keys: KeyStore, metrics, request: Request) -> KeyEntry | Response:
+    """The key's entry, or the 401 refusal (no key, unknown key)."""
     key = bearer(request.headers.get("authorization"))
     if key is None:
         metrics.client_errors.labels("unauthorized").inc()
@@ -40,6 +40,24 @@ def check_key(keys: KeyStore, metrics, request: Request, right: str) -> KeyEntry
     if entry is None:
         metrics.client_errors.labels("unauthorized").inc()
         return error(401, "unauthorized", "unknown API key", {"WWW-Authenticate": "Bearer"})
+    return entry
+
+
+def key_gate(keys: KeyStore, metrics) -> Callable[[Request], Response | None]:
+    """``ServerLimits.gate``: the 401 of a request without a known key, from its headers,
+    before its body is admitted to the in-flight budget (rights and rate limits are checked
+    by the route, once)."""
+    def gate(request: Request) -> Response | None:
+        entry = identify(keys, metrics, request)
+        return entry if isinstance(entry, Response) else None
+    return gate
+
+
+def check_key(keys: KeyStore, metrics, request: Request, right: str) -> KeyEntry | Response:
+    """The key's entry, or the refusal (401, 403, 429)."""
+    entry = identify(keys, metrics, request)
+    if isinstance(entry, Response):
+        return entry
     if right not in entry.rights:
         metrics.client_errors.labels("forbidden").inc()
         return error(403, "forbidden", f"this key lacks the {right!r} right")
@@ -65,4 +83,4 @@ def authorized(keys: KeyStore, metrics, right: str, route: KeyedRoute) -> Route:
     return guarded
 
 
-__all__ = ["authorized", "check_key", "error", "KeyedRoute"]
+__all__ = ["authorized", "check_key", "identify", "key_gate", "error", "KeyedRoute"]

@@ -136,12 +136,14 @@ class Routes:
             m.fallbacks.labels(exp.name, variant.name, cause).inc()
         answer = out if status == 200 else None
         tail = req.history[-cfg.history_logged:] if status == 200 and cfg.history_logged else ()
-        record = ExposureRecord(
+        # one exposure per answer with a handler status; TorchServe's own 413 (a body over
+        # its max_request_size) is a refusal like the gateway's, so it gets none
+        record = None if status == 413 else ExposureRecord(
             time.time(), rid, exp.name, variant.name, version, view.user, view.mode, answer,
             fallback, cause, source, len(req.history), tail, status, override is not None,
-            (len(out) if isinstance(answer, (bytes, bytearray)) else 0)
-            + sum(len(h) for h in tail))
-        gw.exposures.submit(record, record.nbytes + 256)  # + the record's fixed fields
+            (len(payload) if answer is not None else 0) + sum(len(h) for h in tail))
+        if record is not None:
+            gw.exposures.submit(record, record.nbytes + 256)  # + the record's fixed fields
         total = time.perf_counter() - t0
         m.observe(exp.name, variant.name, version or "none", status, total)
         m.own_time.observe(max(0.0, total - upstream_s))

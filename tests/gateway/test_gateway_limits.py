@@ -269,6 +269,21 @@ def test_bodies_beyond_the_budget_are_shed(down):
     assert _post(gw, keys["client"], b'{"user_id": "1"}').status_code == 200
 
 
+def test_a_request_without_a_key_never_holds_the_budget(down):
+    """Keyless bodies are refused (401) from their headers, before admission: 32 of them,
+    each declaring 4 MiB and sending 1 KiB, hold nothing; a keyed request still goes through
+    (before the gate: 2 admitted for the body timeout, 30 shed, the budget spent)."""
+    gw, keys, _ = down
+    socks = [_hold(gw.url, "not-a-key", 4 * 2**20) for _ in range(32)]
+    for s in socks:
+        status, headers, payload = _answer(s)
+        assert status == 401 and json.loads(payload)["reason"] == "unauthorized"
+    assert metric_value(gw.metrics(), "recsys_gateway_inflight_bytes") == 0
+    assert _post(gw, keys["client"], b'{"user_id": "1"}').status_code == 200
+    for s in socks:
+        s.close()
+
+
 def test_expect_100_continue_is_answered_once_admitted(down):
     """curl sends ``Expect: 100-continue`` above 1 MiB: the gateway says go once the body is
     admitted (a refusal would come instead, before any byte of the body)."""

@@ -59,3 +59,10 @@ def test_oversized_structures_are_refused_before_a_parse():
         with pytest.raises(InvalidRequest) as e:
             G.precheck(deep)
         assert e.value.reason == G.TOO_DEEP
+
+
+def test_the_depth_limit_is_the_schemas():
+    """One depth rule: the handler's MAX_DEPTH is what its request schema allows."""
+    from gateway.validation import SCHEMA, schema_depth
+    from handlers.validation import MAX_DEPTH
+    assert schema_depth(SCHEMA) == MAX_DEPTH
