@@ -15,10 +15,10 @@ gateway_sigterm     the gateway SIGTERMed right after the last send (slow versio
                     >= 20 requests are in flight); every one of them must be answered
 big_bodies          32 concurrent 4 MiB (minus a little) JSON bodies; the gateway's RSS sampled
 bad_experiment      garbage written to the experiment file: the old one keeps serving
-log_enospc          the exposure folder on a tiny, almost full tmpfs: writes fail with ENOSPC
 version_added       a fresh archive registered in the running TorchServe (a cold worker), then
                     the experiment file rewritten to give it 50 %: the gateway's reload warms it
                     before switching, so its fallback rate must not exceed control's
+log_enospc          the exposure folder on a tiny, almost full tmpfs: writes fail with ENOSPC
 ==================  ==========================================================================
 
 Each fault gets ``{"sent", "answered", "fallback", "client_5xx", "shed", "transport_errors"}``:
