@@ -197,13 +197,14 @@ async def _inject(at: float, action: Callable[..., Any], session, url: str, key:
 
 def variant_fallbacks(answers: Sequence[Answer], since: float = -math.inf) -> dict[str, dict]:
     """Per variant, of the requests sent at or after ``since``: 200 answers, fallbacks among
-    them, and their ratio (None without answers)."""
+    them, their ratio (None without answers) and the slowest answer (a cold version shows)."""
     out: dict[str, dict] = {}
     for a in answers:
         if a.status == 200 and a.variant is not None and a.t_send >= since:
-            v = out.setdefault(a.variant, {"answered": 0, "fallback": 0})
+            v = out.setdefault(a.variant, {"answered": 0, "fallback": 0, "max_ms": 0.0})
             v["answered"] += 1
             v["fallback"] += a.fallback is True
+            v["max_ms"] = max(v["max_ms"], round((a.t_done - a.t_send) * 1000, 1))
     for v in out.values():
         v["rate"] = round(v["fallback"] / v["answered"], 4) if v["answered"] else None
     return out

@@ -58,14 +58,15 @@ def test_a_failed_rule_is_reported():
 
 def test_fallback_rates_per_variant_count_only_what_was_sent_after_the_write():
     answers = [_answer("a", variant="control", fallback=True),             # sent at 0.0
-               F.Answer("b", t_send=1.0, status=200, variant="control", fallback=False),
-               F.Answer("c", t_send=1.0, status=200, variant="control", fallback=True),
-               F.Answer("d", t_send=1.5, status=200, variant="added", fallback=False),
+               F.Answer("b", t_send=1.0, t_done=1.25, status=200, variant="control",
+                        fallback=False),
+               F.Answer("c", t_send=1.0, t_done=1.5, status=200, variant="control", fallback=True),
+               F.Answer("d", t_send=1.5, t_done=1.6, status=200, variant="added", fallback=False),
                F.Answer("e", t_send=1.5, status=503, variant="added"),
                F.Answer("f", t_send=2.0, error="timeout")]
     per = F.variant_fallbacks(answers, since=0.5)
-    assert per == {"control": {"answered": 2, "fallback": 1, "rate": 0.5},
-                   "added": {"answered": 1, "fallback": 0, "rate": 0.0}}
+    assert per == {"control": {"answered": 2, "fallback": 1, "rate": 0.5, "max_ms": 500.0},
+                   "added": {"answered": 1, "fallback": 0, "rate": 0.0, "max_ms": 100.0}}
 
 
 def test_a_new_version_falling_back_more_than_control_fails_its_rule():
