@@ -15,6 +15,9 @@ gateway_sigterm     the gateway SIGTERMed right after the last send (slow versio
                     >= 20 requests are in flight); every one of them must be answered
 big_bodies          32 concurrent 4 MiB (minus a little) JSON bodies; the gateway's RSS sampled
 bad_experiment      garbage written to the experiment file: the old one keeps serving
+version_added       a fresh archive registered in the running TorchServe (a cold worker), then
+                    the experiment file rewritten to give it 50 %: the gateway's reload warms it
+                    before switching, so its fallback rate must not exceed control's
 log_enospc          the exposure folder on a tiny, almost full tmpfs: writes fail with ENOSPC
 ==================  ==========================================================================
 
@@ -60,6 +63,7 @@ import psutil
 
 from benchmarks import loadgen as L
 from benchmarks.common import machine
+from common.assignment import N_BUCKETS
 
 MODEL = "recsys"
 JSON = "application/json"
@@ -70,7 +74,8 @@ SHED_REASONS = ("shed",)              # the JSON reason of a 503 the gateway she
 NO_EXPOSURE_STATUSES = (400, 401, 403, 413, 429)
 STATS_KEYS = ("sent", "answered", "fallback", "client_5xx", "shed", "transport_errors")
 FAULTS = ("baseline", "worker_sigkill", "torchserve_sigkill", "upstream_hang", "slow_version",
-          "gateway_sigterm", "big_bodies", "bad_experiment", "log_enospc")
+          "gateway_sigterm", "big_bodies", "bad_experiment", "version_added", "log_enospc")
+ADDED_VARIANT = "added"                # the variant name of version_added's new version
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -96,6 +101,9 @@ class SuiteConfig:
     tmpfs_bytes: int = 256 * 1024
     tmpfs_free_bytes: int = 16 * 1024  # left free on the tmpfs: a few dozen records, then ENOSPC
     client_timeout_s: float = 20.0
+    added_weight: int = 5000           # version_added: the new version's buckets (of 10,000)
+    added_after_s: float = 6.0         # version_added: load kept up this long after the switch
+    added_switch_timeout_s: float = 90.0   # > the gateway's warm_up_timeout_s + reload interval
     grace_s: float = 30.0              # GATEWAY_SHUTDOWN_GRACE_S for the gateway runs
     seed: int = 0
     # --quick only: the random archives
@@ -105,7 +113,7 @@ class SuiteConfig:
 
 FULL = SuiteConfig()
 QUICK = replace(FULL, rate_rps=30.0, window_s=3.0, hang_s=1.5, sigterm_window_s=2.0,
-                refusals=2, client_timeout_s=10.0)
+                refusals=2, client_timeout_s=10.0, added_after_s=4.0)
 
 
 class SuiteError(RuntimeError):
@@ -132,6 +140,7 @@ class Answer:
     error: str | None = None
     fallback: bool | None = None
     reason: str | None = None
+    variant: str | None = None
     retry_after: bool = False
 
     @property
@@ -167,6 +176,7 @@ async def _send(session: aiohttp.ClientSession, url: str, req: Req, key: str) ->
                 d = orjson.loads(data)
                 if isinstance(d, dict):
                     a.fallback, a.reason = d.get("fallback"), d.get("reason")
+                    a.variant = d.get("variant")
             except orjson.JSONDecodeError:
                 pass
     except (aiohttp.ClientError, TimeoutError) as e:
@@ -185,9 +195,38 @@ async def _inject(at: float, action: Callable[..., Any], session, url: str, key:
     return await asyncio.get_running_loop().run_in_executor(None, action)
 
 
+def variant_fallbacks(answers: Sequence[Answer], since: float = -math.inf) -> dict[str, dict]:
+    """Per variant, of the requests sent at or after ``since``: 200 answers, fallbacks among
+    them, their ratio (None without answers) and the slowest answer (a cold version shows)."""
+    out: dict[str, dict] = {}
+    for a in answers:
+        if a.status == 200 and a.variant is not None and a.t_send >= since:
+            v = out.setdefault(a.variant, {"answered": 0, "fallback": 0, "max_ms": 0.0})
+            v["answered"] += 1
+            v["fallback"] += a.fallback is True
+            v["max_ms"] = max(v["max_ms"], round((a.t_done - a.t_send) * 1000, 1))
+    for v in out.values():
+        v["rate"] = round(v["fallback"] / v["answered"], 4) if v["answered"] else None
+    return out
+
+
+def added_rule(entry: dict) -> tuple[bool, str]:
+    """version_added's rule: the new version answered, and its fallback rate after the switch
+    is no higher than control's (with none for control, none for it either)."""
+    new, control = entry.get("fallback_rate_new"), entry.get("fallback_rate_control")
+    counts = entry.get("variants_after_write") or {}
+    ok = new is not None and control is not None and new <= control and \
+        entry.get("switch_after_s") is not None
+    return ok, (f"fallback_rate_new={new} fallback_rate_control={control} "
+                f"switch_after_s={entry.get('switch_after_s')} per variant: {counts}")
+
+
 async def _window(url: str, key: str, reqs: Sequence[Req], offsets: Sequence[float],
-                  injections: Sequence[Injection], timeout_s: float) -> tuple[list[Answer], list]:
-    """Send ``reqs`` open-loop at ``offsets`` and run the injections at their times."""
+                  injections: Sequence[Injection], timeout_s: float,
+                  until_injected: bool = False) -> tuple[list[Answer], list]:
+    """Send ``reqs`` open-loop at ``offsets`` and run the injections at their times;
+    ``until_injected``: stop sending once every injection has returned (a window as long as
+    the fault takes)."""
     conn = aiohttp.TCPConnector(limit=2048, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=conn,
                                      timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
@@ -197,6 +236,8 @@ async def _window(url: str, key: str, reqs: Sequence[Req], offsets: Sequence[flo
         tasks = []
         for req, off in zip(reqs, offsets):
             await L._sleep_until(start + float(off))
+            if until_injected and all(t.done() for t in inj):
+                break
             tasks.append(asyncio.create_task(_send(session, url, req, key)))
         answers = list(await asyncio.gather(*tasks))
         results = list(await asyncio.gather(*inj))
@@ -503,8 +544,14 @@ def _ids(path: Path) -> list[str]:
     return [x for x in path.read_text().splitlines() if x.strip()]
 
 
+def _quick_archive_config():
+    from archives import build as B
+    return B.ArchiveConfig(batch_size=8, max_batch_delay_ms=5, min_workers=1, max_workers=1)
+
+
 def prepare_quick(work: Path, cfg: SuiteConfig) -> dict:
-    """Two small random archives (control v1, treatment v2) and the slow v3."""
+    """Two small random archives (control v1, treatment v2) and the slow v3; v4 (version_added)
+    is built when that fault runs."""
     from archives import build as B
     from archives.testing import make_random_artifact
     arts = {}
@@ -512,11 +559,9 @@ def prepare_quick(work: Path, cfg: SuiteConfig) -> dict:
         arts[version] = make_random_artifact(work / f"artifact-v{version}", n_users=cfg.n_users,
                                              n_items=cfg.n_items, seed=seed, model_version=version)
         B.build_from_folder(arts[version], work, version=version, model_name=MODEL,
-                            config=B.ArchiveConfig(batch_size=8, max_batch_delay_ms=5,
-                                                   min_workers=1, max_workers=1),
-                            archive_format="zip-store", force=True)
+                            config=_quick_archive_config(), archive_format="zip-store", force=True)
     slow = build_slow(work, arts["2"], "3", cfg)
-    return {"control": "1", "treatment": "2", "slow": "3", "slow_how": slow,
+    return {"control": "1", "treatment": "2", "slow": "3", "slow_how": slow, "added": "4",
             "users": [str(u + 1) for u in range(cfg.n_users)],
             "items": [str(10 * (i + 1)) for i in range(cfg.n_items)]}
 
@@ -557,8 +602,27 @@ def prepare_from_out(out: Path, work: Path, cfg: SuiteConfig) -> dict:
     slow_version = str(max(int(v) for v in vs if v.isdigit()) + 900) if all(
         v.isdigit() for v in vs) else "900"
     slow = build_slow(work, art, slow_version, cfg)
+    added = str(int(slow_version) + 1)
     return {"control": control, "treatment": treatment, "slow": slow_version, "slow_how": slow,
+            "added": added, "added_artifact": art,
             "users": _ids(art / A.USER_IDS_FILE), "items": _ids(art / A.ITEM_IDS_FILE)}
+
+
+def build_added(work: Path, cfg: SuiteConfig, ids: dict, quick: bool) -> None:
+    """version_added's archive, built the normal way (no faults): with ``--quick`` a fresh
+    random artifact like the others, else the treatment's artifact with the default
+    ``ArchiveConfig``. Nothing has ever asked its model anything: its first worker is cold."""
+    from archives import build as B
+    from archives.testing import make_random_artifact
+    v = ids["added"]
+    if quick:
+        art = make_random_artifact(work / f"artifact-v{v}", n_users=cfg.n_users,
+                                   n_items=cfg.n_items, seed=2, model_version=v)
+        config = _quick_archive_config()
+    else:
+        art, config = ids["added_artifact"], B.ArchiveConfig()
+    B.build_from_folder(art, work, version=v, model_name=MODEL, config=config,
+                        archive_format="zip-store", force=True)
 
 
 # ============================================================================ the suite
@@ -582,15 +646,18 @@ class Suite:
                               seed=self.cfg.seed + len(self.faults))
         return [Req(f"{name}-{i}", orjson.dumps(s.body)) for i, s in enumerate(specs)]
 
-    def _write_experiment(self, versions: list[str], name: str) -> None:
+    def _write_experiment(self, versions: list[str], name: str,
+                          weights: list[float] | None = None,
+                          names: list[str] | None = None) -> None:
         from gateway import experiment as E
         from gateway.config import GatewayPaths
         E.write(GatewayPaths.under(self.work).experiment,
-                E.simple(name, versions, [5000, 5000], salt="faults"))
+                E.simple(name, versions, weights or [5000, 5000], names=names, salt="faults"))
 
     def run_fault(self, name: str, injections: Sequence[Injection] = (), *,
                   rate: float | None = None, window: float | None = None,
-                  extra: Sequence[tuple[float, Req]] = (), settle: bool = True) -> dict:
+                  extra: Sequence[tuple[float, Req]] = (), settle: bool = True,
+                  until_injected: bool = False) -> dict:
         cfg = self.cfg
         rate, window = rate or cfg.rate_rps, window or cfg.window_s
         n = max(2, int(round(rate * window)))
@@ -603,7 +670,8 @@ class Suite:
         reqs, offsets = [reqs[i] for i in order], [offsets[i] for i in order]
         t0 = time.monotonic()
         answers, results = asyncio.run(_window(self.gws.url, self.key, reqs, offsets,
-                                               injections, cfg.client_timeout_s))
+                                               injections, cfg.client_timeout_s,
+                                               until_injected))
         entry = {**stats(answers), "window_s": round(time.monotonic() - t0, 2), "rate_rps": rate}
         for r in results:
             if isinstance(r, dict):
@@ -636,7 +704,7 @@ class Suite:
         self.ids = prepare_quick(self.work, self.cfg) if self.quick else \
             prepare_from_out(self.out, self.work, self.cfg)
         self.top["build_s"] = round(time.monotonic() - t0, 1)
-        self.top["versions"] = {k: self.ids[k] for k in ("control", "treatment", "slow")}
+        self.top["versions"] = {k: self.ids[k] for k in ("control", "treatment", "slow", "added")}
         self.top["slow_version"] = self.ids["slow_how"]
         paths = GatewayPaths.under(self.work)
         auth.init_keys(paths, rate_per_s=100_000, burst=100_000)
@@ -729,6 +797,50 @@ class Suite:
         time.sleep(2 * self.cfg.slow_latency_ms / 1000)   # the gateway's warm-up of the version
         self.run_fault("slow_version")
         self.faults["slow_version"]["register_s"] = register_s
+
+    def version_added(self) -> None:
+        """Under load: register a cold version, give it ``added_weight`` buckets in the
+        experiment file (no SIGHUP: the gateway's reload loop finds it), keep the load up
+        ``added_after_s`` past the switch; per-variant fallback rates of what was sent after
+        the write."""
+        c, ids = self.cfg, self.ids
+        t0 = time.monotonic()
+        build_added(self.work, c, ids, self.quick)
+        build_s = round(time.monotonic() - t0, 1)
+        box: dict = {}
+
+        def add() -> dict:
+            t1 = time.monotonic()
+            self.ts.versions.append(ids["added"])
+            self.ts.register([ids["added"]])
+            box["register_s"] = round(time.monotonic() - t1, 1)
+            before = self.gws.metric("recsys_gateway_config_reloads_total", result="ok") or 0
+            rest = (N_BUCKETS - c.added_weight) / 2
+            box["t_write"] = time.perf_counter()
+            self._write_experiment([ids["control"], ids["treatment"], ids["added"]],
+                                   "faults-added", [rest, rest, c.added_weight],
+                                   ["control", "treatment", ADDED_VARIANT])
+            while (self.gws.metric("recsys_gateway_config_reloads_total", result="ok")
+                   or 0) <= before:
+                if time.perf_counter() - box["t_write"] > c.added_switch_timeout_s:
+                    return {}
+                time.sleep(0.1)
+            box["switch_after_s"] = round(time.perf_counter() - box["t_write"], 2)
+            time.sleep(c.added_after_s)
+            return {}
+
+        self.run_fault("version_added", [(self.at(), add)], until_injected=True,
+                       window=self.at() + 400.0)
+        per = variant_fallbacks(self.answers["version_added"], box.get("t_write", math.inf))
+        new_seen = [a.t_send - box["t_write"] for a in self.answers["version_added"]
+                    if a.variant == ADDED_VARIANT] if "t_write" in box else []
+        self.faults["version_added"].update(
+            version=ids["added"], build_s=build_s, register_s=box.get("register_s"),
+            switch_after_s=box.get("switch_after_s"),
+            first_new_sent_after_s=round(min(new_seen), 2) if new_seen else None,
+            fallback_rate_new=(per.get(ADDED_VARIANT) or {}).get("rate"),
+            fallback_rate_control=(per.get("control") or {}).get("rate"),
+            variants_after_write=per)
 
     def gateway_sigterm(self) -> None:
         c = self.cfg
@@ -881,6 +993,9 @@ class Suite:
                  big["gateway_peak_rss_mb"] < big["chart_memory_limit_mb"],
                  f"peak {big['gateway_peak_rss_mb']} MiB, limit {big['chart_memory_limit_mb']:.0f} "
                  "MiB (helm/recsys/values.yaml gateway.resources.limits.memory)")
+        added = self.faults.get("version_added") or {}
+        if "sent" in added:
+            rule("version_added: the new version's fallback rate <= control's", *added_rule(added))
         if "bad_experiment" in self.faults:
             n = self.faults["bad_experiment"].get("reload_errors", 0)
             rule("bad_experiment: counted as a failed reload", n >= 1, f"reload_errors={n}")

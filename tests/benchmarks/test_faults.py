@@ -48,10 +48,34 @@ def test_a_failed_rule_is_reported():
     suite.faults = {name: {**dict.fromkeys(F.STATS_KEYS, 0), "statuses": {}} for name in F.FAULTS}
     suite.faults["upstream_hang"]["client_5xx"] = 3
     suite.faults["bad_experiment"]["reload_errors"] = 1
+    suite.faults["version_added"].update(fallback_rate_new=0.0, fallback_rate_control=0.0,
+                                         switch_after_s=1.2)
     suite.top = {"inflight_at_sigterm": 25, "inflight_answered": 24}
     failed = {r["rule"] for r in suite.rules() if not r["ok"]}
     assert failed == {"upstream_hang: client_5xx == 0 and transport_errors == 0",
                       "gateway_sigterm: >= 20 in flight, every one answered"}
+
+
+def test_fallback_rates_per_variant_count_only_what_was_sent_after_the_write():
+    answers = [_answer("a", variant="control", fallback=True),             # sent at 0.0
+               F.Answer("b", t_send=1.0, t_done=1.25, status=200, variant="control",
+                        fallback=False),
+               F.Answer("c", t_send=1.0, t_done=1.5, status=200, variant="control", fallback=True),
+               F.Answer("d", t_send=1.5, t_done=1.6, status=200, variant="added", fallback=False),
+               F.Answer("e", t_send=1.5, status=503, variant="added"),
+               F.Answer("f", t_send=2.0, error="timeout")]
+    per = F.variant_fallbacks(answers, since=0.5)
+    assert per == {"control": {"answered": 2, "fallback": 1, "rate": 0.5, "max_ms": 500.0},
+                   "added": {"answered": 1, "fallback": 0, "rate": 0.0, "max_ms": 100.0}}
+
+
+def test_a_new_version_falling_back_more_than_control_fails_its_rule():
+    entry = {"fallback_rate_new": 0.0, "fallback_rate_control": 0.0, "switch_after_s": 1.0}
+    assert F.added_rule(entry)[0]
+    assert F.added_rule({**entry, "fallback_rate_control": 0.02})[0]
+    assert not F.added_rule({**entry, "fallback_rate_new": 0.01})[0]        # control had none
+    assert not F.added_rule({**entry, "fallback_rate_new": None})[0]        # never answered
+    assert not F.added_rule({**entry, "switch_after_s": None})[0]           # never switched
 
 
 def test_quick_fault_suite_passes_done_when(tmp_path):
