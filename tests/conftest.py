@@ -46,3 +46,18 @@ def ml_latest_small_out(spark, ml_latest_small, tmp_path_factory) -> Path:
     assert main(["run", "--dataset", str(ml_latest_small), "--out", str(out),
                  "--spark-shuffle-partitions", "4"]) == 0
     return out
+
+
+@pytest.fixture
+def moto_aws(monkeypatch):
+    """moto's stand-in for every AWS control plane, with fake credentials and no endpoint
+    override left from the environment (boto3 would otherwise send requests elsewhere)."""
+    from moto import mock_aws
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    with mock_aws():
+        yield

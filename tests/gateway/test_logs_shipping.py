@@ -10,7 +10,6 @@ import time
 import boto3
 import orjson
 import pytest
-from moto import mock_aws
 
 from gateway.config import GatewayConfig
 from gateway.logs import JsonlLog, read_jsonl
@@ -21,14 +20,8 @@ BUCKET = "recsys-logs-test"
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    with mock_aws():
-        yield boto3.client("s3", region_name="us-east-1")
+def s3(moto_aws):
+    return boto3.client("s3", region_name="us-east-1")
 
 
 def _write(lg: JsonlLog, n: int, chunk: int = 10) -> None:
