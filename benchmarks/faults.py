@@ -362,16 +362,7 @@ class GatewayRuns:
 
     def start(self, label: str) -> None:
         from gateway.testing import GatewayProc
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            self.gw = GatewayProc(self.work, list(self.args)).start(timeout=120)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        self.gw = GatewayProc(self.work, list(self.args), dict(self.env)).start(timeout=120)
         self.runs.append({"label": label, "pid": self.gw.proc.pid, "dropped": None})
 
     @property

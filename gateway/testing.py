@@ -28,6 +28,8 @@ class GatewayProc:
 
     out: Path
     args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables added to the child's environment (e.g. GATEWAY_SHUTDOWN_GRACE_S)."""
     proc: subprocess.Popen | None = None
     state: dict | None = None
     log_path: Path | None = None
@@ -47,7 +49,7 @@ class GatewayProc:
     def start(self, timeout: float = 90.0) -> "GatewayProc":
         self.paths.state.unlink(missing_ok=True)
         self.log_path = self.paths.root / f"test-gateway-{time.time():.0f}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
         env.pop("GATEWAY_PORT", None)
         env.pop("GATEWAY_METRICS_PORT", None)
         self._log = open(self.log_path, "ab")
