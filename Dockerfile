@@ -37,9 +37,9 @@ ARG INPUTS_HASH=unknown
 RUN --mount=type=bind,target=/ctx \
     echo "inputs ${INPUTS_HASH}" \
  && for target in serving training; do mkdir -p "/app/$target"; done \
- && for d in common archives handlers gateway sagemaker; do \
+ && for d in core common archives handlers gateway sagemaker; do \
       if [ -d "/ctx/$d" ]; then cp -a "/ctx/$d" /app/serving/; fi; done \
- && for d in common archives handlers gateway sagemaker etl training monitoring; do \
+ && for d in core common archives handlers gateway sagemaker etl training monitoring; do \
       if [ -d "/ctx/$d" ]; then cp -a "/ctx/$d" /app/training/; fi; done \
  && find /app -name __pycache__ -prune -exec rm -rf {} + \
  && rm -f /app/*/sagemaker/__init__.py

@@ -14,7 +14,7 @@ from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient, curl_lines
 from common.report import run_cli
-from common.retrieval import VARIANTS
+from core.retrieval import VARIANTS
 
 
 def _print(obj) -> None:

@@ -4,8 +4,8 @@
 format (CSV with a header, JSON lines or Parquet: ``item_id, title, description, categories,
 tags, created_at``), validates them with the ETL's own rules (``etl.validate.validate_catalog``
 on a local Spark session: the same quarantine reasons), vectorizes their text with the
-vectorizer fitted by the ETL (``vectorizer.json`` in the artifact, ``common/vectorizer.py``) and
-appends them to the source version's artifact (``common.artifact.with_new_items``: vectors from
+vectorizer fitted by the ETL (``vectorizer.json`` in the artifact, ``core/vectorizer.py``) and
+appends them to the source version's artifact (``core.artifact.with_new_items``: vectors from
 the content projection, as training scores items without interactions; id tables grow; no user
 vector changes, nothing is retrained). The result is registered as the next MLflow version of
 the same registered model, built into that version's archive (archive version = registry
@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.artifact import NewItem, load_artifact, with_new_items
-from common.config import ArchiveConfig
-from common.encoder import item_input_tensors
-from common.vectorizer import ContentVectorizer, item_text
+from core.artifact import NewItem, load_artifact, with_new_items
+from core.config import ArchiveConfig
+from core.encoder import item_input_tensors
+from core.vectorizer import ContentVectorizer, item_text
 
 log = logging.getLogger("archives.add_items")
 KNOWN_ITEM = "known_item"

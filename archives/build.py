@@ -9,12 +9,13 @@ Archive layout (unpacked by TorchServe into the worker's ``model_dir``, which is
 PYTHONPATH)::
 
     recommender.py            the handler entry (handlers/recommender.py)
-    handlers/                 the handler package: recommender, engine, validation, request schema
-    common/, training/        the repository modules the handler imports (import closure only)
+    handlers/                 the TorchServe adapter: recommender (entry), faults
+    core/                     the served core the handler imports (import closure only): engine,
+                              validation and its request schema, encoder, artifact, retrieval
     artifact/                 the serving artifact folder, unchanged
-    serving/                  derived at build time (handlers/artifact_adapter.py: write_pack):
+    serving/                  derived at build time (core/artifact_adapter.py: write_pack):
                               pack.safetensors (titles, user/item id tables), the index of the
-                              serving variant (``--scoring``, common/retrieval.py) and
+                              serving variant (``--scoring``, core/retrieval.py) and
                               serving.json; memory-mapped by every worker where the library allows
     model-config.yaml         batchSize, maxBatchDelay, min/maxWorkers, responseTimeout, handler:
                               (handler.faults only in test archives built with --faults)
@@ -36,16 +37,17 @@ from typing import Any
 
 import yaml
 
-from common.config import ArchiveConfig
-from common.storage import file_sha256
+from core.config import ArchiveConfig
+from core.storage import file_sha256
 
 from archives.server import ArchiveInfo, mar_name, model_store, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-HANDLER_DIR = REPO / "handlers"
-HANDLER_ENTRY = HANDLER_DIR / "recommender.py"
-LOCAL_PACKAGES = ("handlers", "common", "training")
-HANDLER_DATA_FILES = ("request.schema.json",)
+CORE_DIR = REPO / "core"
+HANDLER_ENTRY = REPO / "handlers" / "recommender.py"
+# the packages an archive may carry; the import closure of the handler decides which files
+LOCAL_PACKAGES = ("handlers", "core")
+CORE_DATA_FILES = ("request.schema.json",)
 DEFAULT_MODEL_NAME = "recsys"
 # The registered MLflow model of training/pipeline.py (MODEL_NAME; a test keeps them equal).
 DEFAULT_REGISTERED_MODEL = "hybrid-recommender"
@@ -120,7 +122,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def import_closure(entry_files: list[Path]) -> list[Path]:
-    """Repository files (handlers/, common/, training/) the entry files import, transitively,
+    """Repository files (handlers/, core/) the entry files import, transitively,
     plus the ``__init__.py`` of every package on the way."""
     todo, seen = list(entry_files), set()
     while todo:
@@ -162,8 +164,8 @@ def _git_commit() -> str | None:
 def check_artifact(artifact_dir: Path, pack: Path | None = None) -> dict[str, Any]:
     """Load the artifact the way the handler does (fails early on a broken folder) and return a
     summary with a few example ids for demo requests."""
-    from handlers.artifact_adapter import load_recommender
-    from handlers.validation import RecRequest
+    from core.artifact_adapter import load_recommender
+    from core.validation import RecRequest
 
     rec = load_recommender(artifact_dir, pack_path=pack)
     summary = rec.describe()
@@ -212,10 +214,10 @@ def build_from_folder(artifact_dir: str | Path, out: str | Path, *, version: str
             target = payload / f.relative_to(REPO)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, target)
-        for name in HANDLER_DATA_FILES:
-            shutil.copy2(HANDLER_DIR / name, payload / "handlers" / name)
+        for name in CORE_DATA_FILES:
+            shutil.copy2(CORE_DIR / name, payload / "core" / name)
         shutil.copytree(artifact_dir, payload / ARTIFACT_DIR_IN_ARCHIVE)
-        from handlers.artifact_adapter import write_pack
+        from core.artifact_adapter import write_pack
 
         pack = payload / PACK_IN_ARCHIVE
         pack_info = write_pack(artifact_dir, pack, variant=config.scoring,

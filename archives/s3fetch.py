@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from common.storage import file_sha256
+from core.storage import file_sha256
 
 log = logging.getLogger(__name__)
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")

@@ -69,18 +69,18 @@ CATEGORIES = ("Comedy", "Drama", "Horror", "Action", "Romance")
 def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 500, dim: int = 16,
                          hidden: int = 32, seed: int = 0, model_version: str = "1",
                          recency_boost: float = 2.0, recency_tau: float = 3.0) -> Path:
-    """A small, valid serving artifact from random tensors (common.artifact.save_artifact).
+    """A small, valid serving artifact from random tensors (core.artifact.save_artifact).
 
     Users ``"1".."n_users"`` each have 3-12 training items in a random time order (stored oldest
-    first); their vectors come from the serving user tower (common/encoder.py) with recency
+    first); their vectors come from the serving user tower (core/encoder.py) with recency
     weights on, as a trained model's do. Items ``"10", "20", ...`` have category
     ``CATEGORIES[i % 5]`` (and every 7th item also ``"Comedy"``); popularity decreases with the
     item index, so the popularity fallback ranks ``"10", "20", "30", ...`` first.
     """
     import torch
 
-    from common.artifact import save_artifact
-    from common.encoder import HistoryBagEncoder
+    from core.artifact import save_artifact
+    from core.encoder import HistoryBagEncoder
 
     g = torch.Generator().manual_seed(seed)
     item_ids = [str(10 * (i + 1)) for i in range(n_items)]

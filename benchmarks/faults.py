@@ -589,7 +589,7 @@ def prepare_from_out(out: Path, work: Path, cfg: SuiteConfig) -> dict:
             raise SuiteError("the treatment archive holds no artifact/ folder")
         z.extractall(work / "unpacked", names)
     shutil.move(str(work / "unpacked" / "artifact"), art)
-    from common import artifact as A
+    from core import artifact as A
     slow_version = str(max(int(v) for v in vs if v.isdigit()) + 900) if all(
         v.isdigit() for v in vs) else "900"
     slow = build_slow(work, art, slow_version, cfg)

@@ -1,4 +1,4 @@
-"""In-process microbenchmark of the retrieval variants (common/retrieval.py): build time,
+"""In-process microbenchmark of the retrieval variants (core/retrieval.py): build time,
 p50/p99 of ``search(k)``, Recall@k against exact fp32, file size and each variant's memory in a
 fresh process. The serving benchmark (benchmarks/serving_bench.py) measures them through
 TorchServe; this one isolates the index.
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from common.retrieval import VARIANTS, build_index, load_index, recall_at_k
+from core.retrieval import VARIANTS, build_index, load_index, recall_at_k
 
 _MEMORY_PROBE = """
 import sys, torch, faiss, onnxruntime, safetensors.torch
 from pathlib import Path
-from common.artifact import mmap_safetensors
-from common.retrieval import load_index
+from core.artifact import mmap_safetensors
+from core.retrieval import load_index
 def rss():
     f = dict(l.split(':', 1) for l in open('/proc/self/status'))
     return int(f['RssAnon'].split()[0]) * 1024, int(f['RssFile'].split()[0]) * 1024

@@ -1,7 +1,7 @@
 """Serving benchmark: every variant through a real TorchServe, open-loop, side by side.
 
 One TorchServe (started empty) serves one archive at a time, registered through the management
-API: for each variant of common/retrieval.py, the same generated catalog, the same requests
+API: for each variant of core/retrieval.py, the same generated catalog, the same requests
 (benchmarks/loadgen.py: known users, history-only, unknown; 70/20/10) at the same offered rates.
 Latency is measured from the intended send time, so queueing shows; every response's
 ``X-Handler-Ms`` splits the round trip into handler and frontend time; Recall@10 of each variant
@@ -33,7 +33,8 @@ from archives.client import TorchServeClient
 from archives.testing import running_server, worker_memory
 from benchmarks import loadgen
 from benchmarks.common import PERCENTILE_METHOD, RESULTS, machine, percentiles
-from common.config import ArchiveConfig, ServingBenchConfig, add_dataclass_args, from_args, to_dict
+from core.config import ArchiveConfig
+from common.config import ServingBenchConfig, add_dataclass_args, from_args, to_dict
 from common.report import setup_logging, table
 
 log = logging.getLogger("benchmarks.serving")
@@ -90,7 +91,7 @@ def build_archive(art: Path, work: Path, name: str, variant: str, *, batch_size:
 
 def request_set(art: Path, n: int, seed: int) -> list[loadgen.RequestSpec]:
     """The same request mix for every variant: known user ids and history items from the catalog."""
-    from common.artifact import load_artifact
+    from core.artifact import load_artifact
 
     a = load_artifact(art, mmap=True)
     g = torch.Generator().manual_seed(seed)
@@ -104,14 +105,14 @@ class ExactReference:
     """The exact (fp32, full scan) answer to a request, computed in-process by the same engine."""
 
     def __init__(self, art: Path):
-        from handlers.artifact_adapter import load_recommender
+        from core.artifact_adapter import load_recommender
 
         self.rec = load_recommender(art, scoring="fp32")
         self._cache: dict[int, list[str]] = {}
 
     def items(self, i: int, body: dict) -> list[str]:
         if i not in self._cache:
-            from handlers.validation import parse_request
+            from core.validation import parse_request
 
             out = self.rec.recommend([parse_request(body)])[0]
             self._cache[i] = [it["item_id"] for it in out.body["items"]]

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from benchmarks.common import RESULTS
 from benchmarks.serving_bench import BASELINE, _failure, config_of, late_share, percentile_methods
-from common.config import ArchiveConfig
+from core.config import ArchiveConfig
 from common.report import replace_block
 
 ROOT = Path(__file__).resolve().parents[1]

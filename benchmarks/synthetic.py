@@ -1,6 +1,6 @@
 """A generated serving artifact at production scale, to measure serving (memory, latency, load
 time) without training a model on 10M users. Quality is not the point; the artifact is valid
-(``common.artifact.load_artifact(verify=True)``) and its shapes and skews are realistic:
+(``core.artifact.load_artifact(verify=True)``) and its shapes and skews are realistic:
 
 * items: ``n_clusters`` clusters (item i in cluster i % n_clusters), vector = cluster centre +
   noise, so nearest neighbours are meaningful; popularity Zipf over the item index (item 0 most
@@ -9,7 +9,7 @@ time) without training a model on 10M users. Quality is not the point; the artif
   home cluster, the rest Zipf over all items;
 * encoder: one hidden layer whose weights project item vectors into the hidden space and back,
   so a history's vector points at its cluster; ``user_vectors`` are exactly the user tower
-  (common/encoder.py, recency off) applied to each user's history;
+  (core/encoder.py, recency off) applied to each user's history;
 * ``popularity`` counts distinct users per item, ``item_warm`` marks items with any.
 
 Everything is vectorised and generated in chunks of users: 10M users x 1M items x d=64 stays
@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 import psutil
 import torch
 
-from common.encoder import Bags, HistoryBagEncoder
+from core.encoder import Bags, HistoryBagEncoder
 
 log = logging.getLogger("benchmarks.synthetic")
 
@@ -136,7 +136,7 @@ ENCODER_CONFIG = {"n_layers": 1, "recency_boost": 0.0, "recency_tau": 1.0,
 
 
 def _encode_users(counts: torch.Tensor, items: torch.Tensor, enc: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The user tower (common/encoder.py) over each user's history, vectorised: with
+    """The user tower (core/encoder.py) over each user's history, vectorised: with
     ``recency_boost`` 0 every item weighs 1 whatever its position, so the bags need no order."""
     tower = HistoryBagEncoder.from_tensors(enc, ENCODER_CONFIG)
     offsets = torch.cumsum(counts, 0) - counts
@@ -201,7 +201,7 @@ def make_scale_artifact(path: Path, *, n_users: int, n_items: int, dim: int = 64
                         seed: int = 0, model_version: str = "1") -> Path:
     """Write a valid serving artifact of the given scale to ``path`` (see the module docstring);
     the same arguments give the same tensors. Users are ``u<index>``, items ``i<index>``."""
-    from common.artifact import save_artifact
+    from core.artifact import save_artifact
 
     if n_users < 1 or n_items < 1 or history_mean < 1 or n_categories < 1:
         raise ValueError("n_users, n_items, history_mean and n_categories must be >= 1")

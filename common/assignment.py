@@ -24,7 +24,7 @@ N_BUCKETS = 10_000
 
 
 def bucket(salt: str, canonical_user_id: str) -> int:
-    """The user's bucket in ``[0, 10000)`` (the id must already be canonical: common/ids.py)."""
+    """The user's bucket in ``[0, 10000)`` (the id must already be canonical: core/ids.py)."""
     digest = hashlib.sha256(f"{salt}:{canonical_user_id}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % N_BUCKETS
 

@@ -213,29 +213,6 @@ class TrainConfig:
 __all__ += ["TrainConfig"]
 
 
-@dataclass
-class ArchiveConfig:
-    """What goes into an archive's model-config.yaml (per version; TorchServe reads it at
-    registration). ``torch_threads`` and ``scoring`` are read by the handler."""
-
-    batch_size: int = 8
-    max_batch_delay_ms: int = 2  # measured: 1-2 ms beat 5 ms at every rate (docs/performance.md)
-    min_workers: int = 2
-    max_workers: int = 2
-    response_timeout_s: int = 30
-    startup_timeout_s: int = 300
-    torch_threads: int = 1  # intra-op threads per worker (torch, FAISS, ONNX Runtime)
-    # serving variant (common/retrieval.py VARIANTS): the index built into the archive; the
-    # default is the serving benchmark's winner (benchmarks/results/serving.json)
-    scoring: str = "ivf"
-    # fault injection for test archives only (handlers/faults.py: latency_ms, error_user_prefix,
-    # error_rate, seed, allow_header); None (the default, every shipped archive): no faults
-    faults: dict | None = None
-
-
-__all__ += ["ArchiveConfig"]
-
-
 @dataclass(frozen=True)
 class ServingBenchConfig:
     """The serving benchmark (benchmarks/serving_bench.py): catalogs, variants, load, knobs.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.storage import AnyPath, as_path
+from core.storage import AnyPath, as_path
 
 SCHEMA_VERSION = "1.0"
 
@@ -24,7 +24,7 @@ RATING_EVENT = "rating"
 IMPLICIT_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
 
 # Ids: any string of 1-256 characters without control characters, or a non-negative integer;
-# one canonicalization for every stage: common/ids.py.
+# one canonicalization for every stage: core/ids.py.
 
 
 class Reason:

@@ -11,7 +11,7 @@ from common.config import (GenerateConfig, PrepareConfig, SparkConfig, add_datac
                            from_args, to_dict)
 from common.report import setup_logging, table
 from common.schema import EtlLayout
-from common.storage import as_path, is_local
+from core.storage import as_path, is_local
 from etl.readers import InputError
 
 

@@ -17,9 +17,9 @@ from pyspark.sql.types import (ArrayType, ByteType, DoubleType, IntegerType, Str
                                StructType)
 
 from common.config import PrepareConfig
-from common.storage import AnyPath
+from core.storage import AnyPath
 from etl import fs
-from common.vectorizer import JAVA_TOKEN_GAPS
+from core.vectorizer import JAVA_TOKEN_GAPS
 
 TEXT_FIELDS = ("title", "description", "categories", "tags")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from common.storage import AnyPath, as_path, is_local
+from core.storage import AnyPath, as_path, is_local
 
 
 def _hadoop(spark: SparkSession, path: AnyPath):

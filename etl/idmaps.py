@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from common.storage import AnyPath
+from core.storage import AnyPath
 from etl import fs
 
 log = logging.getLogger("etl.idmaps")

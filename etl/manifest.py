@@ -10,7 +10,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from common.storage import AnyPath
+from core.storage import AnyPath
 from etl import fs
 
 _HASH_LIMIT_BYTES = 512 * 1024 * 1024

@@ -24,7 +24,7 @@ from common.config import PrepareConfig, to_dict
 from common.schema import (RATING_EVENT, RAW_CATALOG_COLUMNS, RAW_EVENT_COLUMNS,
                            REQUIRED_CATALOG_COLUMNS, REQUIRED_EVENT_COLUMNS, SCHEMA_VERSION,
                            EtlLayout)
-from common.storage import AnyPath, is_local
+from core.storage import AnyPath, is_local
 from etl import idmaps, manifest, splits
 from etl.features import fit_content_features, write_features
 from etl.readers import InputError, read_raw

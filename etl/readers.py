@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from common.storage import AnyPath, as_path
+from core.storage import AnyPath, as_path
 from etl import fs
 
 CORRUPT = "_corrupt_record"

@@ -12,7 +12,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from common.config import PrepareConfig, parse_weights
-from common.ids import MAX_ID_CHARS, WHITESPACE_JAVA_CLASS
+from core.ids import MAX_ID_CHARS, WHITESPACE_JAVA_CLASS
 from common.schema import LIST_SEPARATOR, RATING_EVENT, Reason
 from etl.readers import CORRUPT, SOURCE
 
@@ -26,7 +26,7 @@ def _blank(c: Column) -> Column:
 
 
 def canonical_id(c: Column) -> Column:
-    """common/ids.py's canonical form as a column: a string of ASCII digits loses its leading
+    """core/ids.py's canonical form as a column: a string of ASCII digits loses its leading
     zeros ("007" is "7"); any other string is NFC-normalised (ICU's ``Normalizer.compose``, on
     Spark's classpath: Spark has no normalize function, and this stays in the JVM), not trimmed."""
     digits = c.rlike("^[0-9]+$")
@@ -35,7 +35,7 @@ def canonical_id(c: Column) -> Column:
 
 
 def normalize_id(c: Column) -> Column:
-    """The canonical id (common/ids.py), or null when it is not a valid id: 1-256 code points,
+    """The canonical id (core/ids.py), or null when it is not a valid id: 1-256 code points,
     no control character (Unicode Cc), not only white space."""
     s = canonical_id(c)
     valid = ((F.char_length(s) >= 1) & (F.char_length(s) <= MAX_ID_CHARS) & ~s.rlike(r"\p{Cc}")

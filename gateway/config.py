@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from handlers.validation import MAX_BODY_BYTES
+from core.validation import MAX_BODY_BYTES
 
 DEFAULT_PORT = 8090
 DEFAULT_METRICS_PORT = 8091

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.ids import InvalidId, canonical_id, try_canonical_id
+from core.ids import InvalidId, canonical_id, try_canonical_id
 
 
 class BadRequest(ValueError):
@@ -71,7 +71,7 @@ def view_of(doc: dict) -> RequestView:
         mode = "rerank"
     else:
         mode = "user"
-    # the handler's defaults per mode (handlers/validation.py RecRequest): a candidate list is
+    # the handler's defaults per mode (core/validation.py RecRequest): a candidate list is
     # answered whole, and keeps the items the user has seen unless exclude_seen is true
     k = doc.get("k")
     k = int(k) if isinstance(k, (int, float)) and not isinstance(k, bool) and 1 <= k <= 1000 else \
@@ -90,7 +90,7 @@ def view_of(doc: dict) -> RequestView:
 
 
 def view_from(doc: dict, req) -> RequestView:
-    """The view of a request the handler's validation accepted (``handlers.validation.RecRequest``:
+    """The view of a request the handler's validation accepted (``core.validation.RecRequest``:
     canonical ids, the mode's defaults applied). A fallback answer echoes the canonical user id,
     as the handler does."""
     mode = "similar" if req.similar_to is not None else \

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from common.ids import try_canonical_id
+from core.ids import try_canonical_id
 from gateway import experiment as E
 from gateway.fallback import BadRequest, RequestView, view_from
 from gateway.http import Request, Response, Route

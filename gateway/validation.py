@@ -1,7 +1,7 @@
 """The gateway's request check: the handler's own validation, made cheap and memory-safe.
 
-One definition of a valid request: ``handlers/validation.py`` (what the TorchServe handler runs)
-and ``handlers/request.schema.json`` (its documented contract). The gateway imports both (they
+One definition of a valid request: ``core/validation.py`` (what the TorchServe handler runs)
+and ``core/request.schema.json`` (its documented contract). The gateway imports both (they
 are standard-library only, no torch), so with TorchServe down it refuses exactly what the model
 would refuse instead of answering ``{"k": "ten"}`` from the popularity list.
 
@@ -9,7 +9,7 @@ Before any parse, two cheap checks bound what a parse can cost (a 4 MiB body of 
 is 60-100 MiB of Python objects when parsed in full):
 
 * nesting deeper than the schema allows is a 400 ``too_deep`` without a recursive parse: the
-  handler's own check (``handlers.validation.check_depth``, ``MAX_DEPTH``; a test holds it
+  handler's own check (``core.validation.check_depth``, ``MAX_DEPTH``; a test holds it
   equal to :func:`schema_depth` of the schema);
 * more JSON values than the largest valid request holds (:data:`MAX_VALUES`) is a 400
   ``too_many_values``; the handler refuses those bodies too (400, naming the list that is too
@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 
-from handlers import validation as V
-from handlers.validation import InvalidRequest, RecRequest
+from core import validation as V
+from core.validation import InvalidRequest, RecRequest
 
 SCHEMA_PATH = Path(V.__file__).with_name("request.schema.json")
 TOO_DEEP = V.TOO_DEEP

@@ -4,7 +4,7 @@
 ``preprocess`` (validation, per request), ``inference`` (the batch, one matrix product) and
 ``postprocess`` (JSON bodies and per-request HTTP status).
 
-Request/response contract: docs/serving.md and handlers/request.schema.json. An invalid
+Request/response contract: docs/serving.md and core/request.schema.json. An invalid
 request in a batch (or one the engine cannot answer: an unknown ``similar_to`` item is a 404)
 gets its own 4xx (``context.set_response_status(code, message, idx)``) and
 a JSON body ``{code, type, reason, message}``; the others in the batch are answered normally.
@@ -30,11 +30,11 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers import validation as V
+from core import validation as V
 from handlers.faults import HEADER as FAULT_HEADER
 from handlers.faults import InjectedFault, parse_faults
-from handlers.engine import BatchState as _Batch
-from handlers.artifact_adapter import load_recommender
+from core.engine import BatchState as _Batch
+from core.artifact_adapter import load_recommender
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ RSS_EVERY_S = 5.0  # how often a serving worker refreshes RecWorkerRssBytes
 class RecommenderHandler(BaseHandler):
     def __init__(self):
         super().__init__()
-        self.engine = None  # handlers.engine.Recommender, built in initialize
+        self.engine = None  # core.engine.Recommender, built in initialize
         self.model_name = "recsys"
         self.model_version = "0"
         self._metrics: dict[str, Any] = {}

@@ -60,7 +60,7 @@ def build_reference(out: Path, cfg: DriftConfig, source: str = "auto",
         t0 = time.perf_counter()
         ref.scores, ref.score_note = reference_scores(art, cfg.top_k, cfg.reference_users, cfg.seed)
         if ref.model_version is None:
-            from common.artifact import load_artifact
+            from core.artifact import load_artifact
             ref.model_version = load_artifact(art).version or None
         log.info("reference scores: %d in %.1f s", len(ref.scores), time.perf_counter() - t0)
     else:

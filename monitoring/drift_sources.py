@@ -129,7 +129,7 @@ def reference_from_artifact(path: str | Path) -> Reference:
     """Item ids and ``popularity`` (distinct training users per item) of a serving artifact."""
     import torch
 
-    from common.artifact import load_artifact
+    from core.artifact import load_artifact
 
     art = load_artifact(path, mmap=True)
     pop = art.popularity.to(dtype=torch.float64).numpy().copy()
@@ -154,12 +154,12 @@ def reference_scores(artifact_dir: str | Path, k: int, n_users: int, seed: int =
                      batch: int = 64) -> tuple[np.ndarray, str]:
     """Top-k scores the served model gives known users: ``n_users`` users drawn at random among
     those with a training history, each scored by the handler's own engine
-    (``handlers.engine.Recommender``, exact fp32 scoring: the served variant may be an approximate index
+    (``core.engine.Recommender``, exact fp32 scoring: the served variant may be an approximate index
     whose scores differ by its quantization error only) with its defaults (seen items
     excluded), exactly like a live ``{"user_id": u, "k": k}`` request answered ``personalized``."""
-    from handlers.artifact_adapter import load_recommender
-    from handlers.engine import PERSONALIZED
-    from handlers.validation import RecRequest
+    from core.artifact_adapter import load_recommender
+    from core.engine import PERSONALIZED
+    from core.validation import RecRequest
 
     rec = load_recommender(artifact_dir, scoring="fp32")
     d = rec.data
@@ -175,13 +175,13 @@ def reference_scores(artifact_dir: str | Path, k: int, n_users: int, seed: int =
             if o.strategy == PERSONALIZED:
                 scores += [float(it["score"]) for it in o.body["items"][:k]]
     note = (f"top-{k} scores of {len(users)} known users with a training history, scored by "
-            f"handlers.engine.Recommender on {Path(artifact_dir)} (scoring {d.info.get('scoring')})")
+            f"core.engine.Recommender on {Path(artifact_dir)} (scoring {d.info.get('scoring')})")
     return np.asarray(scores, dtype=np.float64), note
 
 
 def iter_ids(values: Iterable) -> Iterator[str | None]:
-    """Canonical ids (common.ids); None for an invalid one."""
-    from common.ids import try_canonical_id
+    """Canonical ids (core.ids); None for an invalid one."""
+    from core.ids import try_canonical_id
 
     for v in values:
         yield try_canonical_id(v)

@@ -54,7 +54,7 @@ class LoadResult:
 
 def known_ids(artifact: Path, max_users: int = 2000) -> tuple[list[str], list[str]]:
     """Known user ids and item ids (most popular first) of a serving artifact."""
-    from common.artifact import load_artifact
+    from core.artifact import load_artifact
 
     art = load_artifact(artifact)
     order = art.popularity.argsort(descending=True).tolist()

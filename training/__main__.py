@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from common.config import ArchiveConfig, TrainConfig, add_dataclass_args, from_args
-from common.retrieval import VARIANTS
+from core.config import ArchiveConfig
+from common.config import TrainConfig, add_dataclass_args, from_args
+from core.retrieval import VARIANTS
 from common.report import setup_logging
 
 

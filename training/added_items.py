@@ -7,7 +7,7 @@
 2. a model is trained as ``training run`` trains, on the same split with those items removed
    from the catalog (they never existed for it), and exported;
 3. the items are added to that artifact by the code ``python -m archives add-items`` runs
-   (``archives.add_items.vectorize`` + ``common.artifact.with_new_items``: content only, no
+   (``archives.add_items.vectorize`` + ``core.artifact.with_new_items``: content only, no
    retraining);
 4. P1's test users are scored on their test positives among the held-out items (candidates:
    those items only, training items masked, as the cold-item slice) through the handler's engine
@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.artifact import load_artifact, with_new_items
-from common.config import ArchiveConfig, TrainConfig
-from common.encoder import item_input_tensors
+from core.artifact import load_artifact, with_new_items
+from core.config import ArchiveConfig
+from common.config import TrainConfig
+from core.encoder import item_input_tensors
 from common.schema import EtlLayout
-from common.vectorizer import ContentVectorizer
+from core.vectorizer import ContentVectorizer
 from training.compare import Ranked
 from training.data import SplitData, load_split
 from training.evaluation import evaluate, evaluate_ranked

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import ArchiveConfig, TrainConfig, add_dataclass_args, from_args
+from core.config import ArchiveConfig
+from common.config import TrainConfig, add_dataclass_args, from_args
 from common.report import table
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
 from training.data import SplitData, load_split

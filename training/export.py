@@ -1,4 +1,4 @@
-"""Trained HybridModel -> serving artifact folder (format: common/artifact.py)."""
+"""Trained HybridModel -> serving artifact folder (format: core/artifact.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from common.artifact import save_artifact
+from core.artifact import save_artifact
 from common.schema import SCHEMA_VERSION
 from training.data import SplitData
 from training.model import HybridModel, chronological_rows
@@ -30,7 +30,7 @@ def artifact_tensors(model: HybridModel, data: SplitData, batch_size: int = 4096
     """Every tensor of the artifact, computed from ``model`` in eval mode on the CPU.
 
     Known users' vectors come from their train_full history (what P1 masks) through the user
-    tower (common/encoder.py), the same module that encodes a history sent at serving time; the
+    tower (core/encoder.py), the same module that encodes a history sent at serving time; the
     artifact stores that history in time order (``user_history``)."""
     was = model.training
     model.eval()
@@ -40,7 +40,7 @@ def artifact_tensors(model: HybridModel, data: SplitData, batch_size: int = 4096
     users = []
     for s in range(0, data.n_users, batch_size):
         rows = np.arange(s, min(s + batch_size, data.n_users))
-        # the serving path: chronological item lists -> common/encoder.py's bags -> the tower
+        # the serving path: chronological item lists -> core/encoder.py's bags -> the tower
         lists = [torch.from_numpy(history.indices[history.indptr[u]:history.indptr[u + 1]]
                                   .astype(np.int64)) for u in rows]
         v = m.user_tower(m.user_tower.bags(lists))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.encoder import Bags, HistoryBagEncoder, recency_weights
+from core.encoder import Bags, HistoryBagEncoder, recency_weights
 
 
 def bags_from_csr(m: sp.csr_matrix, rows=None, device=None) -> Bags:
@@ -107,7 +107,7 @@ class HybridModel(nn.Module):
         if not (self.use_item_ids or self.use_content):
             raise ValueError("the item tower needs item ids, content, or both")
 
-        # user tower (common/encoder.py: the same module serves requests)
+        # user tower (core/encoder.py: the same module serves requests)
         self.user_tower = HistoryBagEncoder(self.n_items, self.dims, recency_boost=recency_boost,
                                             recency_tau=recency_tau, linear_dim=linear_dim,
                                             dropout=dropout)

@@ -1,6 +1,6 @@
 """eval.json's tables of the API modes -- ``related_items``, ``rerank``, ``diversity`` -- answered
 by the handler's engine over the shipped variant (the code path TorchServe runs: request bodies
-through handlers/validation.py, then the engine), on the P1 split.
+through core/validation.py, then the engine), on the P1 split.
 
 * ``related_items``: per test user, ``{"user_id": u, "similar_to": <u's last training item>,
   "k": K}`` (u's training items excluded, as served); HitRate@10 and Recall@10 against u's test
@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from handlers.engine import Recommender
-from handlers.validation import validate_request
+from core.engine import Recommender
+from core.validation import validate_request
 from training.baselines import ItemKNNModel, PopularityModel
 from training.data import SplitData
 from training.evaluation import RankFn, evaluate, evaluate_ranked, split_cold_items

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import ArchiveConfig, TrainConfig
+from core.config import ArchiveConfig
+from common.config import TrainConfig
 from common.report import table
 from common.schema import EtlLayout
 from training import tracking
@@ -27,7 +28,7 @@ from training.train import fit
 log = logging.getLogger("training.pipeline")
 MODEL_NAME = "hybrid-recommender"
 EXPERIMENT = "hybrid-recommender"
-# INT8 serving variants (common/retrieval.py) evaluated next to the shipped one
+# INT8 serving variants (core/retrieval.py) evaluated next to the shipped one
 INT8_VARIANTS = ("int8", "sq8")
 
 

@@ -1,6 +1,6 @@
 """The popularity model as a serving artifact and a registry version: the demo's A/B control.
 
-The artifact has the hybrid's format (common/artifact.py), so the same handler serves it: item
+The artifact has the hybrid's format (core/artifact.py), so the same handler serves it: item
 vectors and the user tower are zeros (every user vector is 0), and the item bias is the item's
 training popularity, so every user gets the most popular items they have not seen. Registered as
 the next version of the same registered model, with its P1 metrics, so "archive version =
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.artifact import save_artifact
-from common.encoder import HistoryBagEncoder
+from core.artifact import save_artifact
+from core.encoder import HistoryBagEncoder
 from common.schema import SCHEMA_VERSION, EtlLayout
 from training.data import SplitData, load_split
 

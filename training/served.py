@@ -2,8 +2,8 @@
 
 The rows ``served_<variant>`` and ``hybrid_int8_<variant>`` of eval.json come from here: the
 exported serving artifact, a serving pack built for the variant exactly as ``archives build``
-builds it (handlers/artifact_adapter.py ``write_pack``), and the handler's engine
-(handlers/engine.py) answering ``{"user_id": u, "k": K}`` for every test user. P1 ranks only the
+builds it (core/artifact_adapter.py ``write_pack``), and the handler's engine
+(core/engine.py) answering ``{"user_id": u, "k": K}`` for every test user. P1 ranks only the
 slice's candidate items (training items for the main slice, cold items for the cold slice), so
 the engine's answer is read down to the first K candidates, asking for a deeper list when the
 first one holds fewer (what the engine answers for that deeper request, index path included;
@@ -21,9 +21,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from handlers.artifact_adapter import PACK_FILE, load_recommender, write_pack
-from handlers.engine import Recommender
-from handlers.validation import RecRequest
+from core.artifact_adapter import PACK_FILE, load_recommender, write_pack
+from core.engine import Recommender
+from core.validation import RecRequest
 
 log = logging.getLogger("training.served")
 BATCH = 64  # requests per engine call (TorchServe hands the handler batches of up to batchSize)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from common.config import TrainConfig
 from training.data import SplitData
 from training.evaluation import evaluate, split_cold_items
-from common.encoder import Bags, recency_weights
+from core.encoder import Bags, recency_weights
 from training.model import HybridModel, content_matrix, time_ranks
 
 LOSSES = ("softmax", "sampled_softmax", "bpr")

@@ -188,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("invoke", help="one request, TargetVariant from the assignment hash")
     common(i)
-    i.add_argument("--user-id", help="the user (canonicalized as everywhere: common/ids.py)")
+    i.add_argument("--user-id", help="the user (canonicalized as everywhere: core/ids.py)")
     i.add_argument("--body", default='{"k": 10}', help="JSON request for the handler")
     i.add_argument("--salt", default=os.environ.get("RECSYS_ASSIGNMENT_SALT"),
                    help="assignment salt (default $RECSYS_ASSIGNMENT_SALT, else the endpoint "

@@ -2,7 +2,7 @@
 
 The variant is chosen by ``common.assignment`` (the one hash the gateway uses) over the
 endpoint's *current* weights (``DescribeEndpoint``, re-read every ``refresh_s`` seconds), with
-the user id canonicalized by ``common.ids``; control is the endpoint's first variant. With the
+the user id canonicalized by ``core.ids``; control is the endpoint's first variant. With the
 same salt as the gateway's experiment, a user lands on the same arm on both paths. A variant at
 weight 0 owns no buckets, so after a rollback everyone is on control.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.assignment import Split
-from common.ids import canonical_id
+from core.ids import canonical_id
 
 from recsys_sagemaker.control import DeployError, explain
 

@@ -17,7 +17,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.storage import file_sha256
+from core.storage import file_sha256
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "recsys"

@@ -33,13 +33,15 @@ def test_build_from_folder(artifact, tmp_path, capsys):
     assert manifest["model"]["handler"] == "recommender.py"
     assert cfg["batchSize"] == 4 and cfg["maxBatchDelay"] == 50 and cfg["minWorkers"] == 1 \
         and cfg["maxWorkers"] == 1 and cfg["responseTimeout"] == 30
-    for f in ("recommender.py", "handlers/validation.py", "handlers/engine.py",
-              "handlers/request.schema.json", "common/artifact.py", "common/__init__.py",
-              "common/retrieval.py", "common/idtable.py", "artifact/config.json",
+    for f in ("recommender.py", "core/validation.py", "core/engine.py",
+              "core/request.schema.json", "core/artifact.py", "core/__init__.py",
+              "core/retrieval.py", "core/idtable.py", "artifact/config.json",
               "artifact/model.safetensors", "serving/pack.safetensors", "serving/serving.json",
               f"serving/{B.ArchiveConfig().scoring}.json"):
         assert f in names, f
-    assert not any(n.startswith(("etl/", "archives/", "tests/")) for n in names)
+    # the handler adapter and the served core only: no stage package rides along
+    assert not any(n.startswith(("etl/", "archives/", "tests/", "common/", "training/", "gateway/"))
+                   for n in names)
     assert info["version"] == "7" and info["artifact"]["example_users"]
     # the default variant (ArchiveConfig().scoring, ivf) and its quality against exact scoring, checked at build time
     default = B.ArchiveConfig().scoring

@@ -6,7 +6,7 @@ import yaml
 
 from archives import build as B
 from archives import server as S
-from handlers.validation import MAX_BODY_BYTES
+from core.validation import MAX_BODY_BYTES
 
 
 def test_ports_from_env(monkeypatch):
@@ -71,8 +71,8 @@ def test_model_config_yaml():
 
 def test_import_closure_is_small_and_self_contained():
     files = {f.relative_to(B.REPO).as_posix() for f in B.import_closure([B.HANDLER_ENTRY])}
-    assert {"handlers/__init__.py", "handlers/recommender.py", "handlers/engine.py",
-            "handlers/validation.py"} <= files
+    assert {"handlers/__init__.py", "handlers/recommender.py", "core/engine.py",
+            "core/validation.py"} <= files
     # nothing from the ETL/Spark or training loop side
     assert not any(f.startswith(("etl/", "benchmarks/", "archives/")) for f in files)
     assert "training/train.py" not in files and "training/tracking.py" not in files

@@ -1,7 +1,7 @@
 """Every TorchServe config the project ships or renders lets the handler's largest body through.
 
 TorchServe's frontend (Netty) answers a body over ``max_request_size`` with an empty 413 before
-any handler runs. The handler's own limit (``handlers.validation.MAX_BODY_BYTES``) must be the
+any handler runs. The handler's own limit (``core.validation.MAX_BODY_BYTES``) must be the
 one that bites, with its JSON 413, and the largest valid request (contract: about 1.3 MB) must
 reach it. ``sagemaker.properties`` once said 2 MiB while the handler takes 4 MiB (issue 18,
 defect 9). Checked: every ``*.properties`` file under archives/config and the helm chart, the
@@ -14,7 +14,7 @@ import pytest
 
 from archives import container as K
 from archives import server as S
-from handlers.validation import MAX_BODY_BYTES
+from core.validation import MAX_BODY_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT_KEYS = ("max_request_size", "max_response_size")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from benchmarks.synthetic import main, make_scale_artifact
-from common.artifact import load_artifact
-from common.encoder import HistoryBagEncoder
+from core.artifact import load_artifact
+from core.encoder import HistoryBagEncoder
 
 N_USERS, N_ITEMS, DIM, HIDDEN = 2000, 500, 16, 24
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.storage import UriPath
+from core.storage import UriPath
 from etl import fs, idmaps
 
 FIRST = ["5", "6", "7", "10"]

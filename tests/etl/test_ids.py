@@ -1,7 +1,7 @@
-"""The ETL's Spark id rule and the serving stdlib rule (common/ids.py) on the same table."""
+"""The ETL's Spark id rule and the serving stdlib rule (core/ids.py) on the same table."""
 from __future__ import annotations
 
-from common import ids
+from core import ids
 from etl.validate import normalize_id
 
 

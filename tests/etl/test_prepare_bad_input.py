@@ -32,7 +32,7 @@ BAD_ROWS = {
     f"1,999,view,,{T0}": Reason.UNKNOWN_ITEM,                    # not in the catalog
 }
 NON_UTF8 = f"1,2,vi\xe9w,,{T0}\n".encode("latin-1")  # invalid UTF-8 byte inside a field
-# ids as users have them (common/ids.py): kept, canonicalized (NFC; digits lose leading zeros)
+# ids as users have them (core/ids.py): kept, canonicalized (NFC; digits lose leading zeros)
 EXOTIC = {"anna@example.com": "anna@example.com", "Ju\u0308rgen": "J\u00fcrgen", "用户42": "用户42",
           "0007": "7"}
 EXOTIC_ROWS = [f"{u},{i},view,,{T0 + 60 * k}" for k, u in enumerate(EXOTIC) for i in (3, 4, 5)]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from common.config import PrepareConfig
-from common.vectorizer import ContentVectorizer, item_text
+from core.vectorizer import ContentVectorizer, item_text
 
 from .conftest import T0, good_events, read, run_prepare, write_inputs
 

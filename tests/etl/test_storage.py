@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.schema import EtlLayout
-from common.storage import UriPath, as_path
+from core.storage import UriPath, as_path
 from etl import fs
 
 

@@ -93,7 +93,7 @@ def test_sticky_across_instances_and_reloads():
     ids = _ids(2000)
     assert [a.assign(u).name for u in ids] == [b.assign(u).name for u in ids]
     # canonical ids: the gateway canonicalizes before hashing ("007" is "7")
-    from common.ids import canonical_id
+    from core.ids import canonical_id
     assert a.assign(canonical_id("007")) == a.assign(canonical_id(7))
 
 

@@ -24,7 +24,7 @@ from gateway import experiment as E
 from gateway.config import GatewayConfig
 from gateway.logs import read_jsonl
 from gateway.testing import metric_value
-from handlers.validation import MAX_BODY_BYTES
+from core.validation import MAX_BODY_BYTES
 from tests.gateway.conftest import (MODEL, Client, GatewayProc, build_versions, load,
                                     need_java, register, setup_keys,
                                     write_experiment)

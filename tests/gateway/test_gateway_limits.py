@@ -25,7 +25,7 @@ from gateway import experiment as E
 from gateway.config import GatewayPaths
 from gateway.logs import Pseudonymizer, read_jsonl
 from gateway.testing import GatewayProc, metric_value
-from handlers.validation import InvalidRequest, parse_request
+from core.validation import InvalidRequest, parse_request
 
 pytestmark = pytest.mark.timeout(300)
 POPULAR = [{"item_id": str(i), "score": float(100 - i), "title": f"t{i}", "categories": ["A"]}

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from gateway import validation as G
-from handlers.validation import MAX_HISTORY, InvalidRequest, parse_request
+from core.validation import MAX_HISTORY, InvalidRequest, parse_request
 
 
 def _outcome(fn, body):
@@ -64,5 +64,5 @@ def test_oversized_structures_are_refused_before_a_parse():
 def test_the_depth_limit_is_the_schemas():
     """One depth rule: the handler's MAX_DEPTH is what its request schema allows."""
     from gateway.validation import SCHEMA, schema_depth
-    from handlers.validation import MAX_DEPTH
+    from core.validation import MAX_DEPTH
     assert schema_depth(SCHEMA) == MAX_DEPTH

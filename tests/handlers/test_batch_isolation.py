@@ -23,7 +23,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.service import Service
 
 from archives.testing import build_random_versions
-from handlers import validation as V
+from core import validation as V
 from handlers.recommender import RecommenderHandler
 
 REPO = Path(__file__).resolve().parents[2]

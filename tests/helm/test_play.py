@@ -23,7 +23,7 @@ import requests
 from archives import server as S
 from archives.testing import build_random_versions
 from common.assignment import Split
-from common.ids import canonical_id
+from core.ids import canonical_id
 from gateway import auth
 from gateway.config import GatewayPaths
 from tests.container.engine import build_image, engine

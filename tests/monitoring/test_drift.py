@@ -131,13 +131,13 @@ def test_score_psi_against_the_models_reference(artifact_out):
     """Live personalized scores computed by the same engine for other known users look like the
     reference; the same answers with scores inflated by half (e.g. a model exported with another
     calibration under the same version) cross the threshold."""
-    from handlers.artifact_adapter import load_recommender
-    from handlers.validation import RecRequest
+    from core.artifact_adapter import load_recommender
+    from core.validation import RecRequest
 
     cfg = DriftConfig(window="all", reference_users=150, seed=0)
     ref = build_reference(artifact_out, cfg)
     assert ref.model_version == "1" and len(ref.scores) == 150 * 10
-    assert "handlers.engine.Recommender" in ref.score_note
+    assert "core.engine.Recommender" in ref.score_note
     rec = load_recommender(artifact_out / "model" / "serving_artifact", scoring="fp32")
     outs = rec.recommend([RecRequest(user_id=str(u), k=10) for u in range(1, 301)])
     live = [exposure(n, user=f"p{n}", strategy=o.strategy, items=[i["item_id"] for i in o.body["items"]],

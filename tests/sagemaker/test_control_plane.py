@@ -15,7 +15,7 @@ import pytest
 from botocore.stub import Stubber
 
 from common.assignment import Split
-from common.ids import canonical_id
+from core.ids import canonical_id
 from recsys_sagemaker import package as P
 from recsys_sagemaker.__main__ import main
 from recsys_sagemaker.config import AutoScaling, DataCapture, Deployment, Variant, parse_weights

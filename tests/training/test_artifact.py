@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.artifact import (FORMAT, FORMAT_VERSION, ArtifactError, load_artifact,
+from core.artifact import (FORMAT, FORMAT_VERSION, ArtifactError, load_artifact,
                              save_artifact)
-from common.encoder import HistoryBagEncoder
+from core.encoder import HistoryBagEncoder
 from training.export import export_artifact
 from training.model import time_ranks
 from training.train import fit
@@ -120,7 +120,7 @@ def test_item_categories(exported):
 
 
 def test_ids_as_users_have_them_round_trip(tmp_path):
-    """Any valid id (common/ids.py) survives the id files, U+2028 (a line break to
+    """Any valid id (core/ids.py) survives the id files, U+2028 (a line break to
     str.splitlines) included; an id with a control character is refused."""
     from archives.testing import make_random_artifact
 
@@ -135,13 +135,13 @@ def test_ids_as_users_have_them_round_trip(tmp_path):
 
 
 def test_loads_without_training_code(exported):
-    """The handler imports common.artifact alone: no training/, numpy or scipy needed."""
+    """The handler imports core.artifact alone: no training/, numpy or scipy needed."""
     _, _, path = exported
     code = ("import sys; sys.modules['numpy'] = None; sys.modules['scipy'] = None; "
             "sys.modules['training'] = None\n"
-            "from common.artifact import load_artifact\n"
+            "from core.artifact import load_artifact\n"
             f"a = load_artifact({str(path)!r})\n"
-            "from common.encoder import HistoryBagEncoder\n"
+            "from core.encoder import HistoryBagEncoder\n"
             "t = HistoryBagEncoder.from_tensors(a.tensors, a.config['encoder'])\n"
             "print(tuple(t.encode([[1, 2, 3]]).shape) == (1, a.dim))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

@@ -11,7 +11,7 @@ import torch
 from common.config import TrainConfig
 from training.baselines import PopularityModel
 from training.evaluation import evaluate, split_cold_items
-from common.encoder import history_bags
+from core.encoder import history_bags
 from training.model import (HybridModel, chronological_rows, content_matrix, history_matrix,
                             time_ranks)
 from training.train import build_model, evaluate_p1, fit, train

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.artifact import load_artifact
-from common.config import ArchiveConfig
+from core.artifact import load_artifact
+from core.config import ArchiveConfig
 from training import tracking
 from training.pipeline import MODEL_NAME
 

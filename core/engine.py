@@ -1,11 +1,11 @@
 """Batch recommendation: the one implementation of scoring, masking, top-k and diversification
 that serving runs.
 
-:class:`Recommender` turns validated requests (:class:`handlers.validation.RecRequest`) into
+:class:`Recommender` turns validated requests (:class:`core.validation.RecRequest`) into
 responses; the TorchServe handler, the offline evaluation of the shipped variant
 (training/served.py, training/modes.py), the parity check, the benchmarks and the tests all call
 it. It does not know the artifact format: :class:`ServingData` holds plain tensors and callables,
-built by :func:`handlers.artifact_adapter.from_artifact`.
+built by :func:`core.artifact_adapter.from_artifact`.
 
 Three modes share every step: top-k for a user; ``similar_to`` (related items: cosine of item
 vectors, in the ``similarity`` :class:`Space`); ``candidates`` (the user's ranking of a given
@@ -15,7 +15,7 @@ list). A batch goes through five steps, each over the whole batch, whatever mix 
    any), the items to mask, the query item or the candidate list; an unknown ``similar_to`` item
    becomes that request's 404;
 2. :meth:`Recommender._vectors` encodes every history of the batch in one call of the user
-   tower (common/encoder.py), takes known users' precomputed vectors and the query items' unit
+   tower (core/encoder.py), takes known users' precomputed vectors and the query items' unit
    vectors;
 3. :meth:`Recommender._rank`: rows without category filters ask their space's serving index for
    ``depth + #masked`` candidates (one call per space) and drop the masked ones; rows with
@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from handlers.validation import UNKNOWN_ITEM, InvalidRequest, RecRequest
+from core.validation import UNKNOWN_ITEM, InvalidRequest, RecRequest
 
 PERSONALIZED, HISTORY, POPULAR = "personalized", "history", "popular"
 SIMILAR, RERANK = "similar", "rerank"
@@ -52,7 +52,7 @@ RELEVANCE, SIMILARITY = "relevance", "similarity"  # the ServingData fields of t
 class Space:
     """One way of scoring the catalog against a query vector. The engine has two: ``relevance``
     (a user vector ``u``: ``u . x_i + b_i``) and ``similarity`` (an L2-normalised item vector:
-    the cosine of every item). :meth:`of` builds one from a common/retrieval.py searcher, which
+    the cosine of every item). :meth:`of` builds one from a core/retrieval.py searcher, which
     holds the one implementation of exact scoring and of the serving index."""
 
     score: Callable[[torch.Tensor], torch.Tensor]   # [b, d] -> exact scores [b, n_items]

@@ -11,7 +11,7 @@ item ``j`` the input weight ``1 + recency_boost * exp(-(items after j) / recency
 ``h = act(sum_j w_j * E[item_j] + b)`` then ``h = act(W_k h + b_k)`` per layer, ``act`` = tanh
 except the last ``linear_dim`` units of the output layer (a linear path).
 
-Artifact tensors (``common/artifact.py``): ``encoder.in.weight [n_items, h1]``,
+Artifact tensors (``core/artifact.py``): ``encoder.in.weight [n_items, h1]``,
 ``encoder.in.bias [h1]``, ``encoder.layers.K.weight/bias`` (torch layout ``[out, in]``); the
 artifact config's ``encoder`` block holds ``recency_boost``, ``recency_tau``, ``dims``,
 ``n_layers`` and ``linear_dim``.

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from common.ids import MAX_ID_CHARS, InvalidId, canonical_id
+from core.ids import MAX_ID_CHARS, InvalidId, canonical_id
 
 # Limits (documented in docs/serving.md and request.schema.json). The largest valid request --
 # 5,000 history ids of 256 characters, about 1.3 MB as ASCII, 3.9 MB as 3-byte UTF-8 -- fits
@@ -295,7 +295,7 @@ def _as_int(v: Any) -> int | None:
 
 
 def _id(v: Any, field: str, reason: str) -> str:
-    """The canonical id (common/ids.py, the ETL's rule) or a 400 naming the field and why."""
+    """The canonical id (core/ids.py, the ETL's rule) or a 400 naming the field and why."""
     try:
         return canonical_id(v)
     except InvalidId as e:

@@ -1,12 +1,12 @@
-"""common.idtable: exact id <-> index lookups over flat (mmappable) tensors."""
+"""core.idtable: exact id <-> index lookups over flat (mmappable) tensors."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common import idtable
-from common.artifact import mmap_safetensors
-from common.idtable import IdTable, build_id_table
+from core import idtable
+from core.artifact import mmap_safetensors
+from core.idtable import IdTable, build_id_table
 
 IDS = ["u1", "u2", "item-10", "", "Amélie", "東京", "🎬 movie", "a b\tc", "u10"]
 

@@ -11,7 +11,7 @@ Folder layout (``FORMAT = "hybrid-recsys-artifact"``, ``FORMAT_VERSION = 2``)::
     user_ids.txt      line u = original id of user index u
     item_ids.txt      line i = original id of item index i
     items.jsonl       line i = {"item_idx", "item_id", "title", "categories"}
-    vectorizer.json   the ETL's TF-IDF vocabulary / IDF (common/vectorizer.py reads it)
+    vectorizer.json   the ETL's TF-IDF vocabulary / IDF (core/vectorizer.py reads it)
 
 Tensors (float32 unless noted; d = ``config["dim"]``)::
 
@@ -32,7 +32,7 @@ Tensors (float32 unless noted; d = ``config["dim"]``)::
                           masked when recommending)
 
 Scoring: ``score = user_vector @ item_vectors.T + item_bias``. The user tower (the history
-encoder, ``config["encoder"]``) is defined once in ``common/encoder.py``: known users'
+encoder, ``config["encoder"]``) is defined once in ``core/encoder.py``: known users'
 ``user_vectors`` are exactly that encoder applied to their ``user_history`` row (plus a user id
 embedding only where ``encoder.includes_user_id_embedding``), and serving applies the same
 encoder to a history sent with a request. A new item's vector from its TF-IDF
@@ -54,11 +54,11 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from common.ids import InvalidId, check_id
-from common.storage import file_sha256
+from core.ids import InvalidId, check_id
+from core.storage import file_sha256
 
 FORMAT = "hybrid-recsys-artifact"
-FORMAT_VERSION = 2  # 2: user_history rows in time order; encoder block from common/encoder.py
+FORMAT_VERSION = 2  # 2: user_history rows in time order; encoder block from core/encoder.py
 TENSORS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 USER_IDS_FILE = "user_ids.txt"
@@ -85,7 +85,7 @@ def _check_id(value: str, what: str) -> str:
 
 
 def _read_ids(path: Path) -> list[str]:
-    """One id per line. Ids may hold any character but control characters (common/ids.py), so
+    """One id per line. Ids may hold any character but control characters (core/ids.py), so
     lines split on "\n" only: str.splitlines() would also split at U+2028 or U+001C."""
     text = path.read_text(encoding="utf-8")
     return text.split("\n")[:-1] if text else []
@@ -266,7 +266,7 @@ class ServingArtifact:
     def embed_item(self, text_indices: Sequence[int], text_values: Sequence[float],
                    category_indices: Sequence[int] = ()) -> tuple[torch.Tensor, float]:
         """(vector [d], bias) of an item from content alone, e.g. one added after training
-        (vectorize it with common.vectorizer.ContentVectorizer from vectorizer.json)."""
+        (vectorize it with core.vectorizer.ContentVectorizer from vectorizer.json)."""
         spec = self.config["content"]
         n_text = int(spec["n_text_features"])
         W, b = self.tensors["content.weight"], self.tensors["content.bias"]
@@ -281,7 +281,7 @@ class ServingArtifact:
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item added after training, with its content vectorized (common/vectorizer.py)."""
+    """An item added after training, with its content vectorized (core/vectorizer.py)."""
 
     item_id: str
     title: str
@@ -340,7 +340,7 @@ def load_artifact(path: str | Path, mmap: bool = True, verify: bool = False,
 
     ``id_lists``: (user ids, item ids) sequences to use instead of reading ``user_ids.txt`` /
     ``item_ids.txt`` into Python lists -- serving passes memory-mapped id tables
-    (common/idtable.py), so that 10M user ids are not a private copy in every worker."""
+    (core/idtable.py), so that 10M user ids are not a private copy in every worker."""
     p = Path(path)
     cfg_path = p / CONFIG_FILE
     if not cfg_path.exists():

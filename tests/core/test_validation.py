@@ -1,4 +1,4 @@
-"""Request validation: pure Python, no TorchServe (handlers/validation.py)."""
+"""Request validation: pure Python, no TorchServe (core/validation.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from handlers import validation as v
+from core import validation as v
 
 SCHEMA = json.loads((Path(v.__file__).parent / "request.schema.json").read_text())
 
@@ -164,8 +164,8 @@ def test_body_of_rows():
 
 
 def test_ids_follow_the_shared_rule_on_its_table_of_cases():
-    """The handler uses common/ids.py, the rule the ETL's Spark expression is tested against."""
-    from common.ids import CASES
+    """The handler uses core/ids.py, the rule the ETL's Spark expression is tested against."""
+    from core.ids import CASES
 
     for raw, expected in CASES:
         if expected is None:

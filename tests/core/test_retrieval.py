@@ -1,4 +1,4 @@
-"""Catalog retrieval variants (common/retrieval.py) with the real libraries (torch.ao, ONNX
+"""Catalog retrieval variants (core/retrieval.py) with the real libraries (torch.ao, ONNX
 Runtime, FAISS): shapes, ordering, recall against exact fp32, build -> load round trips and
 memory-mapped loading."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import mmap
 import pytest
 import torch
 
-from common import retrieval as R
+from core import retrieval as R
 
 N, D, CLUSTERS = 3000, 16, 20
 

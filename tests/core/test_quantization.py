@@ -1,4 +1,4 @@
-"""INT8 primitives (common/quantization.py): module quantization and the sq8 catalog scan."""
+"""INT8 primitives (core/quantization.py): module quantization and the sq8 catalog scan."""
 from __future__ import annotations
 
 import warnings
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-from common.quantization import (SQ8, quantize_module, sq8_decode, sq8_encode,
+from core.quantization import (SQ8, quantize_module, sq8_decode, sq8_encode,
                                  torch_ao_int8_weights, torch_ao_linear_from_int8)
 
 N_ITEMS, DIM, CLUSTERS = 2000, 64, 20

@@ -1,4 +1,4 @@
-"""The user tower (common/encoder.py) against hand-computed weights, recency on and off."""
+"""The user tower (core/encoder.py) against hand-computed weights, recency on and off."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.encoder import HistoryBagEncoder, history_bags, latest_occurrences, recency_weights
+from core.encoder import HistoryBagEncoder, history_bags, latest_occurrences, recency_weights
 
 N_ITEMS, H, D = 12, 5, 3
 

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from common.retrieval import load_index
-from handlers.engine import (HISTORY, PERSONALIZED, POPULAR, RERANK, SIMILAR, Recommender,
+from core.retrieval import load_index
+from core.engine import (HISTORY, PERSONALIZED, POPULAR, RERANK, SIMILAR, Recommender,
                              ServingData, Space, mmr)
-from handlers.artifact_adapter import load_recommender, unit_vectors, write_pack
-from handlers.validation import UNKNOWN_ITEM, RecRequest
+from core.artifact_adapter import load_recommender, unit_vectors, write_pack
+from core.validation import UNKNOWN_ITEM, RecRequest
 
 N_ITEMS, DIM = 40, 8
 CATS = ["Comedy", "Drama", "Horror"]
@@ -35,7 +35,7 @@ def engine(request, tmp_path_factory) -> Recommender:
         calls.append(len(histories))
         return torch.stack([enc[h].mean(0) for h in histories])
 
-    # exact scoring and the (exact) index of common/retrieval.py's fp32 variant, no files
+    # exact scoring and the (exact) index of core/retrieval.py's fp32 variant, no files
     folder = tmp_path_factory.mktemp("fp32")
     unit = unit_vectors(items)
     relevance = load_index("fp32", folder, items, torch.zeros(N_ITEMS))
@@ -280,7 +280,7 @@ def test_mixed_batch_each_mode_answered_as_alone(engine):
     assert batch[5].error.status == 404
 
 
-# ---- on a real artifact folder (common.artifact) ---------------------------------------------
+# ---- on a real artifact folder (core.artifact) ---------------------------------------------
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
@@ -293,7 +293,7 @@ def artifact(tmp_path_factory):
 def test_history_request_is_the_known_user(artifact):
     """Parity at the engine: a new id sending a known user's stored history, oldest first,
     gets the known user's vector (recency weights on) and so the same ranking."""
-    from common.artifact import load_artifact
+    from core.artifact import load_artifact
 
     root, _ = artifact
     art = load_artifact(root / "art")

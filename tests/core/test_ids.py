@@ -1,9 +1,9 @@
-"""The one id canonicalization (common/ids.py) on the shared table of cases and JSON values."""
+"""The one id canonicalization (core/ids.py) on the shared table of cases and JSON values."""
 from __future__ import annotations
 
 import pytest
 
-from common import ids
+from core import ids
 
 
 @pytest.mark.parametrize("raw,expected", ids.CASES)

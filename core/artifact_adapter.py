@@ -1,15 +1,15 @@
-"""Serving artifact (common/artifact.py) + the archive's serving pack -> :class:`ServingData`.
+"""Serving artifact (core/artifact.py) + the archive's serving pack -> :class:`ServingData`.
 
 The serving pack (``serving/`` in the archive, written by :func:`write_pack` at build time from
 the artifact) holds what every worker would otherwise build privately, in files that every
 worker memory-maps (shared through the page cache):
 
 * ``pack.safetensors``: the titles as one UTF-8 blob (``titles.bytes`` / ``titles.offsets``)
-  and the user and item id tables (``user_ids.*`` / ``item_ids.*``, common/idtable.py: hashed,
+  and the user and item id tables (``user_ids.*`` / ``item_ids.*``, core/idtable.py: hashed,
   sorted, looked up with a binary search) -- Python dicts of 10M ids would be >1 GB per worker;
 * ``item_unit``: the L2-normalised item vectors (related items, ``similar_to``, and the
   redundancy term of diversity);
-* the serving index of one variant (common/retrieval.py: ``fp32``, ``int8``, ``onnx_int8``,
+* the serving index of one variant (core/retrieval.py: ``fp32``, ``int8``, ``onnx_int8``,
   ``sq8``, ``faiss_sq8``, ``hnsw``, ``ivf``), files ``<variant>.*``, over the relevance scores;
   and the same variant's index over ``item_unit`` with zero bias (cosine), in ``similar/``;
 * ``serving.json``: the variant, its parameters and the build-time quality checks (Recall@10 of
@@ -25,12 +25,12 @@ from typing import Sequence
 
 import torch
 
-from common.artifact import ITEMS_FILE, load_artifact, mmap_safetensors
-from common.config import ArchiveConfig
-from common.encoder import HistoryBagEncoder
-from common.idtable import IdTable, build_id_table
-from common.retrieval import VARIANTS, build_index, load_index, recall_at_k
-from handlers.engine import Recommender, ServingData, Space
+from core.artifact import ITEMS_FILE, load_artifact, mmap_safetensors
+from core.config import ArchiveConfig
+from core.encoder import HistoryBagEncoder
+from core.idtable import IdTable, build_id_table
+from core.retrieval import VARIANTS, build_index, load_index, recall_at_k
+from core.engine import Recommender, ServingData, Space
 
 PACK_FILE = "pack.safetensors"
 SERVING_JSON = "serving.json"
@@ -158,7 +158,7 @@ def _categories(art) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 
 def from_artifact(artifact_dir: Path, scoring: str = "auto", pack_path: Path | None = None,
                   threads: int = 1) -> ServingData:
-    """``scoring``: a variant of common/retrieval.py, or ``auto`` = the variant the pack was
+    """``scoring``: a variant of core/retrieval.py, or ``auto`` = the variant the pack was
     built with (fp32 when there is no pack). A variant other than fp32 needs its index files."""
     pack, mm, meta = {}, None, {}
     if pack_path is not None and Path(pack_path).exists():
@@ -211,7 +211,7 @@ def from_artifact(artifact_dir: Path, scoring: str = "auto", pack_path: Path | N
 def load_recommender(artifact_dir: str | Path, scoring: str = "auto",
                      pack_path: str | Path | None = None, threads: int = 1) -> Recommender:
     """The engine over an artifact folder (and the archive's serving pack, when given);
-    ``scoring``: a serving variant (common/retrieval.py) or ``auto`` (the pack's)."""
+    ``scoring``: a serving variant (core/retrieval.py) or ``auto`` (the pack's)."""
     return Recommender(from_artifact(Path(artifact_dir), scoring=scoring,
                                      pack_path=Path(pack_path) if pack_path else None, threads=threads))
 

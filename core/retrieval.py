@@ -52,7 +52,7 @@ from typing import Any, Callable
 
 import torch
 
-from common.quantization import SQ8, sq8_encode, torch_ao_int8_weights, torch_ao_linear_from_int8
+from core.quantization import SQ8, sq8_encode, torch_ao_int8_weights, torch_ao_linear_from_int8
 
 VARIANTS = ("fp32", "int8", "onnx_int8", "sq8", "faiss_sq8", "hnsw", "ivf")
 APPROXIMATE = ("hnsw", "ivf")
@@ -474,7 +474,7 @@ class _FaissSearcher(Searcher):
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], object]:
     """Zero-copy tensors over a copy-on-write map of ``path`` (shared between processes until
     written; nothing here writes). Returns the tensors and the map to keep alive."""
-    from common.artifact import mmap_safetensors
+    from core.artifact import mmap_safetensors
 
     return mmap_safetensors(path)
 
