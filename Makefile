@@ -163,10 +163,10 @@ bench-etl: venv java
 bench-tower: venv java
 	$(PY) -m benchmarks.tower_bench $(BENCH_ARGS)
 
-# the default TrainConfig over 3 seeds on ml-latest-small: training time + the README seed study
+# the default TrainConfig over 3 seeds on ml-latest-small: training time + docs/results.md's seed study
 bench-training: venv java
 	$(PY) -m benchmarks.training_bench $(BENCH_ARGS)
-	$(PY) -m training readme --study benchmarks/results/training.json
+	$(PY) -m training results --study benchmarks/results/training.json
 
 # ---- container image (docs/contracts.md, "Container") ---------------------------------------
 CONTAINER_ENGINE ?= podman
