@@ -317,9 +317,9 @@ def cmd_healthcheck(a) -> int:
         key_file = Path(health["key_file"]) if health.get("key_file") else None
         if key_file and key_file.exists():  # TorchServe with token auth: /ping needs the key
             req.add_header("Authorization", f"Bearer {json.loads(key_file.read_text())['inference']['key']}")
-        with urllib.request.urlopen(req, timeout=a.timeout) as r:  # noqa: S310 (loopback URL we wrote)
+        with urllib.request.urlopen(req, timeout=a.timeout) as r:  # a loopback URL we wrote
             return 0 if r.status == 200 else 1
-    except Exception as e:  # any failure is "unhealthy"; say why for `podman healthcheck run`
+    except Exception as e:  # noqa: BLE001 - any failure is "unhealthy"; say why for `podman healthcheck run`
         print(f"unhealthy: {e}", file=sys.stderr)
         return 1
 

@@ -222,7 +222,7 @@ def _supervise(launch: Launch, launcher: subprocess.Popen, pump: LogPump, props:
             log.info("ready in %.1f s: %s", time.monotonic() - t0,
                      ", ".join(f"{n} v{client.default_version(n)} (default)"
                                for n in sorted({n for n, _ in launch.models})) or "no models")
-        except Exception as e:  # reported, then the main loop stops the server
+        except Exception as e:  # noqa: BLE001 - reported, then the main loop stops the server
             if not got:  # a stop requested meanwhile explains any error here
                 failed.append(str(e))
             stop.set()

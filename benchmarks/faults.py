@@ -511,7 +511,7 @@ def _build_help() -> str:
     """``archives build --help`` (the subcommand's own options)."""
     from archives.__main__ import parser
     p = parser()
-    for action in p._subparsers._group_actions:   # noqa: SLF001 - argparse keeps them here
+    for action in p._subparsers._group_actions:   # argparse keeps them here
         if "build" in action.choices:
             return action.choices["build"].format_help()
     return ""

@@ -1,7 +1,7 @@
 """Concise progress logging and plain-text tables, the same for every stage's CLI."""
 from __future__ import annotations
 
-import argparse  # noqa: F401 - for the annotation
+import argparse  # for the annotation
 import logging
 import sys
 from typing import Any, Sequence

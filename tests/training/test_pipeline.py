@@ -69,7 +69,7 @@ def test_eval_json_mode_tables(pipeline_run):
     assert 0.0 <= levels["0.7"]["more_categories_than_0"] <= 1.0
     for level in levels.values():
         assert level["users"] == users and 0 <= level["recall@10"] <= 1
-    # the README blocks render from them
+    # the docs/results.md blocks render from them
     from training.report import TABLES
 
     for name in ("eval:related_items", "eval:rerank", "eval:diversity"):
