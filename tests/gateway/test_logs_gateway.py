@@ -12,8 +12,9 @@ import boto3
 import orjson
 import pytest
 
-from archives.testing import running_server
-from gateway.testing import GatewayProc, metric_value
+from common.promtext import metric_value
+from testkit.archives import running_server
+from testkit.gateway import GatewayProc
 from tests.gateway.conftest import (MODEL, Client, build_versions, need_java, register,
                                     setup_keys, write_experiment)
 
