@@ -14,7 +14,7 @@ from archives import s3fetch as F
 from archives import server as S
 from archives.properties import CONFIGS
 from archives.store import archives_in
-from common.net import free_port, free_ports, port_in_use
+from common.net import free_port, free_ports, port_in_use, wait_until
 
 BUCKET = "recsys-model-store"
 
@@ -173,20 +173,19 @@ def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
                                 stdout=open(tmp_path / "console.log", "wb"), stderr=subprocess.STDOUT)
         key_file = tmp_path / "run" / "torchserve" / "key_file.json"
         deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, (tmp_path / "console.log").read_text()[-3000:]
-            if key_file.exists():
-                try:  # TorchServe may be writing the file
-                    key = json.loads(key_file.read_text())["inference"]["key"]
-                    r = requests.post(f"http://127.0.0.1:{inf}/predictions/recsys",
-                                      json={"user_id": "2", "k": 2}, timeout=5,
-                                      headers={"Authorization": f"Bearer {key}"})
-                    if r.status_code == 200:
-                        break
-                except (requests.RequestException, ValueError, KeyError):
-                    pass
-            assert time.monotonic() < deadline, "TorchServe did not answer"
-            time.sleep(0.5)
+
+        def answered() -> requests.Response | None:
+            try:  # TorchServe may be writing the key file
+                key = json.loads(key_file.read_text())["inference"]["key"]
+                r = requests.post(f"http://127.0.0.1:{inf}/predictions/recsys",
+                                  json={"user_id": "2", "k": 2}, timeout=5,
+                                  headers={"Authorization": f"Bearer {key}"})
+            except (OSError, requests.RequestException, ValueError, KeyError):
+                return None
+            return r if r.status_code == 200 else None
+
+        r = wait_until(answered, timeout=240, interval=0.5, proc=proc,
+                       log=tmp_path / "console.log", what="the container entry point")
         assert r.json()["model_version"] == "4"
         assert requests.get(f"http://127.0.0.1:{inf}/ping", timeout=5).status_code == 400  # token on
         hc = subprocess.run([sys.executable, "-m", "archives.container", "healthcheck"], env=env,

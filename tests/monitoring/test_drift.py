@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
-from common.net import free_port
+from common.net import free_port, http_status, wait_until
 from common.promtext import samples
 from monitoring.__main__ import main as cli
 from monitoring.config import DriftConfig
@@ -163,14 +162,13 @@ def test_daemon_exports_gauges(etl_out):
                              "--window", "1h"], cwd=Path(__file__).resolve().parents[2],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline, text = time.monotonic() + 60, ""
-        while time.monotonic() < deadline and 'recsys_drift_psi{feature="item_popularity"}' not in text:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+        def scraped() -> str | None:
+            r = http_status(f"http://127.0.0.1:{port}/metrics")
+            return r.text if r is not None and 'recsys_drift_psi{feature="item_popularity"}' in r.text \
+                else None
+
+        text = wait_until(scraped, timeout=60, interval=0.5, proc=proc,
+                          log=lambda: proc.stdout.read().decode(), what="drift --daemon")
         values = {(x.name, *x.labels.values()): x.value for x in samples(text)
                   if x.name.startswith("recsys_drift")}
         assert values["recsys_drift_psi", "item_popularity"] > 0.2
