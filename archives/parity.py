@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from archives.client import TorchServeClient
-from archives.server import find_archive
+from archives.store import find_archive
 
 log = logging.getLogger("archives.parity")
 THRESHOLD = 0.99

@@ -30,12 +30,13 @@ import torch
 from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient
-from archives.testing import running_server, worker_memory
+from archives.store import model_store
 from benchmarks import loadgen
 from benchmarks.common import PERCENTILE_METHOD, RESULTS, machine, percentiles
-from core.config import ArchiveConfig
 from common.config import ServingBenchConfig, add_dataclass_args, from_args, to_dict
 from common.report import setup_logging, table
+from core.config import ArchiveConfig
+from testkit.archives import running_server, worker_memory
 
 log = logging.getLogger("benchmarks.serving")
 BASELINE = "fp32"
@@ -564,8 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(a.results) if not a.quick else work / "results"
     results.mkdir(parents=True, exist_ok=True)
     parts = set(_names(a.parts))
-    shutil.rmtree(S.model_store(work), ignore_errors=True)
-    S.model_store(work).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(model_store(work), ignore_errors=True)
+    model_store(work).mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"machine": machine(), "config": to_dict(cfg), "runs": [],
                            "percentile_method": PERCENTILE_METHOD,
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -24,14 +24,13 @@ import logging
 import shutil
 import sys
 import time
-from pathlib import Path
-
-from archives import server as S
 from archives.client import TorchServeClient
-from archives.testing import running_server
+from archives.store import model_store
 from benchmarks import loadgen
 from benchmarks.common import RESULTS, machine
 from benchmarks.loadgen import percentiles
+from pathlib import Path
+from testkit.archives import running_server
 from benchmarks.serving_bench import (ExactReference, build_archive, make_catalog, request_set,
                                       served_recall)
 from common.config import ServingBenchConfig, TrainConfig
@@ -121,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ServingBenchConfig(requests=a.requests)
     dims = [int(x) for x in a.dims.split(",")]
     work = Path(a.work).resolve()
-    shutil.rmtree(S.model_store(work), ignore_errors=True)
-    S.model_store(work).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(model_store(work), ignore_errors=True)
+    model_store(work).mkdir(parents=True, exist_ok=True)
     info = machine()
     t0 = time.perf_counter()
     res = {"machine": info, "config": {"catalog_items": cfg.catalog_items,

@@ -136,7 +136,7 @@ def test_popularity_version_and_parity_through_torchserve(pipeline_run):
     answer equals the answer to a new id sending that user's ETL history (OUT/parity.json)."""
     from archives import build as B
     from archives.__main__ import main as archives_main
-    from archives.testing import running_server
+    from testkit.archives import running_server
     from training.__main__ import main as train_main
 
     out, ev = pipeline_run
@@ -164,8 +164,8 @@ def test_add_items_without_retraining(pipeline_run, tmp_path):
     from archives import build as B
     from archives.add_items import add_items
     from archives.client import TorchServeClient
-    from archives.server import list_archives
-    from archives.testing import running_server
+    from archives.store import list_archives
+    from testkit.archives import running_server
     from training.data import load_split
 
     out, ev = pipeline_run
