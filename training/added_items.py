@@ -36,7 +36,7 @@ from core.encoder import item_input_tensors
 from common.schema import EtlLayout
 from core.vectorizer import ContentVectorizer
 from training.compare import Ranked
-from training.data import SplitData, load_split
+from common.splits import SplitData, load_split
 from training.evaluation import evaluate, evaluate_ranked
 
 log = logging.getLogger("training.added_items")

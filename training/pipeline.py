@@ -22,7 +22,7 @@ from common.report import table
 from common.schema import EtlLayout
 from training import tracking
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
-from training.data import load_split
+from common.splits import load_split
 from training.modes import mode_tables
 from training.served import engine_rank_fn, served_recommenders
 from training.train import fit

@@ -17,7 +17,7 @@ import torch
 from core.artifact import save_artifact
 from core.encoder import HistoryBagEncoder
 from common.schema import SCHEMA_VERSION, EtlLayout
-from training.data import SplitData, load_split
+from common.splits import SplitData, load_split
 
 log = logging.getLogger("training.popularity")
 DIM = 8  # smallest vector our serving indexes handle well; all zeros
@@ -26,7 +26,7 @@ DIM = 8  # smallest vector our serving indexes handle well; all zeros
 def popularity_tensors(data: SplitData) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, encoder config) of the popularity artifact."""
     from training.export import _csr_tensors
-    from training.model import chronological_rows
+    from common.splits import chronological_rows
 
     pop = torch.from_numpy(np.diff(data.train_full.tocsc().indptr).astype(np.float32))
     tower = HistoryBagEncoder(data.n_items, [DIM])

@@ -121,7 +121,7 @@ def test_serving_artifact_matches_the_evaluated_model(pipeline_run):
     # Known users' precomputed vectors score exactly like the model did in evaluation:
     # reproduce the hybrid's recall@10 from the artifact alone.
     from training.compare import evaluate_slices
-    from training.data import load_split
+    from common.splits import load_split
 
     data = load_split(out)
     res = evaluate_slices(lambda u: art.user_vector(torch.as_tensor(u)) @ art.item_vectors.T
@@ -166,7 +166,7 @@ def test_add_items_without_retraining(pipeline_run, tmp_path):
     from archives.client import TorchServeClient
     from archives.server import list_archives
     from archives.testing import running_server
-    from training.data import load_split
+    from common.splits import load_split
 
     out, ev = pipeline_run
     data = load_split(out)
@@ -218,7 +218,7 @@ def test_added_items_study(pipeline_run):
 
     from common.config import TrainConfig
     from training.added_items import held_out_items, study
-    from training.data import load_split
+    from common.splits import load_split
     from common.schema import EtlLayout
 
     out, _ = pipeline_run
