@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.artifact import NewItem, load_artifact, with_new_items
+from core.artifact import load_artifact, with_new_items
 from core.config import ArchiveConfig
 from core.encoder import item_input_tensors
-from core.vectorizer import ContentVectorizer, item_text
+from core.vectorizer import ContentVectorizer, vectorize
 
 log = logging.getLogger("archives.add_items")
 KNOWN_ITEM = "known_item"
@@ -61,18 +61,6 @@ def read_catalog(path: str | Path) -> CatalogUpdate:
                           "tags": list(r["tags"] or [])})
     for r in quarantined.collect():
         out.refused.append({"item_id": r["item_id"], "reason": r[REASON]})
-    return out
-
-
-def vectorize(rows: list[dict], vectorizer: ContentVectorizer) -> list[NewItem]:
-    out = []
-    for r in rows:
-        ti, tv = vectorizer.transform(item_text(r["title"], r["description"], r["categories"],
-                                                r["tags"]))
-        out.append(NewItem(item_id=str(r["item_id"]), title=r["title"],
-                           categories=tuple(r["categories"]),
-                           category_ids=tuple(vectorizer.category_ids(r["categories"])),
-                           text_indices=tuple(ti), text_values=tuple(tv)))
     return out
 
 
@@ -196,4 +184,4 @@ def _undo(out: Path, model_name: str, version: str) -> None:
     (out / "archives" / f"{model_name}-v{version}.json").unlink(missing_ok=True)
 
 
-__all__ = ["add_items", "read_catalog", "vectorize", "CatalogUpdate", "KNOWN_ITEM"]
+__all__ = ["add_items", "read_catalog", "CatalogUpdate", "KNOWN_ITEM"]
