@@ -70,7 +70,7 @@ def model_config_yaml(cfg: ArchiveConfig) -> dict[str, Any]:
     handler = {"torch_threads": cfg.torch_threads, "scoring": cfg.scoring,
                "artifact_dir": ARTIFACT_DIR_IN_ARCHIVE, "pack": PACK_IN_ARCHIVE}
     if cfg.faults is not None:  # a test archive: validated here, so a typo fails the build
-        from handlers.faults import parse_faults
+        from core.faults import parse_faults
 
         settings = parse_faults(cfg.faults).to_dict()
         if not settings:  # only defaults (e.g. latency_ms 0): nothing to inject
