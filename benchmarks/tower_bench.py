@@ -29,9 +29,9 @@ from pathlib import Path
 from archives import server as S
 from archives.client import TorchServeClient
 from archives.testing import running_server
-from benchmarks import loadgen
 from benchmarks.common import RESULTS, machine
-from benchmarks.loadgen import percentiles
+from common import loadgen
+from common.loadgen import percentiles
 from benchmarks.serving_bench import (ExactReference, build_archive, make_catalog, request_set,
                                       served_recall)
 from common.config import ServingBenchConfig, TrainConfig

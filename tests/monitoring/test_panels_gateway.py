@@ -23,7 +23,7 @@ import pytest
 from archives import server as S
 from archives.client import TorchServeClient
 from archives.testing import running_server
-from benchmarks import loadgen
+from common import loadgen
 from monitoring.monitor import SPECIAL_BODIES, known_ids
 from monitoring.promql import raw_metrics, recordings_of
 from monitoring.promserver import PrometheusServer, render_config
