@@ -2,7 +2,7 @@
 
 One TorchServe (started empty) serves one archive at a time, registered through the management
 API: for each variant of core/retrieval.py, the same generated catalog, the same requests
-(benchmarks/loadgen.py: known users, history-only, unknown; 70/20/10) at the same offered rates.
+(common/loadgen.py: known users, history-only, unknown; 70/20/10) at the same offered rates.
 Latency is measured from the intended send time, so queueing shows; every response's
 ``X-Handler-Ms`` splits the round trip into handler and frontend time; Recall@10 of each variant
 is measured on what TorchServe answered, against the exact fp32 answer to the same request.
@@ -31,10 +31,11 @@ from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient
 from archives.store import model_store
-from benchmarks import loadgen
-from benchmarks.common import PERCENTILE_METHOD, RESULTS, machine, percentiles
+from benchmarks.common import RESULTS, machine
+from common import loadgen
 from common.config import ServingBenchConfig, add_dataclass_args, from_args, to_dict
 from common.report import setup_logging, table
+from common.stats import PERCENTILE_METHOD, percentiles
 from core.config import ArchiveConfig
 from testkit.archives import running_server, worker_memory
 
@@ -501,7 +502,7 @@ def markdown(result: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-# serving.json files without "percentile_method" were written before benchmarks.common.percentiles:
+# serving.json files without "percentile_method" were written before common.stats.percentiles:
 # round trips by numpy "higher" (loadgen), handler times by torch.quantile. They keep no raw
 # latencies, so their percentiles cannot be recomputed; they are reported with their method.
 LEGACY_PERCENTILE_METHODS = {"round_trip": "numpy.percentile(method='higher')",
@@ -515,7 +516,7 @@ def percentile_methods(result: dict) -> str:
         return f"{m}, round trip and handler time alike"
     return (f"round trip by {LEGACY_PERCENTILE_METHODS['round_trip']}, handler time by "
             f"{LEGACY_PERCENTILE_METHODS['handler']}; this file was written before both went through "
-            f"`benchmarks.common.percentiles`, and its runs keep no raw latencies to recompute them")
+            f"`common.stats.percentiles`, and its runs keep no raw latencies to recompute them")
 
 
 def config_of(result: dict) -> ServingBenchConfig:

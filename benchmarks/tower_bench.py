@@ -26,9 +26,9 @@ import sys
 import time
 from archives.client import TorchServeClient
 from archives.store import model_store
-from benchmarks import loadgen
 from benchmarks.common import RESULTS, machine
-from benchmarks.loadgen import percentiles
+from common import loadgen
+from common.loadgen import percentiles
 from pathlib import Path
 from testkit.archives import running_server
 from benchmarks.serving_bench import (ExactReference, build_archive, make_catalog, request_set,

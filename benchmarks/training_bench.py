@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args(argv)
     setup_logging()
-    from training.data import load_split
+    from common.splits import load_split
     from training.experiments import study
 
     etl = Path(args.etl) if args.etl else _etl(Path(args.work))

@@ -37,7 +37,7 @@ from core.config import ArchiveConfig
 from common.config import TrainConfig, add_dataclass_args, from_args
 from common.report import table
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
-from training.data import SplitData, load_split
+from common.splits import SplitData, load_split
 
 VARIANTS: dict[str, dict] = {
     "hybrid": {},

@@ -15,8 +15,9 @@ import shutil
 
 import pytest
 
-from benchmarks import loadgen, serving_bench, serving_report
+from benchmarks import serving_bench, serving_report
 from benchmarks.common import RESULTS
+from common import loadgen
 from common.config import ServingBenchConfig
 
 RUN_KEYS = {"catalog_items", "users", "variant", "batch_size", "workers", "rate_rps", "p50_ms",
