@@ -4,13 +4,17 @@ tests), and one real TorchServe for the serving tests (session scope: start-up t
 Two archives of random test artifacts are built: v1 (served at start; batchSize 8,
 maxBatchDelay 200 ms, one worker, so that 8 concurrent requests form one batch) and v2
 (registered by the version tests). The server runs the prod configuration (token
-authorization on) on free loopback ports and is always stopped.
+authorization on) on free loopback ports and is always stopped. Tests that change which
+versions are registered take a server of their own (``own_served``), so that the shared one
+stays as it started and each test also runs alone.
 """
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -43,9 +47,23 @@ class Served:
     model: str = MODEL
 
 
-@pytest.fixture(scope="session")
-def served(java, tmp_path_factory) -> Served:
-    root = tmp_path_factory.mktemp("serving")
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator[Served]:
+    """v1 and v2 built under ``root``; TorchServe (prod config) serving v1 until the end."""
     out = build_random_versions(root, model_name=MODEL, delay_ms={"1": 200, "2": 5})
     with running_server(out, config="prod", models={MODEL: f"{MODEL}-v1.mar"}) as state:
         yield Served(out=out, state=state, client=TorchServeClient(state))
+
+
+@pytest.fixture(scope="session")
+def served(java, tmp_path_factory) -> Iterator[Served]:
+    """The shared server: tests leave it with the versions, default and workers it started with."""
+    with serving(tmp_path_factory.mktemp("serving")) as s:
+        yield s
+
+
+@pytest.fixture
+def own_served(java, tmp_path) -> Iterator[Served]:
+    """A server of the test's own, for a test that registers, switches or retires versions."""
+    with serving(tmp_path) as s:
+        yield s
