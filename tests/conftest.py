@@ -24,7 +24,6 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # .ci/run sets this: there a missing ../shared/data is a failure, so CI runs every test
 REQUIRE_SHARED_DATA = "RECSYS_REQUIRE_SHARED_DATA"
 
-INTEGRATION = "integration"
 # fixture name -> the real component it starts or needs. Every fixture of that name in tests/
 # starts it; a fixture or test that starts TorchServe or Spark without one of these names asks
 # for ``java``.
@@ -42,6 +41,7 @@ INTEGRATION_FIXTURES: dict[str, str] = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``integration`` every test whose fixtures (the whole closure) start a component."""
     for item in items:
