@@ -8,12 +8,14 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway bench-training bench-tower clean lint \
+.PHONY: help venv lock java demo etl train promote serve stop ab-demo test test-fast test-integration bench bench-etl bench-gateway bench-training bench-tower clean lint \
 	monitor monitoring-files drift chart-files image serve-container stop-container faults
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
 	@echo "make test                                              run the test suite"
+	@echo "make test-fast                                         the tests that start no Java, Podman or promtool (~2 min)"
+	@echo "make test-integration                                  only the tests that do (TorchServe, Spark, image...)"
 	@echo "make lint                                              ruff over the tree (settings: pyproject.toml)"
 	@echo "make serve OUT=<dir> / make stop OUT=<dir>             TorchServe + the A/B gateway (every version of"
 	@echo "                                                       OUT/gateway/experiment.yaml; else the challenger)"
@@ -144,8 +146,17 @@ train: venv java
 promote: venv
 	$(PY) -m training promote --out $(OUT)
 
+# Lanes (docs/development.md): make test runs everything; test-fast leaves out the tests marked
+# integration (tests/conftest.py marks every test whose fixtures start Java: TorchServe or Spark;
+# Podman; promtool), about 2 minutes on 2 cores, and needs no Java; test-integration runs those.
 test: venv java
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+test-integration: venv java
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 # ruff with the rule set in pyproject.toml [tool.ruff] (tests/packaging/test_lint.py runs it too)
 lint: venv

@@ -1,9 +1,19 @@
 """Fixtures shared by all stages' tests: one real local SparkSession for the whole session, and
-the MovieLens sample from ``../shared/data`` (skipped when absent, unless CI asks for it)."""
+the MovieLens sample from ``../shared/data`` (skipped when absent, unless CI asks for it).
+
+Test lanes (docs/development.md): a test whose fixture closure holds one of
+``INTEGRATION_FIXTURES`` starts a real component (Java, TorchServe, Spark, Podman, Prometheus)
+and gets the ``integration`` marker; ``make test-fast`` runs the rest (``-m "not integration"``).
+A test that starts such a component in its own body asks for the fixture of what it needs
+(``java``, ``promtool``), so that the rule stays this one table.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -14,9 +24,57 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # .ci/run sets this: there a missing ../shared/data is a failure, so CI runs every test
 REQUIRE_SHARED_DATA = "RECSYS_REQUIRE_SHARED_DATA"
 
+# fixture name -> the real component it starts or needs. Every fixture of that name in tests/
+# starts it; a fixture or test that starts TorchServe or Spark without one of these names asks
+# for ``java``.
+INTEGRATION_FIXTURES: dict[str, str] = {
+    "java": "Java 17: a TorchServe or Spark the test or one of its fixtures starts",
+    "spark": "Spark: one local SparkSession for the session (Java)",
+    "served": "TorchServe over test archives (tests/handlers, tests/helm); the serving image "
+              "under Podman (tests/container)",
+    "prod": "TorchServe with token authorization on, behind the gateway (tests/gateway)",
+    "stack": "TorchServe and the gateway process (tests/gateway); with the drift daemon and "
+             "Prometheus (tests/monitoring)",
+    "image": "the recsys image, built by `make image` and run by Podman",
+    "release": "the chart played by `podman kube play` (tests/helm)",
+    "promtool": "promtool, Prometheus' rule and config checker",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``integration`` every test whose fixtures (the whole closure) start a component."""
+    for item in items:
+        components = [name for name in getattr(item, "fixturenames", ())
+                      if name in INTEGRATION_FIXTURES]
+        if components:
+            item.add_marker(pytest.mark.integration(*components))
+
 
 @pytest.fixture(scope="session")
-def spark():
+def java() -> str:
+    """The ``java`` executable, which TorchServe and Spark run on (a failure when missing)."""
+    exe = shutil.which("java")
+    if exe is None:
+        pytest.fail("Java 17 is required for TorchServe and Spark (see README)")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Callable[..., subprocess.CompletedProcess]:
+    """``promtool(*args)``: Prometheus' checker run with ``args`` (a failure when missing)."""
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail("promtool is not installed: apt-get install prometheus (.ci/run installs it)")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def spark(java):
     from etl.spark import get_spark
 
     session = get_spark(SparkConfig(shuffle_partitions=4, driver_memory="2g"))

@@ -132,7 +132,7 @@ def test_staging_registers_the_highest_version_first(tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
+def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(java, tmp_path):
     """EKS mode on the host: the prod config (token auth on), the model store synced from an S3
     prefix (moto's server) at start, every archive registered, workers from RECSYS_WORKERS over
     the archive's model-config.yaml, SIGTERM -> drain -> exit 0."""

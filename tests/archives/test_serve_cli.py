@@ -26,7 +26,7 @@ def run(args, env, timeout=300):
                           env=env, timeout=timeout, cwd=B.REPO)
 
 
-def test_serve_prints_working_curl_lines_and_stop_cleans_up(tmp_path):
+def test_serve_prints_working_curl_lines_and_stop_cleans_up(java, tmp_path):
     art = make_random_artifact(tmp_path / "artifact", n_users=10, n_items=50)
     out = tmp_path / "out"
     B.build_from_folder(art, out, version="3", archive_format="zip-store",

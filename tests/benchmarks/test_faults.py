@@ -7,12 +7,9 @@ requests and lower rates; it must pass every rule, so a fault the stack mishandl
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from benchmarks import faults as F
 
@@ -78,11 +75,9 @@ def test_a_new_version_falling_back_more_than_control_fails_its_rule():
     assert not F.added_rule({**entry, "switch_after_s": None})[0]           # never switched
 
 
-def test_quick_fault_suite_passes_done_when(tmp_path):
+def test_quick_fault_suite_passes_done_when(java, tmp_path):
     """`python -m benchmarks.faults --quick`: every fault injected for real, faults.json complete,
     and every rule of issue 18's "Done when" holds (the CLI exits 0 only then)."""
-    if shutil.which("java") is None:
-        pytest.fail("Java 17 is required for TorchServe (see README)")
     r = subprocess.run([sys.executable, "-m", "benchmarks.faults", "--out", str(tmp_path),
                         "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600)
     path = tmp_path / "faults.json"

@@ -118,7 +118,7 @@ def test_round_trip_and_handler_percentiles_use_one_method():
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
+def result(java, tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
     assert serving_bench.main(["--quick", "--work", str(work)]) == 0
     return work, json.loads((work / "results" / "serving.json").read_text())

@@ -216,12 +216,11 @@ def test_idle_connections_closed_by_the_server_are_not_reused():
     run(main())
 
 
-def test_against_a_real_torchserve(tmp_path):
+def test_against_a_real_torchserve(java, tmp_path):
     """TorchServe's Netty keeps connections alive: /ping and predictions over one connection."""
     from testkit.archives import build_random_versions, running_server
-    from tests.gateway.conftest import MODEL, need_java
+    from tests.gateway.conftest import MODEL
 
-    need_java()
     out = build_random_versions(tmp_path, versions=(("1", 0),), model_name=MODEL, n_users=20,
                                 n_items=100, delay_ms=1)
 

@@ -1,13 +1,17 @@
 """The gateway in front of a TorchServe with token authorization on (prod config).
 
 TorchServe's keys expire and change at every start; the gateway holds them for its clients.
-Order matters: the last test kills TorchServe.
+The tests that restart or kill TorchServe get a TorchServe of their own (``own_prod``); the
+others share one (``prod``), so each test also runs alone.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -18,22 +22,43 @@ from common.promtext import metric_value
 from gateway.config import GatewayPaths
 from gateway.fallback import Popularity
 from testkit.archives import running_server
-from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, load,
-                                    need_java, register, setup_keys, write_experiment)
+from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, load, register,
+                                    setup_keys, write_experiment)
 
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def prod(tmp_path_factory):
-    need_java()
-    root = tmp_path_factory.mktemp("gateway-prod")
+@contextlib.contextmanager
+def prod_server(root: Path) -> Iterator[tuple[Path, S.ServerState, dict[str, str]]]:
+    """OUT with v1 and v2, gateway keys and a 50/50 experiment; TorchServe (prod config) serving
+    both: (OUT, its state, the gateway keys). Stopped at the end."""
     out = build_versions(root)
     keys = setup_keys(out)
     write_experiment(out)
     with running_server(out, config="prod", models={MODEL: f"{MODEL}-v1.mar"}) as ts:
         register(ts, "2")
         yield out, ts, keys
+
+
+@pytest.fixture(scope="module")
+def prod(java, tmp_path_factory):
+    """One TorchServe for the tests that leave it running as they found it."""
+    with prod_server(tmp_path_factory.mktemp("gateway-prod")) as served:
+        yield served
+
+
+@pytest.fixture
+def own_prod(java, tmp_path):
+    """A TorchServe of the test's own, for a test that restarts or kills it."""
+    with prod_server(tmp_path) as served:
+        yield served
+
+
+def save_popularity(out: Path, ts: S.ServerState) -> None:
+    """The gateway's saved popularity list (what it serves while TorchServe is down), fetched
+    directly from v1, so a test does not depend on a gateway having saved one before."""
+    d = TorchServeClient(ts).predict(MODEL, {"user_id": "__popular__", "k": 20}, "1").json()
+    Popularity(GatewayPaths.under(out).popularity).set(d, "1")
 
 
 def _rec(gw, key, body):
@@ -63,8 +88,8 @@ def test_gateway_renews_the_key_before_it_expires(prod):
         assert gw.stop() == 0
 
 
-def test_keys_change_when_torchserve_restarts(prod):
-    out, ts, keys = prod
+def test_keys_change_when_torchserve_restarts(own_prod):
+    out, ts, keys = own_prod
     # a generous deadline: this test is about keys, not about a busy machine's latency
     gw = GatewayProc(out, ["--deadline-ms", "3000"]).start()
     try:
@@ -130,10 +155,7 @@ def test_key_renewal_is_bounded_backs_off_and_holds_no_slot(prod, tmp_path):
     stale["inference"]["key"] = "not-the-key"
     key_file = tmp_path / "key_file.json"
     key_file.write_text(json.dumps(stale))
-    popularity = GatewayPaths.under(out).popularity
-    if not popularity.exists():  # the gateway's saved list (when run alone: fetch one directly)
-        d = TorchServeClient(ts).predict(MODEL, {"user_id": "__popular__", "k": 20}, "1").json()
-        Popularity(popularity).set(d, "1")
+    save_popularity(out, ts)
     hung = _Hung()
     gw = GatewayProc(out, ["--key-file", str(key_file), "--management-url",
                            f"http://127.0.0.1:{hung.port}", "--per-version-concurrency", "2",
@@ -169,9 +191,8 @@ def test_key_renewal_is_bounded_backs_off_and_holds_no_slot(prod, tmp_path):
         hung.close()
 
 
-def test_torchserve_killed_during_a_run_is_answered_by_popularity(prod):
-    out, _, keys = prod
-    ts = S.ServerState.load(out)
+def test_torchserve_killed_during_a_run_is_answered_by_popularity(own_prod):
+    out, ts, keys = own_prod
     gw = GatewayProc(out).start()
     try:
         bodies = [{"user_id": str(i % 60 + 1), "k": 5} for i in range(1200)]

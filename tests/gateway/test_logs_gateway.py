@@ -15,8 +15,8 @@ from common.net import wait_until
 from common.promtext import metric_value
 from testkit.archives import running_server
 from testkit.gateway import GatewayProc
-from tests.gateway.conftest import (MODEL, Client, build_versions, need_java, register,
-                                    setup_keys, write_experiment)
+from tests.gateway.conftest import (MODEL, Client, build_versions, register, setup_keys,
+                                    write_experiment)
 
 pytestmark = pytest.mark.timeout(600)
 BUCKET = "recsys-gw-logs"
@@ -26,8 +26,7 @@ def _wait(cond, timeout: float = 60.0) -> None:
     wait_until(lambda: cond() or None, timeout=timeout, what="the condition")
 
 
-def test_gateway_ships_rotated_logs_and_everything_left_on_sigterm(tmp_path, monkeypatch):
-    need_java()
+def test_gateway_ships_rotated_logs_and_everything_left_on_sigterm(java, tmp_path, monkeypatch):
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)

@@ -20,7 +20,7 @@ from archives import server as S
 from common.net import free_ports, port_in_use
 from common.schema import EtlLayout
 from gateway.config import GatewayPaths
-from tests.gateway.conftest import REPO, build_versions, need_java
+from tests.gateway.conftest import REPO, build_versions
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -71,8 +71,7 @@ def _ports_env() -> dict:
             "TS_METRICS_PORT": str(met), "GATEWAY_PORT": str(gw), "GATEWAY_METRICS_PORT": str(gwm)}
 
 
-def test_ab_demo_serves_both_versions_replays_and_reports(tmp_path):
-    need_java()
+def test_ab_demo_serves_both_versions_replays_and_reports(java, tmp_path):
     out = build_versions(tmp_path)
     test_items = write_etl(out)
     env = _ports_env()
@@ -110,8 +109,7 @@ def test_ab_demo_serves_both_versions_replays_and_reports(tmp_path):
         assert not port_in_use("127.0.0.1", int(env[port])), port
 
 
-def test_make_stop_cleans_up_after_a_partial_start(tmp_path):
-    need_java()
+def test_make_stop_cleans_up_after_a_partial_start(java, tmp_path):
     out = build_versions(tmp_path, versions=(("1", 0),))
     env = _ports_env()
     # TorchServe came up, the gateway never did (e.g. its port was taken)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,19 +84,6 @@ def _worker_decode(raw: bytes, content_type: str) -> Any:
     if content_type.startswith("text"):
         return raw.decode("utf-8")
     return raw
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A real (shipped: no faults) archive of a random artifact, unpacked as TorchServe unpacks
-    it for a worker."""
-    root = tmp_path_factory.mktemp("isolation")
-    out = build_random_versions(root, versions=(("1", 0),))
-    target = root / "model"
-    with zipfile.ZipFile(out / "model-store" / "recsys-v1.mar") as z:
-        z.extractall(target)
-        assert "faults" not in yaml.safe_load(z.read("model-config.yaml"))["handler"]
-    return target
 
 
 @pytest.fixture(scope="module")

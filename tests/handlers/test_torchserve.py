@@ -1,6 +1,8 @@
 """The handler inside a real TorchServe (prod config: token authorization on).
 
-Order matters: the version tests at the end register v2, switch the default and retire v1.
+Most tests share one server (``served``, tests/handlers/conftest.py) and leave it as they found
+it; the tests that register, switch or retire versions take one of their own (``own_served``).
+Each test also runs alone (``pytest tests/handlers/test_torchserve.py::test_...``).
 """
 from __future__ import annotations
 
@@ -241,15 +243,22 @@ def _concurrent(served, bodies, version=None):
     return results
 
 
-def test_batch_of_8_with_one_bad_request(served):
-    bodies = [{"user_id": str(u), "k": 3} for u in range(1, 8)]
-    bodies.insert(4, {"user_id": "1", "k": 0})
-    for _ in range(3):  # the 8 requests must reach the worker within maxBatchDelay (200 ms)
-        rs = _concurrent(served, bodies)
+def one_batch(served, bodies, version=None):
+    """The answers to 8 requests sent at once, handled by the worker as one batch (tried three
+    times: the 8 requests must reach the worker within maxBatchDelay, 200 ms)."""
+    for _ in range(3):
+        rs = _concurrent(served, bodies, version)
         if all(r.headers.get("X-Batch-Size") == "8" for r in rs):
             break
         time.sleep(0.5)
     assert [r.headers.get("X-Batch-Size") for r in rs] == ["8"] * 8, "not handled as one batch"
+    return rs
+
+
+def test_batch_of_8_with_one_bad_request(served):
+    bodies = [{"user_id": str(u), "k": 3} for u in range(1, 8)]
+    bodies.insert(4, {"user_id": "1", "k": 0})
+    rs = one_batch(served, bodies)
     assert [r.status_code for r in rs] == [200] * 4 + [400] + [200] * 3
     assert rs[4].json()["reason"] == "bad_k"
     for body, r in zip(bodies, rs):
@@ -274,12 +283,7 @@ MIXED = [  # every mode, a 404 and a 400 in one batch
 
 def test_batch_of_8_mixed_modes(served):
     alone = [predict(served, b) for b in MIXED]
-    for _ in range(3):
-        rs = _concurrent(served, MIXED)
-        if all(r.headers.get("X-Batch-Size") == "8" for r in rs):
-            break
-        time.sleep(0.5)
-    assert [r.headers.get("X-Batch-Size") for r in rs] == ["8"] * 8, "not handled as one batch"
+    rs = one_batch(served, MIXED)
     assert [r.status_code for r in rs] == [200] * 5 + [404, 200, 400]
     assert [r.json()["strategy"] for r in rs if r.status_code == 200] == \
         ["personalized", "history", "similar", "similar", "rerank", "personalized"]
@@ -290,7 +294,17 @@ def test_batch_of_8_mixed_modes(served):
 
 # ---- metrics -----------------------------------------------------------------------------------
 
-def test_prometheus_metrics(served):
+@pytest.fixture
+def metered(served):
+    """The requests whose metrics test_prometheus_metrics reads: every strategy, a 400 and a 404,
+    ignored history ids and one batch of 8."""
+    for body in ({"user_id": "stranger", "k": 2}, {"user_id": "1", "k": 0},
+                 {"user_id": "visitor", "history": ["10", "no-such-item"]}):
+        predict(served, body)
+    one_batch(served, MIXED)
+
+
+def test_prometheus_metrics(served, metered):
     text = served.client.metrics()  # the metrics port has no token
     for line in ('RecRequests{ModelName="recsys",ModelVersion="1",Level="Model",Strategy="popular"',
                  'RecInvalidRequests{ModelName="recsys",ModelVersion="1",Level="Model",Reason="bad_k"',
@@ -390,12 +404,13 @@ def test_shipped_archive_ignores_the_fault_header(served):
         assert r.status_code == 200 and r.content == plain.content
 
 
-def test_injected_fault_fails_only_its_request_in_a_real_batch(served):
+def test_injected_fault_fails_only_its_request_in_a_real_batch(own_served):
     """An archive built with --faults '{"error_user_prefix": "fault-", "allow_header": true}'
     (batchSize 8, maxBatchDelay 200 ms): in one batch of 8, the fault-prefixed request raises
     inside the engine step and gets a 500 with a message; the other 7 get the answers they get
-    alone.
-    (Registered after the /invocations tests: a second version changes its defaulting.)"""
+    alone. (On a server of its own: registering a second version changes /invocations'
+    defaulting.)"""
+    served = own_served
     build_random_versions(served.out.parent, versions=(("90", 2),), model_name=served.model,
                           delay_ms=200, faults={"error_user_prefix": "fault-", "allow_header": True})
     c = served.client
@@ -406,12 +421,7 @@ def test_injected_fault_fails_only_its_request_in_a_real_batch(served):
         bodies.insert(3, {"user_id": "fault-7", "k": 3})
         alone = [predict(served, b, "90") for b in bodies]
         assert [a.status_code for a in alone] == [200] * 3 + [500] + [200] * 4
-        for _ in range(3):  # the 8 requests must reach the worker within maxBatchDelay
-            rs = _concurrent(served, bodies, version="90")
-            if all(r.headers.get("X-Batch-Size") == "8" for r in rs):
-                break
-            time.sleep(0.5)
-        assert [r.headers.get("X-Batch-Size") for r in rs] == ["8"] * 8, "not handled as one batch"
+        rs = one_batch(served, bodies, version="90")
         assert [r.status_code for r in rs] == [200] * 3 + [500] + [200] * 4
         bad = rs[3].json()
         assert bad["code"] == 500 and bad["type"] == "InternalServerError"
@@ -428,7 +438,7 @@ def test_injected_fault_fails_only_its_request_in_a_real_batch(served):
         assert c.unregister(served.model, "90").status_code == 200
 
 
-# ---- versions through the management API (run last: they change the default) ------------------
+# ---- versions through the management API (on a server of their own: they change the default) --
 
 def test_demo_requests_command(served, capsys):
     assert cli(["demo-requests", "--out", str(served.out)]) == 0
@@ -440,7 +450,8 @@ def test_demo_requests_command(served, capsys):
     assert "ignored_candidates=['no-such-item']" in text
 
 
-def test_versions_register_set_default_retire(served, capsys):
+def test_versions_register_set_default_retire(own_served, capsys):
+    served = own_served
     c, out, m = served.client, str(served.out), served.model
     assert cli(["register", "--out", out, "--version", "2", "--workers", "1"]) == 0
     assert set(c.versions(m)) == {"1", "2"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import helm_python
 import kubernetes_validate as kv
@@ -356,12 +355,11 @@ def test_chart_copies_match_the_monitoring_sources():
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) "
                     "is not installed; .ci/run installs it")
-def test_rendered_prometheus_rule_passes_promtool(tmp_path):
+def test_rendered_prometheus_rule_passes_promtool(promtool, tmp_path):
     rule = render(TOGGLES["monitoring"]).get("PrometheusRule", RELEASE)
     f = tmp_path / "rules.yaml"
     f.write_text(yaml.safe_dump(rule["spec"]))
-    r = subprocess.run(["promtool", "check", "rules", str(f)], capture_output=True, text=True,
-                       timeout=60)
+    r = promtool("check", "rules", str(f))
     assert r.returncode == 0, r.stdout + r.stderr
 
 

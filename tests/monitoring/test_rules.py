@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from monitoring import config as C
@@ -19,19 +16,12 @@ REPO = Path(__file__).resolve().parents[2]
 PROMTOOL_TESTS = sorted((Path(__file__).parent / "promtool").glob("*.test.yaml"))
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("promtool")
-    if exe is None:
-        pytest.fail("promtool is not installed: apt-get install prometheus (.ci/run installs it)")
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
-
-
 def test_committed_files_are_the_generators_output():
     assert C.RULES_FILE.read_text() == render_rules(C.RuleConfig())
     assert cli(["generate", "--check"]) == 0
 
 
-def test_promtool_check_rules_committed_and_short_windows(tmp_path):
+def test_promtool_check_rules_committed_and_short_windows(promtool, tmp_path):
     r = promtool("check", "rules", str(C.RULES_FILE))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"SUCCESS: {sum(len(g['rules']) for g in rule_groups())} rules found" in r.stdout
@@ -42,7 +32,7 @@ def test_promtool_check_rules_committed_and_short_windows(tmp_path):
     assert "[10s]" in short.read_text() and "[5m]" not in short.read_text()
 
 
-def test_promtool_unit_tests_fire_and_do_not_fire_every_alert():
+def test_promtool_unit_tests_fire_and_do_not_fire_every_alert(promtool):
     r = promtool("test", "rules", *map(str, PROMTOOL_TESTS))
     assert r.returncode == 0, r.stdout + r.stderr
     text = "".join(p.read_text() for p in PROMTOOL_TESTS)
@@ -80,6 +70,6 @@ def test_rules_cli_renders_a_window(capsys):
     assert "[30s]" in out and yaml.safe_load(out)["groups"]
 
 
-def test_promtool_check_config_of_committed_scrape_config():
+def test_promtool_check_config_of_committed_scrape_config(promtool):
     r = promtool("check", "config", str(C.SCRAPE_CONFIG))
     assert r.returncode == 0 and "SUCCESS: 1 rule files found" in r.stdout, r.stdout + r.stderr
