@@ -170,11 +170,11 @@ def test_weights_and_names_are_validated():
 
 @pytest.mark.parametrize("cmd", ["package", "deploy", "status", "shift", "rollback", "invoke", "delete"])
 def test_cli_help_from_the_repo_root(cmd):
-    """`python -m recsys_sagemaker` resolves from the repo root (make venv's .pth for sagemaker/,
-    or pytest's pythonpath here); the folder itself is no package shadowing the AWS SDK."""
+    """`python -m recsys_sagemaker` resolves from the repo root like every other stage; no
+    package of ours is named `sagemaker` (it would shadow the AWS SDK)."""
     import os
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "sagemaker")])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "recsys_sagemaker", cmd, "--help"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and f"python -m recsys_sagemaker {cmd}" in r.stdout, r.stderr
-    assert not (REPO / "sagemaker" / "__init__.py").exists()
+    assert not (REPO / "sagemaker").exists()

@@ -5,10 +5,7 @@ per model version, one production variant per version (the first is control), we
 in place for a canary and a rollback, invocations pinned to the user's variant by the gateway's
 assignment hash. Walkthrough: docs/sagemaker.md. AWS region and credentials: the usual AWS_*
 variables or --region.
-
-This package lives in ``sagemaker/recsys_sagemaker`` (the ``sagemaker/`` folder is not a package,
-so it never shadows the AWS SDK named ``sagemaker``); ``make venv`` puts ``sagemaker/`` on the
-venv's path, the image sets PYTHONPATH.
+The package is ``recsys_sagemaker``, never ``sagemaker``: that name is the AWS SDK's.
 """
 from __future__ import annotations
 
