@@ -284,7 +284,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"MLflow registered model for --version (default {B.DEFAULT_REGISTERED_MODEL})")
     b.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
                                           "sqlite:///OUT/mlflow.db)")
-    defaults = B.ArchiveConfig()  # one place for the serving defaults (common/config.py)
+    defaults = B.ArchiveConfig()  # one place for the serving defaults (core/config.py)
     b.add_argument("--batch-size", type=int, default=defaults.batch_size)
     b.add_argument("--max-batch-delay", type=int, default=defaults.max_batch_delay_ms,
                    help=f"ms (default {defaults.max_batch_delay_ms})")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import PeakRss, machine, write_results
-from common.config import GenerateConfig, PrepareConfig, SparkConfig
+from etl.config import GenerateConfig, PrepareConfig, SparkConfig
 from common.report import setup_logging, table
 from common.schema import EtlLayout
 

@@ -34,7 +34,8 @@ from archives.testing import running_server, worker_memory
 from benchmarks import loadgen
 from benchmarks.common import PERCENTILE_METHOD, RESULTS, machine, percentiles
 from core.config import ArchiveConfig
-from common.config import ServingBenchConfig, add_dataclass_args, from_args, to_dict
+from benchmarks.config import ServingBenchConfig
+from common.dataclass_args import add_dataclass_args, from_args, to_dict
 from common.report import setup_logging, table
 
 log = logging.getLogger("benchmarks.serving")

@@ -315,7 +315,7 @@ def floor_block(res: dict) -> str:
 
 def _dim_note(dim: int) -> str:
     """How the measured dimension relates to the model's today (benchmarks/tower_bench.py)."""
-    from common.config import TrainConfig
+    from training.config import TrainConfig
 
     if dim == TrainConfig.dim:
         return " (our model's dimension)"

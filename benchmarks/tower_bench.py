@@ -34,7 +34,8 @@ from benchmarks.common import RESULTS, machine
 from benchmarks.loadgen import percentiles
 from benchmarks.serving_bench import (ExactReference, build_archive, make_catalog, request_set,
                                       served_recall)
-from common.config import ServingBenchConfig, TrainConfig
+from benchmarks.config import ServingBenchConfig
+from training.config import TrainConfig
 from common.report import setup_logging, table
 
 log = logging.getLogger("benchmarks.tower")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import RESULTS, machine
-from common.config import TrainConfig
+from training.config import TrainConfig
 from common.report import setup_logging, table
 
 log = logging.getLogger("benchmarks.training")

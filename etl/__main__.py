@@ -7,8 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from common.config import (GenerateConfig, PrepareConfig, SparkConfig, add_dataclass_args,
-                           from_args, to_dict)
+from common.dataclass_args import add_dataclass_args, from_args, to_dict
+
+from etl.config import GenerateConfig, PrepareConfig, SparkConfig
 from common.report import setup_logging, table
 from common.schema import EtlLayout
 from core.storage import as_path, is_local

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from common.config import add_dataclass_args, from_args
+from common.dataclass_args import add_dataclass_args, from_args
 from monitoring import config as C
 
 log = logging.getLogger("monitoring")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import SparkConfig
+from etl.config import SparkConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

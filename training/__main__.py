@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from core.config import ArchiveConfig
-from common.config import TrainConfig, add_dataclass_args, from_args
+from common.dataclass_args import add_dataclass_args, from_args
+from training.config import TrainConfig
 from core.retrieval import VARIANTS
 from common.report import setup_logging
 

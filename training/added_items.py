@@ -31,7 +31,7 @@ import pandas as pd
 
 from core.artifact import load_artifact, with_new_items
 from core.config import ArchiveConfig
-from common.config import TrainConfig
+from training.config import TrainConfig
 from core.encoder import item_input_tensors
 from common.schema import EtlLayout
 from core.vectorizer import ContentVectorizer

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from core.config import ArchiveConfig
-from common.config import TrainConfig, add_dataclass_args, from_args
+from common.dataclass_args import add_dataclass_args, from_args
+from training.config import TrainConfig
 from common.report import table
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
 from training.data import SplitData, load_split

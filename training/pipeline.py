@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from core.config import ArchiveConfig
-from common.config import TrainConfig
+from training.config import TrainConfig
 from common.report import table
 from common.schema import EtlLayout
 from training import tracking

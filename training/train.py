@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from common.config import TrainConfig
+from training.config import TrainConfig
 from training.data import SplitData
 from training.evaluation import evaluate, split_cold_items
 from core.encoder import Bags, recency_weights

@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks import loadgen, serving_bench, serving_report
 from benchmarks.common import RESULTS
-from common.config import ServingBenchConfig
+from benchmarks.config import ServingBenchConfig
 
 RUN_KEYS = {"catalog_items", "users", "variant", "batch_size", "workers", "rate_rps", "p50_ms",
             "p95_ms", "p99_ms", "throughput_rps", "errors", "late_sends", "n", "recall@10",

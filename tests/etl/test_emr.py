@@ -17,7 +17,7 @@ import pytest
 import boto3
 import moto
 
-from common.config import EmrConfig
+from etl.config import EmrConfig
 from etl import emr as emr_mod
 
 REGION = "us-east-1"
@@ -97,10 +97,10 @@ def test_package_code_contents(tmp_path):
     files = [n for n in names if not n.endswith("/")]
     dirs = [n for n in names if n.endswith("/")]
     assert names == sorted(names)
-    assert {"etl/emr.py", "etl/emr_entry.py", "common/config.py", "common/schema.py"} <= set(files)
+    assert {"etl/emr.py", "etl/emr_entry.py", "etl/config.py", "common/dataclass_args.py", "common/schema.py", "core/storage.py"} <= set(files)
     assert all(n.endswith(".py") for n in files)
-    assert {"common/", "etl/"} <= set(dirs)  # needed by zipimport for namespace packages
-    assert all(n.split("/")[0] in ("common", "etl") for n in names)
+    assert {"core/", "common/", "etl/"} <= set(dirs)  # needed by zipimport for namespace packages
+    assert all(n.split("/")[0] in ("core", "common", "etl") for n in names)
     assert not any("__pycache__" in n for n in names)
     assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
 
@@ -109,8 +109,9 @@ def test_code_zip_is_importable(tmp_path):
     """The zip alone (as --py-files puts it on sys.path) provides etl.* and common.*."""
     path = emr_mod.package_code(tmp_path)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "import common.config, etl.emr; "
-            "assert common.config.__file__.startswith(sys.argv[1]), common.config.__file__; "
+            "import common.dataclass_args, etl.emr; "
+            "assert common.dataclass_args.__file__.startswith(sys.argv[1]), "
+            "common.dataclass_args.__file__; "
             "assert etl.emr.__file__.startswith(sys.argv[1]), etl.emr.__file__")
     proc = subprocess.run([sys.executable, "-I", "-c", code, str(path)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
@@ -133,7 +134,7 @@ def test_entry_script_runs_cli_from_zip(tmp_path):
 def test_entry_script_with_stub_cli(tmp_path):
     """The entry script hands argv to etl.__main__.main and exits with its return code."""
     root = tmp_path / "src"
-    for pkg in ("common", "etl"):
+    for pkg in ("core", "common", "etl"):
         (root / pkg).mkdir(parents=True)
         (root / pkg / "stub_marker.py").write_text("")
     (root / "etl" / "__main__.py").write_text(
@@ -182,7 +183,7 @@ def test_submit_to_existing_cluster(aws):
     data = _get(s3, result["code_uri"])
     assert result["code_uri"].endswith(f"recsys-etl-{hashlib.sha256(data).hexdigest()[:12]}.zip")
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    assert "etl/emr.py" in names and "common/config.py" in names
+    assert "etl/emr.py" in names and "etl/config.py" in names
     assert _get(s3, result["entry_uri"]) == (REPO_ROOT / "etl" / "emr_entry.py").read_bytes()
 
     record = json.loads(_get(s3, result["args_uri"]))

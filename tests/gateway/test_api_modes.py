@@ -19,7 +19,7 @@ from archives import build as B
 from archives.client import TorchServeClient
 from archives.server import ServerState
 from archives.testing import running_server
-from common.config import TrainConfig
+from training.config import TrainConfig
 from common.schema import EtlLayout
 from tests.gateway.conftest import (MODEL, Client, GatewayProc, load, need_java, setup_keys,
                                     write_experiment)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from common.config import TrainConfig
+from training.config import TrainConfig
 from training import experiments as X
 
 
