@@ -13,7 +13,7 @@ from pathlib import Path
 from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient, curl_lines
-from common.report import run_cli
+from common.cli import run_cli
 from core.retrieval import VARIANTS
 
 

@@ -1,7 +1,6 @@
 """Helpers every benchmark uses: machine description, percentiles, peak-memory sampling, result files."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -12,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import psutil
+
+from common.jsonio import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,5 +72,5 @@ class PeakRss:
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(path, payload)
     return path

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import requests
 
+from common.jsonio import write_json
 from archives import build as B
 from archives.container_engine import engine, run_serve
 from archives.testing import make_random_artifact
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               "runs": runs, "median": med, "nproc": os.cpu_count(),
               "load_avg": os.getloadavg()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "container.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS / "container.json", result)
     lines = ["| image size | cold start (median, to first /ping 200) | SIGTERM to exit (median, 1 request in flight) | runs | load average |",
              "|---|---|---|---|---|",
              f"| {result['size_mb']} MB | {med['cold_start_s']:.1f} s | {med['stop_s']:.1f} s | "

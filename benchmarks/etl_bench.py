@@ -16,7 +16,8 @@ from pathlib import Path
 
 from benchmarks.common import PeakRss, machine, write_results
 from etl.config import GenerateConfig, PrepareConfig, SparkConfig
-from common.report import setup_logging, table
+from common.cli import setup_logging
+from common.tables import table
 from common.schema import EtlLayout
 
 log = logging.getLogger("benchmarks.etl")

@@ -61,6 +61,7 @@ import aiohttp
 import orjson
 import psutil
 
+from common.jsonio import write_json
 from benchmarks import loadgen as L
 from benchmarks.common import machine
 from common.assignment import N_BUCKETS
@@ -1096,7 +1097,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: every process the suite started is stopped", file=sys.stderr)
         return 130
     path = out / "faults.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(path, result)
     print(table(result))
     print(f"wrote {path} ({result['seconds']} s)")
     return 0 if result["ok"] else 1

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from common.jsonio import write_json
 from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient
@@ -36,7 +37,8 @@ from benchmarks.common import PERCENTILE_METHOD, RESULTS, machine, percentiles
 from core.config import ArchiveConfig
 from benchmarks.config import ServingBenchConfig
 from common.dataclass_args import add_dataclass_args, from_args, to_dict
-from common.report import setup_logging, table
+from common.cli import setup_logging
+from common.tables import table
 
 log = logging.getLogger("benchmarks.serving")
 BASELINE = "fp32"
@@ -540,7 +542,7 @@ def summaries(result: dict) -> dict[str, Any]:
 def resummarize(path: Path) -> int:
     res = json.loads(path.read_text())
     res.update(summaries(res))
-    path.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    write_json(path, res)
     path.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))
     return 0
@@ -598,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in out["runs"]:
         r.pop("_latencies", None)
     out.setdefault("headline", {})
-    (results / "serving.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    write_json(results / "serving.json", out)
     (results / "serving.md").write_text(markdown(out))
     print(markdown(out))
     return 0

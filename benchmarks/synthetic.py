@@ -240,7 +240,7 @@ def make_scale_artifact(path: Path, *, n_users: int, n_items: int, dim: int = 64
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from common.report import setup_logging
+    from common.cli import setup_logging
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.synthetic", description=(
         "Write a synthetic serving artifact of a given scale (validity and realistic shapes, "

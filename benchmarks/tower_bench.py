@@ -19,13 +19,13 @@ Writes ``benchmarks/results/tower.json`` and ``tower.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from common.jsonio import write_json
 from archives import server as S
 from archives.client import TorchServeClient
 from archives.testing import running_server
@@ -36,7 +36,8 @@ from benchmarks.serving_bench import (ExactReference, build_archive, make_catalo
                                       served_recall)
 from benchmarks.config import ServingBenchConfig
 from training.config import TrainConfig
-from common.report import setup_logging, table
+from common.cli import setup_logging
+from common.tables import table
 
 log = logging.getLogger("benchmarks.tower")
 P99_BUDGET = 1.20
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tower.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+    write_json(out / "tower.json", res)
     (out / "tower.md").write_text(markdown(res))
     print(markdown(res))
     return 0

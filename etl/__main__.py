@@ -10,7 +10,8 @@ from pathlib import Path
 from common.dataclass_args import add_dataclass_args, from_args, to_dict
 
 from etl.config import GenerateConfig, PrepareConfig, SparkConfig
-from common.report import setup_logging, table
+from common.cli import setup_logging
+from common.tables import table
 from common.schema import EtlLayout
 from core.storage import as_path, is_local
 from etl.readers import InputError

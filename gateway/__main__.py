@@ -13,7 +13,7 @@ import sys
 import typing
 from pathlib import Path
 
-from common.report import run_cli
+from common.cli import run_cli
 from gateway import experiment as E
 from gateway.config import SERVE_OPTIONS, GatewayConfig, GatewayPaths
 

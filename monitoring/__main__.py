@@ -9,11 +9,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
+from common.jsonio import write_json
 from common.dataclass_args import add_dataclass_args, from_args
 from monitoring import config as C
 
@@ -73,7 +73,7 @@ def cmd_drift(args) -> int:
     rep = run_once(out, ref, cfg, args.threshold)
     dest = out / "monitoring" / "drift.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+    write_json(dest, rep.to_dict())
     print(table(rep))
     print(f"\nwritten: {dest}")
     if rep.above:

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 import requests
 
+from common.jsonio import write_json
 from archives.client import TorchServeClient
 from archives.server import ServerError, ServerState
 from benchmarks import loadgen
@@ -179,7 +180,7 @@ def monitor(out: Path, duration_s: float = 60.0, rate: float = 20.0,
                "targets": targets, "load": [asdict(x) for x in load], "panels": drawn,
                "gateway": gw.url if gw else "none running: load sent to TorchServe directly"}
     mon.mkdir(parents=True, exist_ok=True)
-    (mon / "monitor.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(mon / "monitor.json", summary)
     return summary
 
 

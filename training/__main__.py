@@ -10,7 +10,7 @@ from core.config import ArchiveConfig
 from common.dataclass_args import add_dataclass_args, from_args
 from training.config import TrainConfig
 from core.retrieval import VARIANTS
-from common.report import setup_logging
+from common.cli import setup_logging
 
 
 def cmd_run(args: argparse.Namespace) -> int:

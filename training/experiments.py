@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import shutil
 import sys
@@ -33,10 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.jsonio import write_json
 from core.config import ArchiveConfig
 from common.dataclass_args import add_dataclass_args, from_args
 from training.config import TrainConfig
-from common.report import table
+from common.tables import table
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
 from training.data import SplitData, load_split
 
@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(result))
     print(f"\ntotal {result['seconds']:.0f} s")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, default=float) + "\n")
+        write_json(Path(args.json), result)
     return 0
 
 

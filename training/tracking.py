@@ -34,7 +34,6 @@ import dataclasses
 import json
 import logging
 import math
-import numbers
 import os
 import re
 import shutil
@@ -43,6 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
+
+from common.jsonio import json_safe, write_json
 
 # Before mlflow is imported: no usage telemetry from an offline pipeline, no progress bars in logs.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -207,22 +208,6 @@ def numeric_leaves(d: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in flatten(d).items() if _is_number(v)}
 
 
-def _jsonable(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> null (strict JSON), numpy scalars -> Python, others -> str."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, numbers.Integral):
-        return int(obj)
-    if _is_number(obj):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return str(obj)
-
-
 def _run_id(run_id: str | None) -> str:
     if run_id:
         return run_id
@@ -259,7 +244,7 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None) -> dict[str
     """Log (flattened) params as strings; over-long values are truncated with a warning."""
     flat: dict[str, str] = {}
     for k, v in flatten(params).items():
-        s = v if isinstance(v, str) else json.dumps(_jsonable(v))
+        s = v if isinstance(v, str) else json.dumps(json_safe(v))
         if len(s) > _MAX_PARAM_LEN:
             log.warning("param %s is %d characters long; truncated to %d", k, len(s), _MAX_PARAM_LEN)
             s = s[: _MAX_PARAM_LEN - 3] + "..."
@@ -361,7 +346,7 @@ def log_eval_table(eval_dict: Mapping[str, Any], run_id: str | None = None, *,
     client = get_client()
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / name
-        file.write_text(json.dumps(_jsonable(eval_dict), indent=2, sort_keys=True, allow_nan=False))
+        write_json(file, eval_dict, sort_keys=True)
         client.log_artifact(run_id, str(file))
     flat = log_metrics({k: v for k, v in eval_dict.items() if k != "split_hash"}, run_id=run_id)
     tags = {"eval.artifact": name}
