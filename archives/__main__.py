@@ -379,7 +379,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(parser(), argv, (S.ServerError, FileExistsError, FileNotFoundError,
-                                    LookupError, ValueError))
+                                    LookupError, ValueError), logs=False)
 
 
 if __name__ == "__main__":

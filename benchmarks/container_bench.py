@@ -20,6 +20,7 @@ from pathlib import Path
 
 import requests
 
+from common.cli import run_cli
 from common.jsonio import write_json
 from archives import build as B
 from archives.container_engine import engine, run_serve
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--image", default="localhost/recsys:latest")
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     meta = json.loads(engine("image", "inspect", a.image).stdout)[0]
     with tempfile.TemporaryDirectory() as tmp:
         art = make_random_artifact(Path(tmp) / "art", n_users=100, n_items=1000, model_version="1")

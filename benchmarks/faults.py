@@ -61,6 +61,7 @@ import aiohttp
 import orjson
 import psutil
 
+from common.cli import run_cli
 from common.jsonio import write_json
 from benchmarks import loadgen as L
 from benchmarks.common import machine
@@ -1079,7 +1080,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "there); with --quick any folder")
     p.add_argument("--quick", action="store_true",
                    help="small random archives, fewer requests, lower rates (the make test run)")
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, (SuiteError,), logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     out = a.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     suite = Suite(out, QUICK if a.quick else FULL, a.quick)
@@ -1090,9 +1095,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         result = suite.run()
-    except SuiteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: every process the suite started is stopped", file=sys.stderr)
         return 130

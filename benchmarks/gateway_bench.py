@@ -34,6 +34,7 @@ import numpy as np
 import psutil
 import requests
 
+from common.cli import run_cli
 from archives import build as B
 from archives.testing import make_random_artifact, running_server
 from benchmarks import loadgen as L
@@ -100,7 +101,11 @@ def main(argv=None) -> int:
     p.add_argument("--stacks", default="fast,aiohttp",
                    help="HTTP stacks (gateway --http-server/--upstream-client), one gateway "
                         "process each, alternating in every round; the first is the headline")
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     rates = [float(x) for x in a.rates.split(",")]
 
     from gateway.testing import GatewayProc  # the same process wrapper the tests use

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import requests
 
+from common.cli import run_cli
 from benchmarks.common import machine, write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default="on,off", help="on (default budget), off (no budget), "
                                                       "plain (no budget option: older code)")
     ap.add_argument("--name", default="gateway_memory", help="results file name")
-    a = ap.parse_args(argv)
+    ap.set_defaults(fn=_run)
+    return run_cli(ap, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     args = {"on": [], "off": ["--inflight-bytes-budget", "0"], "plain": []}
     rows = []
     for case in a.cases.split(","):

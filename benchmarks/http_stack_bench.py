@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from common.cli import run_cli
 from benchmarks import loadgen as L
 from benchmarks.common import RESULTS, machine, write_results
 
@@ -190,7 +191,11 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=3000, help="measured requests per run")
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--rounds", type=int, default=3)
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     rates = [float(x) for x in a.rates.split(",")]
     users = [str(u + 1) for u in range(600)]
     items = [str(10 * (i + 1)) for i in range(5000)]

@@ -37,7 +37,7 @@ from benchmarks.common import PERCENTILE_METHOD, RESULTS, machine, percentiles
 from core.config import ArchiveConfig
 from benchmarks.config import ServingBenchConfig
 from common.dataclass_args import add_dataclass_args, from_args, to_dict
-from common.cli import setup_logging
+from common.cli import run_cli
 from common.tables import table
 
 log = logging.getLogger("benchmarks.serving")
@@ -558,8 +558,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="no runs: recompute the headline, knob summary and serving.md of an "
                         "existing serving.json (they are pure functions of its runs)")
     add_dataclass_args(p, ServingBenchConfig)
-    a = p.parse_args(argv)
-    setup_logging()
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv)
+
+
+def _run(a: argparse.Namespace) -> int:
     if a.resummarize:
         return resummarize(Path(a.resummarize))
     cfg = QUICK if a.quick else from_args(ServingBenchConfig, a)

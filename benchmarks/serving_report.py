@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from common.cli import FAILED, run_cli
 from benchmarks.common import RESULTS
 from benchmarks.serving_bench import BASELINE, _failure, config_of, late_share, percentile_methods
 from core.config import ArchiveConfig
@@ -402,12 +403,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     try:
         stale = update(a.results, {a.doc: DOC_BLOCKS, a.readme: README_BLOCKS}, check=a.check)
     except (OSError, ValueError, KeyError) as e:   # a missing file, marker or results field
         print(f"error: {type(e).__name__}: {e} (nothing was written)", file=sys.stderr)
-        return 2
+        return FAILED
     for f in stale:
         print(f"{'stale' if a.check else 'rewrote'}: {f}", file=sys.stderr)
     return 1 if a.check and stale else 0

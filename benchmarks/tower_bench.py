@@ -36,7 +36,7 @@ from benchmarks.serving_bench import (ExactReference, build_archive, make_catalo
                                       served_recall)
 from benchmarks.config import ServingBenchConfig
 from training.config import TrainConfig
-from common.cli import setup_logging
+from common.cli import run_cli
 from common.tables import table
 
 log = logging.getLogger("benchmarks.tower")
@@ -118,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=ServingBenchConfig.requests)
     p.add_argument("--work", default="runs/bench-tower")
     p.add_argument("--results", default=str(RESULTS))
-    a = p.parse_args(argv)
-    setup_logging()
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv)
+
+
+def _run(a: argparse.Namespace) -> int:
     cfg = ServingBenchConfig(requests=a.requests)
     dims = [int(x) for x in a.dims.split(",")]
     work = Path(a.work).resolve()

@@ -24,7 +24,7 @@ import torch
 from common.jsonio import write_json
 from benchmarks.common import RESULTS, machine
 from training.config import TrainConfig
-from common.cli import setup_logging
+from common.cli import run_cli
 from common.tables import table
 
 log = logging.getLogger("benchmarks.training")
@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/bench-training", help="ETL output when --etl is not given")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--results", default=str(RESULTS))
-    args = p.parse_args(argv)
-    setup_logging()
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv)
+
+
+def _run(args: argparse.Namespace) -> int:
     from training.data import load_split
     from training.experiments import study
 

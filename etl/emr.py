@@ -355,11 +355,11 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("prepare_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra options passed to `prepare` unchanged")
     # etl/__main__.py dispatches on ``fn``; ``func`` is the common argparse idiom.
-    parser.set_defaults(fn=run_cli, func=run_cli)
+    parser.set_defaults(fn=cmd_emr_submit, func=cmd_emr_submit)
     return parser
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def cmd_emr_submit(args: argparse.Namespace) -> int:
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -386,4 +386,4 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 __all__ = ["package_code", "build_code_zip", "submit_prepare", "step_args", "prepare_step",
-           "job_flow_request", "add_cli", "run_cli", "STEP_NAME", "ENTRY_NAME"]
+           "job_flow_request", "add_cli", "cmd_emr_submit", "STEP_NAME", "ENTRY_NAME"]

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import typing
 from pathlib import Path
 
-from common.cli import run_cli
+from common.cli import run_cli, setup_logging
 from gateway import experiment as E
 from gateway.config import SERVE_OPTIONS, GatewayConfig, GatewayPaths
 
@@ -48,8 +47,7 @@ def cmd_serve(a) -> int:
         return 0
     cfg = GatewayConfig.from_env(a.out, port=a.port, metrics_port=a.metrics_port,
                                  **_serve_overrides(a))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(server=True)
     from gateway.app import run
     if not cfg.keys_path.exists():
         print(f"error: {cfg.keys_path} is missing; create keys first: python -m gateway "
@@ -287,7 +285,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(parser(), argv, (E.ExperimentError, FileNotFoundError, ValueError,
-                                    LookupError, RuntimeError))
+                                    LookupError, RuntimeError), logs=False)
 
 
 if __name__ == "__main__":

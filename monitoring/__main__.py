@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from common.cli import run_cli
 from common.jsonio import write_json
 from common.dataclass_args import add_dataclass_args, from_args
 from monitoring import config as C
@@ -101,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="write the rule file and the dashboard JSON")
     g.add_argument("--check", action="store_true", help="only check the committed files are current")
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(fn=cmd_generate)
 
     r = sub.add_parser("rules", help="render the rules (to stdout or --output)")
     r.add_argument("--format", choices=("rulefile", "prometheusrule"), default="rulefile")
@@ -110,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
                    help="PrometheusRule metadata label (repeat), e.g. release=kube-prometheus-stack")
     r.add_argument("--output")
     add_dataclass_args(r, C.RuleConfig)
-    r.set_defaults(func=cmd_rules)
+    r.set_defaults(fn=cmd_rules)
 
     d = sub.add_parser("drift", help="compare live traffic with the training data")
     d.add_argument("--out", required=True, help="run folder (OUT/gateway logs, OUT/model, OUT/etl)")
@@ -122,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=0, help="daemon port (default DRIFT_METRICS_PORT, 8092)")
     d.add_argument("--host", default="127.0.0.1")
     add_dataclass_args(d, C.DriftConfig)
-    d.set_defaults(func=cmd_drift)
+    d.set_defaults(fn=cmd_drift)
 
     m = sub.add_parser("monitor", help="Prometheus + load against make serve; latency PNGs")
     m.add_argument("--out", required=True)
@@ -130,18 +131,12 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--rate", type=float, default=20.0, help="requests per second")
     m.add_argument("--all-panels", action="store_true", help="render every panel, not only latency")
     add_dataclass_args(m, C.PrometheusConfig, prefix="prom-")
-    m.set_defaults(func=cmd_monitor)
+    m.set_defaults(fn=cmd_monitor)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    args = parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(parser(), argv, (FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
+from common.cli import run_cli
 from recsys_sagemaker import package as P
 from recsys_sagemaker.config import (AutoScaling, DataCapture, Deployment, Variant, parse_weights,
                                      variant_name)
@@ -200,14 +200,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)
-    a = parser().parse_args(argv)
-    try:
-        return a.fn(a)
-    except (DeployError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(parser(), argv, (DeployError, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

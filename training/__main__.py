@@ -10,7 +10,7 @@ from core.config import ArchiveConfig
 from common.dataclass_args import add_dataclass_args, from_args
 from training.config import TrainConfig
 from core.retrieval import VARIANTS
-from common.cli import setup_logging
+from common.cli import run_cli
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -117,9 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return args.fn(args)
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

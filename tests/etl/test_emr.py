@@ -353,7 +353,7 @@ def test_cli_parses_emr_config_and_remainder():
         "emr-submit", "--events", EVENTS, "--catalog", CATALOG, "--out", OUT,
         "--emr-bucket", BUCKET, "--emr-cluster-id", "j-ABC", "--emr-core-instances", "8",
         "--", "--seed", "3", "--vocab-size", "100"])
-    assert args.func is emr_mod.run_cli and args.fn is emr_mod.run_cli
+    assert args.func is emr_mod.cmd_emr_submit and args.fn is emr_mod.cmd_emr_submit
     assert args.emr_bucket == BUCKET and args.emr_cluster_id == "j-ABC"
     assert args.emr_core_instances == 8
     assert args.emr_release_label == EmrConfig().release_label
@@ -368,7 +368,7 @@ def test_cli_end_to_end(aws, capsys):
         "emr-submit", "--events", EVENTS, "--catalog", CATALOG, "--out", OUT,
         "--emr-bucket", BUCKET, "--emr-cluster-id", cluster_id, "--emr-region", REGION,
         "--", "--seed", "3"])
-    assert emr_mod.run_cli(args) == 0
+    assert emr_mod.cmd_emr_submit(args) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert set(result) >= {"cluster_id", "step_id", "code_uri", "entry_uri", "args_uri"}
@@ -384,7 +384,7 @@ def test_cli_transient(aws, capsys):
     args = _parser().parse_args([
         "emr-submit", "--events", EVENTS, "--catalog", CATALOG, "--out", OUT,
         "--emr-bucket", BUCKET, "--transient", "--emr-release-label", SPARK4_RELEASE])
-    assert emr_mod.run_cli(args) == 0
+    assert emr_mod.cmd_emr_submit(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["transient"] is True
     assert [c["Id"] for c in emr.list_clusters()["Clusters"]] == [result["cluster_id"]]
@@ -394,7 +394,7 @@ def test_cli_transient_without_release_label_is_a_config_error(aws, capsys):
     s3, _ = aws
     args = _parser().parse_args(["emr-submit", "--events", EVENTS, "--catalog", CATALOG,
                                  "--out", OUT, "--emr-bucket", BUCKET, "--transient"])
-    assert emr_mod.run_cli(args) == 2
+    assert emr_mod.cmd_emr_submit(args) == 2
     assert "Spark is 4.x" in capsys.readouterr().err
     assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0  # nothing uploaded
 
@@ -402,7 +402,7 @@ def test_cli_transient_without_release_label_is_a_config_error(aws, capsys):
 def test_cli_reports_config_errors(aws, capsys):
     args = _parser().parse_args(["emr-submit", "--events", EVENTS, "--catalog", CATALOG,
                                  "--out", OUT, "--emr-bucket", BUCKET])
-    assert emr_mod.run_cli(args) == 2
+    assert emr_mod.cmd_emr_submit(args) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "cluster_id" in captured.err
@@ -416,7 +416,7 @@ def test_emr_config_fields_all_exposed():
 
 
 def test_etl_main_emr_submit(aws, capsys):
-    """`python -m etl emr-submit ...` goes through etl.__main__.main to run_cli."""
+    """`python -m etl emr-submit ...` goes through etl.__main__.main to cmd_emr_submit."""
     from etl.__main__ import main
 
     s3, emr = aws
