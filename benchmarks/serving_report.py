@@ -17,7 +17,7 @@ from typing import Callable
 
 from common.cli import FAILED, run_cli
 from benchmarks.common import RESULTS
-from benchmarks.serving_bench import BASELINE, _failure, config_of, late_share, percentile_methods
+from benchmarks.serving_analysis import BASELINE, config_of, failure, late_share, percentile_methods
 from core.config import ArchiveConfig
 from common.tables import replace_block, table
 
@@ -87,7 +87,7 @@ def headline_block(res: dict) -> str:
     ff = h.get("baseline_first_failing_rate")
     if ff is not None:
         f = at[(BASELINE, ff)]
-        why = [w for w in [_failure(f)] if w]
+        why = [w for w in [failure(f)] if w]
         if f["p50_ms"] > 2 * h["baseline_unloaded_p50_ms"]:
             why.append(f"P50 {f['p50_ms']:.1f} ms > 2 × {h['baseline_unloaded_p50_ms']:.1f} ms: a growing queue")
         rule += f" fp32 first failed at {ff} req/s ({'; '.join(why)}), so no rate from there on is used."
