@@ -30,7 +30,7 @@ def _serve_overrides(a) -> dict:
 
 
 def cmd_serve(a) -> int:
-    from gateway import process as P
+    from gateway import process
     paths = GatewayPaths.under(a.out)
     if a.detach:
         argv = ["--out", str(Path(a.out).resolve())]
@@ -39,8 +39,8 @@ def cmd_serve(a) -> int:
             if value is not None:
                 argv += ["--" + name.replace("_", "-"), str(value)]
         try:
-            st = P.start_detached(paths, argv, timeout=a.timeout)
-        except P.ProcessError as e:
+            st = process.start_detached(paths, argv, timeout=a.timeout)
+        except process.ProcessError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print_started(st, paths)
@@ -70,15 +70,15 @@ def print_started(st: dict, paths: GatewayPaths) -> None:
 
 
 def cmd_stop(a) -> int:
-    from gateway import process as P
-    stopped = P.stop(GatewayPaths.under(a.out))
+    from gateway import process
+    stopped = process.stop(GatewayPaths.under(a.out))
     print("gateway stopped" if stopped else f"no gateway running under {a.out}")
     return 0
 
 
 def cmd_status(a) -> int:
-    from gateway import process as P
-    st = P.running(GatewayPaths.under(a.out))
+    from gateway import process
+    st = process.running(GatewayPaths.under(a.out))
     if not st:
         print(f"no gateway running under {a.out}")
         return 1

@@ -344,9 +344,9 @@ def upstream_client(name: str, url: str, connections: int) -> dict:
     if name == "aiohttp":
         return {}  # Upstream's default: AiohttpClient
     if name == "fast":
-        from gateway import fastclient as F  # type: ignore[attr-defined]
-        return {"client": F.FastClient(url, connections),
-                "disconnected": (F.Disconnected, F.ProtocolError)}
+        from gateway import fastclient  # type: ignore[attr-defined]
+        return {"client": fastclient.FastClient(url, connections),
+                "disconnected": (fastclient.Disconnected, fastclient.ProtocolError)}
     raise ValueError(f"unknown upstream_client {name!r}: aiohttp or fast")
 
 

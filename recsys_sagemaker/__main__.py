@@ -15,7 +15,7 @@ import os
 import sys
 
 from common.cli import run_cli
-from recsys_sagemaker import package as P
+from recsys_sagemaker import package
 from recsys_sagemaker.config import (AutoScaling, DataCapture, Deployment, Variant, parse_weights,
                                      variant_name)
 from recsys_sagemaker.control import Clients, ControlPlane, DeployError
@@ -33,10 +33,10 @@ def _packages(a, versions: list[str]):
     clients = Clients.create(region=a.region) if a.bucket else None
     out = []
     for version in versions:
-        pkg = P.package(a.out, version, model_name=a.model_name, from_mlflow=a.from_mlflow,
+        pkg = package.package(a.out, version, model_name=a.model_name, from_mlflow=a.from_mlflow,
                         registered_model=a.registered_model, tracking_uri=a.tracking_uri)
         if clients:
-            pkg = P.upload(pkg, clients.s3, a.bucket, P.s3_key(a.prefix, a.endpoint or "recsys", pkg))
+            pkg = package.upload(pkg, clients.s3, a.bucket, package.s3_key(a.prefix, a.endpoint or "recsys", pkg))
         out.append(pkg)
     return out
 
@@ -127,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
     def source(sp):
         sp.add_argument("--out", required=True, help="run folder: OUT/model-store/<name>-v<N>.mar "
                                                      "(and OUT/mlflow.db with --from-mlflow)")
-        sp.add_argument("--model-name", default=P.DEFAULT_MODEL_NAME, help="TorchServe model name")
+        sp.add_argument("--model-name", default=package.DEFAULT_MODEL_NAME, help="TorchServe model name")
         sp.add_argument("--from-mlflow", action="store_true", help="build each version's archive "
                         "from the MLflow registry first (python -m archives build)")
         sp.add_argument("--registered-model", default=None, help="MLflow registered model "
