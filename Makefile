@@ -8,12 +8,13 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway bench-training bench-tower clean \
+.PHONY: help venv lock java demo etl train promote serve stop ab-demo test bench bench-etl bench-gateway bench-training bench-tower clean lint \
 	monitor monitoring-files drift chart-files image serve-container stop-container faults
 
 help:
 	@echo "make demo [DATASET=<MovieLens folder>] [OUT=runs/demo]  run the pipeline end to end"
 	@echo "make test                                              run the test suite"
+	@echo "make lint                                              ruff over the tree (settings: pyproject.toml)"
 	@echo "make serve OUT=<dir> / make stop OUT=<dir>             TorchServe + the A/B gateway (every version of"
 	@echo "                                                       OUT/gateway/experiment.yaml; else the challenger)"
 	@echo "make ab-demo OUT=<dir>                                 50/50 test of the two newest archives: serve,"
@@ -142,6 +143,10 @@ promote: venv
 test: venv java
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# ruff with the rule set in pyproject.toml [tool.ruff] (tests/packaging/test_lint.py runs it too)
+lint: venv
+	$(VENV)/bin/ruff check .
+
 BENCH_ARGS ?=
 bench: venv java
 	$(PY) -m benchmarks.serving_bench $(BENCH_ARGS)
@@ -154,10 +159,10 @@ bench-etl: venv java
 bench-tower: venv java
 	$(PY) -m benchmarks.tower_bench $(BENCH_ARGS)
 
-# the default TrainConfig over 3 seeds on ml-latest-small: training time + the README seed study
+# the default TrainConfig over 3 seeds on ml-latest-small: training time + docs/results.md's seed study
 bench-training: venv java
 	$(PY) -m benchmarks.training_bench $(BENCH_ARGS)
-	$(PY) -m training readme --study benchmarks/results/training.json
+	$(PY) -m training results --study benchmarks/results/training.json
 
 # ---- container image (docs/contracts.md, "Container") ---------------------------------------
 CONTAINER_ENGINE ?= podman

@@ -13,6 +13,7 @@ from pathlib import Path
 from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient, curl_lines
+from archives.store import find_archive, list_archives, model_store
 from common.cli import run_cli
 from core.retrieval import VARIANTS
 
@@ -92,7 +93,7 @@ def _print_started(state: S.ServerState) -> None:
     model = next(iter(state.models), B.DEFAULT_MODEL_NAME)
     example = {"user_id": "1", "k": 5}
     try:
-        for a in S.list_archives(state.out):
+        for a in list_archives(state.out):
             if a.model_name == model:
                 users = B.build_info(state.out, a.model_name, a.version).get("artifact", {}) \
                     .get("example_users") or []
@@ -223,12 +224,12 @@ def cmd_register(a) -> int:
     c = TorchServeClient.for_out(a.out)
     if a.archive:
         fname = Path(a.archive).name
-        if not (S.model_store(a.out) / fname).is_file():
-            print(f"error: {fname} is not in {S.model_store(a.out)} (TorchServe registers archives "
+        if not (model_store(a.out) / fname).is_file():
+            print(f"error: {fname} is not in {model_store(a.out)} (TorchServe registers archives "
                   "from its model store)", file=sys.stderr)
             return 1
     else:
-        fname = S.find_archive(a.out, a.model_name, a.version).file_name
+        fname = find_archive(a.out, a.model_name, a.version).file_name
     r = c.register(fname, a.model_name, initial_workers=a.workers)
     code = _mgmt_result(r)
     if code == 0:

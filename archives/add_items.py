@@ -184,7 +184,7 @@ def _register_in_torchserve(out: Path, info, model_name: str) -> dict | None:
 
 def _undo(out: Path, model_name: str, version: str) -> None:
     """Delete a half-made version: the registry entry and its archive files."""
-    from archives.server import mar_name, model_store
+    from archives.store import mar_name, model_store
     from training import tracking
     from training.pipeline import MODEL_NAME
 

@@ -41,7 +41,7 @@ from common.jsonio import write_json
 from core.config import ArchiveConfig
 from core.storage import file_sha256
 
-from archives.server import ArchiveInfo, mar_name, model_store, read_manifest
+from archives.store import ArchiveInfo, mar_name, model_store, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CORE_DIR = REPO / "core"

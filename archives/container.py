@@ -31,13 +31,16 @@ from pathlib import Path
 from archives import s3fetch
 from archives import server as S
 from archives import supervisor as SV
+from archives.properties import ADDRESS_KEYS, CONFIG_DIR, properties_dict
+from archives.store import ArchiveInfo, archives_in, model_store, version_key
 from common.cli import UsageError, run_cli, setup_logging
 from common.jsonio import write_json
+from common.net import free_port, parse_port
 
 log = logging.getLogger("recsys.container")
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
-SAGEMAKER_CONFIG = S.CONFIG_DIR / "sagemaker.properties"
+SAGEMAKER_CONFIG = CONFIG_DIR / "sagemaker.properties"
 HEALTH_FILE = "health.json"
 
 
@@ -83,7 +86,8 @@ class ContainerConfig:
         return cls(
             run_root=Path(env.get("RECSYS_RUN_ROOT") or cls.run_root),
             model_dir=Path(env.get("SAGEMAKER_MODEL_DIR") or cls.model_dir),
-            bind_port=num("SAGEMAKER_BIND_TO_PORT", int, cls.bind_port),
+            bind_port=parse_port(env.get("SAGEMAKER_BIND_TO_PORT", "").strip() or cls.bind_port,
+                                 "SAGEMAKER_BIND_TO_PORT"),
             safe_port_range=rng,
             workers=num("SAGEMAKER_MODEL_SERVER_WORKERS", int, None) or num("RECSYS_WORKERS", int, None),
             drain_timeout=num("RECSYS_DRAIN_TIMEOUT_S", float, cls.drain_timeout),
@@ -116,10 +120,7 @@ def serve_ports(cfg: ContainerConfig, env: dict[str, str] | None = None
     got: dict[str, int] = {}
     for kind, var in wanted.items():
         if env.get(var, "").strip():
-            try:
-                got[kind] = int(env[var])
-            except ValueError:
-                raise ValueError(f"{var}={env[var]!r} is not a port number") from None
+            got[kind] = parse_port(env[var], var)
     taken = {cfg.bind_port, *got.values()}
     fallback = {"management": 8081, "metrics": 8082}
     for kind in wanted:
@@ -131,7 +132,7 @@ def serve_ports(cfg: ContainerConfig, env: dict[str, str] | None = None
             if port is None:
                 raise ValueError(f"no free port left in SAGEMAKER_SAFE_PORT_RANGE {lo}-{hi} for {kind}")
         else:
-            port = fallback.get(kind) or S.free_port()
+            port = fallback.get(kind) or free_port()
         got[kind] = port
         taken.add(port)
     if len(taken) != 5:
@@ -161,23 +162,23 @@ def usable_cpus() -> int:
     return max(1, n)
 
 
-def stage_models(found: list[S.ArchiveInfo], run_root: Path) -> tuple[list[tuple[str, str]], dict[str, str]]:
+def stage_models(found: list[ArchiveInfo], run_root: Path) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Link ``found`` into ``RUN_ROOT/model-store`` (TorchServe registers archives by file name
     from its store; the source folder may be read-only or nested) and return the registration
     order (each model's highest version first, so it becomes the default) and the defaults."""
     if not found:
         raise S.ServerError("no archives")
-    store = S.model_store(run_root)
+    store = model_store(run_root)
     store.mkdir(parents=True, exist_ok=True)
     for old in store.glob("*.mar"):
         if old.is_symlink():
             old.unlink()
-    by_name: dict[str, list[S.ArchiveInfo]] = {}
+    by_name: dict[str, list[ArchiveInfo]] = {}
     for a in found:
         by_name.setdefault(a.model_name, []).append(a)
     order, defaults = [], {}
     for name, versions in sorted(by_name.items()):
-        versions.sort(key=lambda a: S._version_key(a.version), reverse=True)
+        versions.sort(key=lambda a: version_key(a.version), reverse=True)
         seen = set()
         for a in versions:
             if a.version in seen:
@@ -206,7 +207,7 @@ def write_health(run_root: Path, url: str, key_file: Path | None = None) -> None
 
 def cmd_serve(a) -> int:
     cfg = ContainerConfig.from_env()
-    found = S.archives_in(cfg.model_dir, recursive=True)
+    found = archives_in(cfg.model_dir, recursive=True)
     if not found:
         log.error("no TorchServe archive (.mar) under %s: SageMaker unpacks the model's "
                   "model.tar.gz there (python -m recsys_sagemaker package builds one)", cfg.model_dir)
@@ -229,10 +230,11 @@ def cmd_serve(a) -> int:
 def _config_ports(props: dict[str, str]) -> dict[str, int]:
     """TS_*_PORT variables, else the port in the config's address, else 8080/8081/8082."""
     out = {}
-    for kind, key in S.ADDRESS_KEYS.items():
+    for kind, key in ADDRESS_KEYS.items():
         env = os.environ.get(S.PORT_ENV[kind], "").strip()
         tail = props.get(key, "").rsplit(":", 1)[-1]
-        out[kind] = int(env) if env else int(tail) if tail.isdigit() else S.DEFAULT_PORTS[kind]
+        out[kind] = parse_port(env, S.PORT_ENV[kind]) if env else \
+            int(tail) if tail.isdigit() else S.DEFAULT_PORTS[kind]
     return out
 
 
@@ -254,11 +256,11 @@ def cmd_torchserve(a) -> int:
         folder = cfg.run_root / "s3-models"
     else:
         folder = Path(src)
-    found = S.archives_in(folder)
+    found = archives_in(folder)
     if not found:
         log.error("no TorchServe archive (.mar) in %s", folder)
         return 1
-    props = S.properties_dict(config)
+    props = properties_dict(config)
     ports = _config_ports(props)
     models, defaults = stage_models(found, cfg.run_root)
     if props.get("load_models") or props.get("models"):
@@ -321,9 +323,9 @@ def cmd_healthcheck(a) -> int:
         key_file = Path(health["key_file"]) if health.get("key_file") else None
         if key_file and key_file.exists():  # TorchServe with token auth: /ping needs the key
             req.add_header("Authorization", f"Bearer {json.loads(key_file.read_text())['inference']['key']}")
-        with urllib.request.urlopen(req, timeout=a.timeout) as r:  # noqa: S310 (loopback URL we wrote)
+        with urllib.request.urlopen(req, timeout=a.timeout) as r:  # a loopback URL we wrote
             return 0 if r.status == 200 else 1
-    except Exception as e:  # any failure is "unhealthy"; say why for `podman healthcheck run`
+    except Exception as e:  # noqa: BLE001 - any failure is "unhealthy"; say why for `podman healthcheck run`
         print(f"unhealthy: {e}", file=sys.stderr)
         return 1
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from common.jsonio import write_json
 from archives.client import TorchServeClient
-from archives.server import find_archive
+from archives.store import find_archive
 
 log = logging.getLogger("archives.parity")
 THRESHOLD = 0.99

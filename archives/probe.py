@@ -15,10 +15,14 @@ Standard library only: a probe starts a fresh Python every period.
 * ``http``              a 2xx answer (the gateway's /readyz and /healthz).
 
 Exit 0 when the condition holds; else 1 with one line saying why (kubectl describe shows it).
+
+The readiness rule (:func:`ping_healthy`, :func:`workers_ready`) is also what
+``archives.server.wait_ready`` waits for after a local start: one rule, written here.
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
 import urllib.error
@@ -29,45 +33,62 @@ class NotReady(Exception):
     """The condition does not hold; the message says why."""
 
 
-def _get(url: str, timeout: float) -> tuple[int, bytes]:
+def _get(url: str, timeout: float, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """(status, body) of a GET; any HTTP status is an answer. Raises NotReady when none came."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback URLs)
+        req = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # loopback URLs
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise NotReady(f"{url}: no answer ({reason})") from None
 
 
-def torchserve_ready(inference_url: str, management_url: str, model: str,
-                     versions: list[str], timeout: float) -> str:
-    """A summary when /ping is Healthy and every version has all its workers READY."""
-    status, body = _get(inference_url.rstrip("/") + "/ping", timeout)
+def ping_healthy(inference_url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
+    """/ping answers 200 with status ``Healthy``; else NotReady."""
+    status, body = _get(inference_url.rstrip("/") + "/ping", timeout, headers)
     try:
         health = json.loads(body).get("status")
     except (ValueError, AttributeError):
         health = None
     if status != 200 or health != "Healthy":
         raise NotReady(f"/ping answered {status} {health or body[:80]!r}")
+
+
+def workers_ready(management_url: str, model: str, timeout: float, *, label: str | None = None,
+                  headers: dict[str, str] | None = None) -> tuple[int, int]:
+    """TorchServe's readiness rule for one model (``name``: its default version, or
+    ``name/version``): at least ``minWorkers`` (and at least one) workers READY. Returns
+    (ready, wanted); NotReady (naming ``label``) when it does not hold."""
+    label = label or model
+    url = f"{management_url.rstrip('/')}/models/{model}"
+    status, body = _get(url, timeout, headers)
+    if status == 404:
+        raise NotReady(f"{label} is not registered")
+    if status != 200:
+        raise NotReady(f"{url} answered {status}: {body[:200]!r}")
+    try:
+        desc = json.loads(body)[0]
+        workers = desc.get("workers") or []
+        want = max(1, int(desc.get("minWorkers", 1)))
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+        raise NotReady(f"{url}: unexpected answer {body[:200]!r}") from None
+    ready = sum(1 for w in workers if w.get("status") == "READY")
+    if ready < want:
+        raise NotReady(f"{label}: {ready}/{want} workers READY")
+    return ready, want
+
+
+def torchserve_ready(inference_url: str, management_url: str, model: str,
+                     versions: list[str], timeout: float) -> str:
+    """A summary when /ping is Healthy and every version has all its workers READY."""
+    ping_healthy(inference_url, timeout)
     parts = []
     for version in versions:
-        url = f"{management_url.rstrip('/')}/models/{model}/{version}"
-        status, body = _get(url, timeout)
-        if status == 404:
-            raise NotReady(f"{model} v{version} is not registered")
-        if status != 200:
-            raise NotReady(f"{url} answered {status}: {body[:200]!r}")
-        try:
-            desc = json.loads(body)[0]
-            workers = desc.get("workers") or []
-            want = max(1, int(desc.get("minWorkers", 1)))
-        except (ValueError, IndexError, KeyError, TypeError, AttributeError):
-            raise NotReady(f"{url}: unexpected answer {body[:200]!r}") from None
-        ready = sum(1 for w in workers if w.get("status") == "READY")
-        if ready < want:
-            raise NotReady(f"{model} v{version}: {ready}/{want} workers READY")
+        ready, want = workers_ready(management_url, f"{model}/{version}", timeout,
+                                    label=f"{model} v{version}")
         parts.append(f"v{version} {ready}/{want}")
     return "ready: " + ", ".join(parts)
 

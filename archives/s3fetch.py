@@ -136,7 +136,7 @@ def fetch(refs: Iterable[ModelRef], dest: str | Path, *, client=None) -> list[Pa
             try:
                 with open(part, "wb") as f:
                     client.download_fileobj(ref.bucket, ref.key, f)
-            except Exception as e:  # botocore raises many types; each becomes one clear line
+            except Exception as e:  # noqa: BLE001 - botocore raises many types; each becomes one clear line
                 part.unlink(missing_ok=True)
                 errors.append(_describe(e, ref))
                 continue

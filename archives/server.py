@@ -13,6 +13,9 @@ Layout (everything under ``OUT``)::
                                            worker sockets and unpacked archives live here, so
                                            several instances never collide on /tmp/.model_server.pid
 
+The archives in the store are read by :mod:`archives.store`; config.properties is rendered by
+:mod:`archives.properties`; this module holds the lifecycle (run folder, ports, start, wait, stop).
+
 TorchServe is started with its own launcher (``python -m ts.model_server --start --ts-config
 ... --model-store ... --ncs --models ...``), which forks the Java frontend and returns.
 """
@@ -20,31 +23,27 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import psutil
-import requests
+
+from archives import probe
+from archives.properties import CONFIGS, address_host, properties_dict, render_config
+from archives.store import latest_archives, model_store
+from common.net import free_port, parse_port, port_in_use, wait_until
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CONFIG_DIR = PACKAGE_DIR / "config"
 METRICS_YAML = PACKAGE_DIR / "metrics.yaml"
-CONFIGS = {"dev": CONFIG_DIR / "dev.properties", "prod": CONFIG_DIR / "prod.properties"}
 PORT_ENV = {"inference": "TS_INFERENCE_PORT", "management": "TS_MANAGEMENT_PORT",
             "metrics": "TS_METRICS_PORT"}
 DEFAULT_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
-ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address",
-                "metrics": "metrics_address"}
-MAR_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)-v(?P<version>[A-Za-z0-9_.]+)\.mar$")
 
 
 class ServerError(RuntimeError):
@@ -52,12 +51,8 @@ class ServerError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Paths
+# The run folder
 # --------------------------------------------------------------------------------------------
-
-def model_store(out: str | Path) -> Path:
-    return Path(out).expanduser().resolve() / "model-store"
-
 
 def run_dir(out: str | Path) -> Path:
     return Path(out).expanduser().resolve() / "torchserve"
@@ -67,72 +62,8 @@ def state_file(out: str | Path) -> Path:
     return run_dir(out) / "server.json"
 
 
-def mar_name(model_name: str, version: str | int) -> str:
-    return f"{model_name}-v{version}.mar"
-
-
 # --------------------------------------------------------------------------------------------
-# Archives in the store
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ArchiveInfo:
-    path: Path
-    model_name: str
-    version: str
-    reused: bool = False  # build found the same archive already built
-
-    @property
-    def file_name(self) -> str:
-        return self.path.name
-
-
-def _version_key(v: str):
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[._]", v))
-
-
-def read_manifest(mar: Path) -> dict:
-    with zipfile.ZipFile(mar) as z:
-        return json.loads(z.read("MAR-INF/MANIFEST.json"))
-
-
-def list_archives(out: str | Path) -> list[ArchiveInfo]:
-    """Archives in ``OUT/model-store`` (name and version from each MANIFEST), oldest first."""
-    return archives_in(model_store(out))
-
-
-def archives_in(folder: Path, recursive: bool = False) -> list[ArchiveInfo]:
-    """The readable ``.mar`` files in ``folder`` (name and version from each MANIFEST), oldest
-    version first per model name; files that are not archives are skipped."""
-    found = []
-    pattern = "**/*.mar" if recursive else "*.mar"
-    for p in sorted(folder.glob(pattern)) if folder.is_dir() else []:
-        try:
-            m = read_manifest(p)["model"]
-        except (KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-            continue
-        found.append(ArchiveInfo(p, m["modelName"], str(m["modelVersion"])))
-    return sorted(found, key=lambda a: (a.model_name, _version_key(a.version)))
-
-
-def latest_archives(out: str | Path) -> dict[str, ArchiveInfo]:
-    """The newest archive of each model name."""
-    latest: dict[str, ArchiveInfo] = {}
-    for a in list_archives(out):
-        latest[a.model_name] = a  # sorted ascending: the last one wins
-    return latest
-
-
-def find_archive(out: str | Path, model_name: str, version: str | int) -> ArchiveInfo:
-    for a in list_archives(out):
-        if a.model_name == model_name and a.version == str(version):
-            return a
-    raise ServerError(f"no archive of {model_name} version {version} in {model_store(out)} "
-                      f"(build it with: python -m archives build --out {out} ...)")
-
-
-# --------------------------------------------------------------------------------------------
-# Ports and config
+# Ports
 # --------------------------------------------------------------------------------------------
 
 def ports_from_env(overrides: dict[str, int | None] | None = None) -> dict[str, int]:
@@ -142,94 +73,12 @@ def ports_from_env(overrides: dict[str, int | None] | None = None) -> dict[str, 
     for kind, env in PORT_ENV.items():
         value = (overrides or {}).get(kind) or os.environ.get(env) or DEFAULT_PORTS[kind]
         try:
-            port = int(value)
-        except ValueError:
-            raise ServerError(f"{env}={value!r} is not a port number") from None
-        if not 1 <= port <= 65535:
-            raise ServerError(f"port {port} for {kind} is out of range")
-        out[kind] = port
+            out[kind] = parse_port(value, env)
+        except ValueError as e:
+            raise ServerError(str(e)) from None
     if len(set(out.values())) != 3:
         raise ServerError(f"inference, management and metrics ports must differ: {out}")
     return out
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def read_properties(path: Path) -> list[tuple[str, str] | str]:
-    """Lines of a Java properties file: (key, raw value) pairs, other lines kept verbatim."""
-    out: list[tuple[str, str] | str] = []
-    for line in path.read_text().splitlines():
-        s = line.strip()
-        if s and not s.startswith(("#", "!")) and "=" in s:
-            k, v = s.split("=", 1)
-            out.append((k.strip(), v.strip()))
-        else:
-            out.append(line)
-    return out
-
-
-def properties_dict(path: Path) -> dict[str, str]:
-    return {x[0]: x[1] for x in read_properties(path) if isinstance(x, tuple)}
-
-
-def _address_host(value: str) -> str:
-    m = re.match(r"^https?://(\[[^\]]+\]|[^:/]+)", value)
-    return m.group(1) if m else "127.0.0.1"
-
-
-def render_config(base: Path, dest: Path, *, ports: dict[str, int], host: str | None,
-                  metrics_yaml: Path, store: Path, extra: dict[str, str] | None = None) -> dict:
-    """Write ``dest`` from ``base`` with ports/host/metrics_config/model_store replaced (values
-    of other keys are copied verbatim, escapes included). Returns the effective key/values."""
-    lines = read_properties(base)
-    props = {x[0]: x[1] for x in lines if isinstance(x, tuple)}
-    repl: dict[str, str] = {}
-    for kind, key in ADDRESS_KEYS.items():
-        h = host or _address_host(props.get(key, "http://127.0.0.1"))
-        repl[key] = f"http://{h}:{ports[kind]}"
-    repl["metrics_config"] = str(metrics_yaml)
-    repl["model_store"] = str(store)
-    repl.update(extra or {})
-    text, seen = [], set()
-    for x in lines:
-        if isinstance(x, tuple) and x[0] in repl:
-            text.append(f"{x[0]}={repl[x[0]]}")
-            seen.add(x[0])
-        else:
-            text.append(x if isinstance(x, str) else f"{x[0]}={x[1]}")
-    for k, v in repl.items():
-        if k not in seen:
-            text.append(f"{k}={v}")
-    dest.write_text("\n".join(text) + "\n")
-    return {**props, **repl}
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,7 +226,7 @@ def start(out: str | Path, *, config: str | Path = "dev", host: str | None = Non
         raise ServerError(f"config {config!r} is neither dev, prod nor a properties file")
     p = ports_from_env(ports)
     props0 = properties_dict(Path(base))
-    bind_host = host or _address_host(props0.get("inference_address", "http://127.0.0.1"))
+    bind_host = host or address_host(props0.get("inference_address", "http://127.0.0.1"))
     for kind, port in p.items():
         if port_in_use(bind_host, port):
             raise ServerError(f"{kind} port {port} is in use; choose others with "
@@ -415,50 +264,33 @@ def start(out: str | Path, *, config: str | Path = "dev", host: str | None = Non
     return state
 
 
-def _get(url: str, headers: dict | None = None, timeout: float = 5.0) -> requests.Response | None:
-    try:
-        return requests.get(url, headers=headers or {}, timeout=timeout)
-    except requests.RequestException:
-        return None
-
-
 def wait_ready(state: ServerState, timeout: float = 240.0, models: Iterable[str] = ()) -> None:
-    """Until /ping says Healthy and each of ``models`` has all its workers READY."""
-    deadline = time.monotonic() + timeout
+    """Until /ping says Healthy and each of ``models`` has all its workers READY (the rule of
+    the chart's probe, :mod:`archives.probe`)."""
     models = list(models)
-    while True:
-        if not state.alive():
-            raise ServerError(f"TorchServe (pid {state.pid}) exited during start-up\n"
-                              f"{_log_tail(state.run_dir)}")
-        ok = False
-        if not state.token_auth or state.key_file.exists():
-            try:
-                keys = state.keys()
-            except (OSError, ValueError, KeyError):
-                keys = None
-            if keys is not None:
-                h = {"Authorization": f"Bearer {keys['inference']}"} if state.token_auth else {}
-                r = _get(f"{state.inference_url}/ping", h)
-                ok = r is not None and r.status_code == 200 and r.json().get("status") == "Healthy"
-                if ok and models:
-                    mh = {"Authorization": f"Bearer {keys['management']}"} if state.token_auth else {}
-                    for name in models:
-                        r = _get(f"{state.management_url}/models/{name}", mh)
-                        if r is None or r.status_code != 200:
-                            ok = False
-                            break
-                        desc = r.json()[0]
-                        workers = desc.get("workers", [])
-                        ready = [w for w in workers if w.get("status") == "READY"]
-                        if len(ready) < max(1, int(desc.get("minWorkers", 1))):
-                            ok = False
-                            break
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise ServerError(f"TorchServe did not become healthy within {timeout:.0f} s\n"
-                              f"{_log_tail(state.run_dir)}")
-        time.sleep(0.5)
+
+    def ready() -> bool:
+        if state.token_auth and not state.key_file.exists():
+            return False
+        try:
+            keys = state.keys()
+        except (OSError, ValueError, KeyError):  # TorchServe may be writing the key file
+            return False
+
+        def auth(kind: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {keys[kind]}"} if state.token_auth else {}
+
+        try:
+            probe.ping_healthy(state.inference_url, 5.0, auth("inference"))
+            for name in models:
+                probe.workers_ready(state.management_url, name, 5.0, headers=auth("management"))
+        except probe.NotReady:
+            return False
+        return True
+
+    wait_until(ready, timeout=timeout, interval=0.5, proc=state.alive,
+               log=lambda: _log_tail(state.run_dir), what=f"TorchServe (pid {state.pid})",
+               error=ServerError)
 
 
 def stop(out: str | Path, timeout: float = 60.0) -> bool:
@@ -525,6 +357,5 @@ def worker_processes(state: ServerState) -> list[psutil.Process]:
     return out
 
 
-__all__ = ["ServerError", "ServerState", "ArchiveInfo", "model_store", "run_dir", "mar_name",
-           "list_archives", "archives_in", "latest_archives", "find_archive", "read_manifest", "ports_from_env",
-           "free_ports", "render_config", "prepare_run_dir", "launcher_env", "start", "stop", "wait_ready", "worker_processes"]
+__all__ = ["ServerError", "ServerState", "PORT_ENV", "DEFAULT_PORTS", "run_dir", "ports_from_env",
+           "prepare_run_dir", "launcher_env", "start", "stop", "wait_ready", "worker_processes"]

@@ -35,6 +35,8 @@ import requests
 
 from archives import server as S
 from archives.client import TorchServeClient
+from archives.properties import address_host
+from archives.store import archives_in, model_store
 
 log = logging.getLogger("recsys.container")
 
@@ -136,7 +138,7 @@ def _java_pid(rd: Path, launcher: subprocess.Popen, timeout: float = 60.0) -> in
 def configure(launch: Launch, client: TorchServeClient) -> None:
     """After /ping: workers per version, then the default version of each model."""
     for name, file in launch.models:
-        version = next(a.version for a in S.archives_in(S.model_store(launch.out)) if a.file_name == file)
+        version = next(a.version for a in archives_in(model_store(launch.out)) if a.file_name == file)
         if launch.workers:
             r = client.scale(name, version, launch.workers)
             if r.status_code >= 300:
@@ -171,7 +173,7 @@ def run(launch: Launch) -> int:
                                               host=launch.host, grpc_ports=launch.grpc_ports)
     token_auth = props.get("disable_token_authorization", "false").strip().lower() != "true"
     cmd = [sys.executable, "-m", "ts.model_server", "--foreground", "--ts-config", str(cfg_path),
-           "--model-store", str(S.model_store(out)), "--ncs"]
+           "--model-store", str(model_store(out)), "--ncs"]
     if launch.models:
         cmd += ["--models", *[f"{n}={f}" for n, f in launch.models]]
     t0 = time.monotonic()
@@ -200,7 +202,7 @@ def _supervise(launch: Launch, launcher: subprocess.Popen, pump: LogPump, props:
         code = launcher.wait()
         log.error("TorchServe's launcher exited (%s) before starting Java", code)
         return code or 1
-    host = launch.host or S._address_host(props.get("inference_address", "http://127.0.0.1"))
+    host = launch.host or address_host(props.get("inference_address", "http://127.0.0.1"))
     state = S.ServerState(out=str(out), pid=java, host=host, ports=launch.ports,
                           token_auth=token_auth, config=str(launch.base_config),
                           models={n: f for n, f in launch.models}, started_at=time.time(),
@@ -222,7 +224,7 @@ def _supervise(launch: Launch, launcher: subprocess.Popen, pump: LogPump, props:
             log.info("ready in %.1f s: %s", time.monotonic() - t0,
                      ", ".join(f"{n} v{client.default_version(n)} (default)"
                                for n in sorted({n for n, _ in launch.models})) or "no models")
-        except Exception as e:  # reported, then the main loop stops the server
+        except Exception as e:  # noqa: BLE001 - reported, then the main loop stops the server
             if not got:  # a stop requested meanwhile explains any error here
                 failed.append(str(e))
             stop.set()

@@ -4,7 +4,7 @@ stop time of the image's SageMaker `serve`, over a few runs on one small archive
     python -m benchmarks.container_bench [--runs 3]   # after `make image`
 
 Writes benchmarks/results/container.json and container.md. Podman with host networking, as
-`make serve-container`; the archive is the random test artifact (archives/testing.py), so the
+`make serve-container`; the archive is the random test artifact (testkit/archives.py), so the
 figures are the container's own overhead, not a large catalog's load time.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import requests
 from common.cli import run_cli
 from common.jsonio import write_json
 from archives import build as B
-from archives.container_engine import engine, run_serve
-from archives.testing import make_random_artifact
+from testkit.archives import make_random_artifact
+from testkit.container_engine import engine, run_serve
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -256,17 +256,19 @@ class TorchServe:
 
     def __init__(self, work: Path, control: str, versions: Sequence[str]):
         from archives import server as S
+        from common.net import free_ports
         self.S, self.work, self.control, self.versions = S, work, control, list(versions)
-        self.ports = dict(zip(("inference", "management", "metrics"), S.free_ports(3)))
+        self.ports = dict(zip(("inference", "management", "metrics"), free_ports(3)))
         self.state = None
         self.pids: set[int] = set()   # every TorchServe process seen: killed by pid on teardown
 
     def start(self) -> float:
         """Start with control, register the other versions (in parallel); seconds taken."""
+        from archives.store import mar_name
         t0 = time.monotonic()
         S = self.S
         self.state = S.start(self.work, config="dev", host="127.0.0.1", ports=self.ports,
-                             models={MODEL: S.mar_name(MODEL, self.control)}, timeout=300)
+                             models={MODEL: mar_name(MODEL, self.control)}, timeout=300)
         self._track()
         self.register([v for v in self.versions if v != self.control])
         return time.monotonic() - t0
@@ -275,10 +277,11 @@ class TorchServe:
         from concurrent.futures import ThreadPoolExecutor
 
         from archives.client import TorchServeClient
+        from archives.store import mar_name
         client = TorchServeClient(self.state)
         with ThreadPoolExecutor(max(1, len(versions))) as pool:
             answers = list(pool.map(lambda v: client.register(
-                self.S.mar_name(MODEL, v), MODEL, initial_workers=1), versions))
+                mar_name(MODEL, v), MODEL, initial_workers=1), versions))
         for v, r in zip(versions, answers):
             if r.status_code != 200:
                 raise SuiteError(f"registering version {v}: HTTP {r.status_code} {r.text[:300]}")
@@ -363,7 +366,7 @@ class GatewayRuns:
         self.runs: list[dict] = []
 
     def start(self, label: str) -> None:
-        from gateway.testing import GatewayProc
+        from testkit.gateway import GatewayProc
         self.gw = GatewayProc(self.work, list(self.args), dict(self.env)).start(timeout=120)
         self.runs.append({"label": label, "pid": self.gw.proc.pid, "dropped": None})
 
@@ -372,7 +375,7 @@ class GatewayRuns:
         return self.gw.url
 
     def metric(self, name: str, **labels) -> float | None:
-        from gateway.testing import metric_value
+        from common.promtext import metric_value
         try:
             return metric_value(self.gw.metrics(), name, **labels)
         except Exception:  # noqa: BLE001 - a dead gateway has no metrics
@@ -404,7 +407,6 @@ class GatewayRuns:
             gw.proc.kill()
             run["exit_code"] = gw.proc.wait(10)
             run["killed"] = True
-        gw._log.close()
         log = gw.log()
         found = None
         for rx in _FINAL_LINE:
@@ -513,7 +515,7 @@ def _build_help() -> str:
     """``archives build --help`` (the subcommand's own options)."""
     from archives.__main__ import parser
     p = parser()
-    for action in p._subparsers._group_actions:   # noqa: SLF001 - argparse keeps them here
+    for action in p._subparsers._group_actions:   # argparse keeps them here
         if "build" in action.choices:
             return action.choices["build"].format_help()
     return ""
@@ -546,7 +548,7 @@ def prepare_quick(work: Path, cfg: SuiteConfig) -> dict:
     """Two small random archives (control v1, treatment v2) and the slow v3; v4 (version_added)
     is built when that fault runs."""
     from archives import build as B
-    from archives.testing import make_random_artifact
+    from testkit.archives import make_random_artifact
     arts = {}
     for version, seed in (("1", 0), ("2", 1)):
         arts[version] = make_random_artifact(work / f"artifact-v{version}", n_users=cfg.n_users,
@@ -562,12 +564,12 @@ def prepare_quick(work: Path, cfg: SuiteConfig) -> dict:
 def prepare_from_out(out: Path, work: Path, cfg: SuiteConfig) -> dict:
     """OUT's control and treatment archives (the experiment's, else the two newest) linked into
     the work folder; the slow version built from the treatment's own artifact."""
-    from archives import server as S
+    from archives.store import find_archive, list_archives, model_store
     from gateway import experiment as E
     from gateway.config import GatewayPaths
-    have = [a for a in S.list_archives(out) if a.model_name == MODEL]
+    have = [a for a in list_archives(out) if a.model_name == MODEL]
     if not have:
-        raise SuiteError(f"no {MODEL} archives in {S.model_store(out)}: run `make demo OUT={out}` "
+        raise SuiteError(f"no {MODEL} archives in {model_store(out)}: run `make demo OUT={out}` "
                          "first (or use --quick)")
     exp_path = GatewayPaths.under(out).experiment
     if exp_path.exists():
@@ -575,17 +577,17 @@ def prepare_from_out(out: Path, work: Path, cfg: SuiteConfig) -> dict:
     else:
         vs = [a.version for a in have][-2:]
     control, treatment = vs[0], vs[-1]
-    store = S.model_store(work)
+    store = model_store(work)
     store.mkdir(parents=True, exist_ok=True)
     for v in {control, treatment}:
-        src = S.find_archive(out, MODEL, v).path
+        src = find_archive(out, MODEL, v).path
         dst = store / src.name
         try:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
     art = work / "artifact-slow"
-    with zipfile.ZipFile(S.find_archive(out, MODEL, treatment).path) as z:
+    with zipfile.ZipFile(find_archive(out, MODEL, treatment).path) as z:
         names = [n for n in z.namelist() if n.startswith("artifact/")]
         if not names:
             raise SuiteError("the treatment archive holds no artifact/ folder")
@@ -606,7 +608,7 @@ def build_added(work: Path, cfg: SuiteConfig, ids: dict, quick: bool) -> None:
     random artifact like the others, else the treatment's artifact with the default
     ``ArchiveConfig``. Nothing has ever asked its model anything: its first worker is cold."""
     from archives import build as B
-    from archives.testing import make_random_artifact
+    from testkit.archives import make_random_artifact
     v = ids["added"]
     if quick:
         art = make_random_artifact(work / f"artifact-v{v}", n_users=cfg.n_users,
@@ -739,16 +741,13 @@ class Suite:
     def _settle(self, timeout: float = 30.0) -> float | None:
         """Seconds until the gateway answers /healthz within a second again (None: never), so
         one fault's aftermath does not spill into the next fault's figures."""
-        import requests
+        from common.net import WaitError, wait_for_http
         t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            try:
-                if requests.get(self.gws.url + "/healthz", timeout=1).status_code == 200:
-                    return round(time.monotonic() - t0, 1)
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        return None
+        try:
+            wait_for_http(self.gws.url + "/healthz", timeout=timeout, request_timeout=1)
+        except WaitError:
+            return None
+        return round(time.monotonic() - t0, 1)
 
     def _await_model(self, timeout: float = 120.0) -> float | None:
         """Seconds until the gateway answers a known user from the model again."""

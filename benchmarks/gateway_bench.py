@@ -36,23 +36,16 @@ import requests
 
 from common.cli import run_cli
 from archives import build as B
-from archives.testing import make_random_artifact, running_server
 from benchmarks import loadgen
 from benchmarks.common import RESULTS, machine, write_results
+from common.promtext import metric_value
 from gateway import auth
 from gateway import experiment as E
 from gateway.config import GatewayPaths
+from testkit.archives import make_random_artifact, running_server
 
 MODEL = "recsys"
 CPU_GOAL_US = 600.0  # issue 18: gateway CPU per request
-
-
-def _metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 class GatewayRun:
@@ -66,9 +59,9 @@ class GatewayRun:
         t = self.proc.cpu_times()
         m = requests.get(self.state["metrics_url"], timeout=10).text
         return {"cpu": t.user + t.system,
-                "own_sum": _metric(m, "recsys_gateway_own_seconds_sum"),
-                "own_count": _metric(m, "recsys_gateway_own_seconds_count"),
-                "fallbacks": _metric(m, "recsys_gateway_fallbacks_total")}
+                "own_sum": metric_value(m, "recsys_gateway_own_seconds_sum"),
+                "own_count": metric_value(m, "recsys_gateway_own_seconds_count"),
+                "fallbacks": metric_value(m, "recsys_gateway_fallbacks_total")}
 
     @staticmethod
     def delta(a: dict, b: dict) -> dict:
@@ -108,7 +101,7 @@ def main(argv=None) -> int:
 def _run(a: argparse.Namespace) -> int:
     rates = [float(x) for x in a.rates.split(",")]
 
-    from gateway.testing import GatewayProc  # the same process wrapper the tests use
+    from testkit.gateway import GatewayProc  # the same process wrapper the tests use
 
     tmp = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     out = tmp / "out"

@@ -29,10 +29,10 @@ import threading
 import time
 from pathlib import Path
 
-import requests
-
 from common.cli import run_cli
 from benchmarks.common import machine, write_results
+from gateway.config import GatewayPaths
+from gateway.process import launch, terminate
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 4 * 2**20
@@ -112,38 +112,20 @@ def run_case(repo: Path, kind: str, body: bytes, extra: list[str]) -> dict:
     upstream = HungUpstream()
     with tempfile.TemporaryDirectory(prefix="gw-mem-") as tmp:
         out, key = _out(Path(tmp), repo)
-        log = open(Path(tmp) / "gateway.log", "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--out", str(out), "--port", "0",
-             "--metrics-port", "0", "--upstream-url", f"http://127.0.0.1:{upstream.port}",
-             *extra], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, stdout=log,
-            stderr=subprocess.STDOUT)
+        proc = None
         try:
-            state_path = out / "gateway" / "gateway.json"
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((Path(tmp) / "gateway.log").read_text())
-                try:
-                    st = json.loads(state_path.read_text())
-                    if requests.get(st["url"] + "/readyz", timeout=2).status_code == 200:
-                        break
-                except (OSError, ValueError, KeyError, requests.RequestException):
-                    pass
-                time.sleep(0.2)
+            proc, st = launch(GatewayPaths.under(out),
+                              ["--out", str(out), "--port", "0", "--metrics-port", "0",
+                               "--upstream-url", f"http://127.0.0.1:{upstream.port}", *extra],
+                              log=Path(tmp) / "gateway.log", new_session=False, repo=repo)
             idle = _status(proc.pid, "VmRSS")
             t0 = time.perf_counter()
             codes = asyncio.run(_burst(st["url"], key, body))
             seconds = time.perf_counter() - t0
             peak = _status(proc.pid, "VmHWM")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            log.close()
+            if proc is not None and proc.poll() is None:
+                terminate(proc, timeout=60)
             upstream.close()
     return {"body": kind, "body_bytes": len(body), "args": extra, "idle_rss_mib": round(idle, 1),
             "peak_rss_mib": round(peak, 1), "added_mib": round(peak - idle, 1),

@@ -26,19 +26,20 @@ from typing import Any
 
 import torch
 
-from common.jsonio import write_json
 from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient
-from archives.testing import running_server, worker_memory
+from archives.store import model_store
 from benchmarks import loadgen
 from benchmarks.common import PERCENTILE_METHOD, RESULTS, machine, percentiles
-from core.config import ArchiveConfig
 from benchmarks.config import ServingBenchConfig
 from benchmarks.serving_analysis import (BASELINE, cdf_plots, headline, knob_summary, markdown,
                                          parse_ints, parse_names, resummarize)
-from common.dataclass_args import add_dataclass_args, from_args, to_dict
 from common.cli import run_cli
+from common.dataclass_args import add_dataclass_args, from_args, to_dict
+from common.jsonio import write_json
+from core.config import ArchiveConfig
+from testkit.archives import running_server, worker_memory
 
 log = logging.getLogger("benchmarks.serving")
 
@@ -336,8 +337,8 @@ def _run(a: argparse.Namespace) -> int:
     results = Path(a.results) if not a.quick else work / "results"
     results.mkdir(parents=True, exist_ok=True)
     parts = set(parse_names(a.parts))
-    shutil.rmtree(S.model_store(work), ignore_errors=True)
-    S.model_store(work).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(model_store(work), ignore_errors=True)
+    model_store(work).mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"machine": machine(), "config": to_dict(cfg), "runs": [],
                            "percentile_method": PERCENTILE_METHOD,
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

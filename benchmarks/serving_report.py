@@ -1,11 +1,11 @@
-"""The serving benchmark's figures in docs/performance.md and the README, generated from serving.json.
+"""The serving benchmark's figures in docs/performance.md and docs/results.md, generated from serving.json.
 
 Each table (and each sentence that carries a figure) lives between ``<!-- serving:<name> -->``
 markers and is rewritten from ``benchmarks/results/serving.json``, never typed by hand; the
 benchmark's tests fail when a block differs from what this module renders from the stored runs.
 
     python -m benchmarks.serving_report [--results benchmarks/results/serving.json]
-        [--doc docs/performance.md] [--readme README.md] [--check]
+        [--doc docs/performance.md] [--results-doc docs/results.md] [--check]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from common.tables import replace_block, table
 
 ROOT = Path(__file__).resolve().parents[1]
 APPROXIMATE = {"hnsw", "ivf"}   # the variants whose first pass is an ANN index, not a full scan
-README_LABELS = {"fp32": "fp32 (baseline)", "int8": "int8 (torch.ao dynamic)",
+SUMMARY_LABELS = {"fp32": "fp32 (baseline)", "int8": "int8 (torch.ao dynamic)",
                  "onnx_int8": "onnx_int8 (ONNX Runtime)", "sq8": "sq8 (ours, `torch._int_mm`)",
                  "faiss_sq8": "faiss_sq8", "hnsw": "hnsw", "ivf": "ivf (IVF-SQ8 + exact re-rank)"}
 
@@ -321,8 +321,8 @@ def _dim_note(dim: int) -> str:
     return f" (our model has d = {TrainConfig.dim})"
 
 
-def readme_block(res: dict) -> str:
-    """The README's serving table at the headline rate, the headline and the scale line."""
+def summary_block(res: dict) -> str:
+    """docs/results.md's serving table at the headline rate, the headline and the scale line."""
     h = res["headline"]
     if "error" in h:
         return f"No headline: {h['error']}."
@@ -330,7 +330,7 @@ def readme_block(res: dict) -> str:
     c = config_of(res)
     out = []
     for r in rows:
-        label = README_LABELS.get(r["variant"], r["variant"])
+        label = SUMMARY_LABELS.get(r["variant"], r["variant"])
         if r["variant"] == ArchiveConfig().scoring:
             label = label[:-1] + ", default archive)" if label.endswith(")") else f"{label} (default archive)"
         if r["variant"] == h["best"]:
@@ -372,7 +372,7 @@ DOC_BLOCKS: dict[str, Callable[[dict], str]] = {
     "serving:method": method_block, "serving:headline": headline_block,
     "serving:variants": variants_block, "serving:knobs": knobs_block,
     "serving:scale": scale_block, "serving:floor": floor_block}
-README_BLOCKS: dict[str, Callable[[dict], str]] = {"serving:readme": readme_block}
+RESULTS_BLOCKS: dict[str, Callable[[dict], str]] = {"serving:summary": summary_block}
 
 
 def render(res: dict, text: str, blocks: dict[str, Callable[[dict], str]]) -> str:
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving_report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=RESULTS / "serving.json")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
-    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--results-doc", type=Path, default=ROOT / "docs" / "results.md")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
     p.set_defaults(fn=_run)
     return run_cli(p, argv, logs=False)
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(a: argparse.Namespace) -> int:
     try:
-        stale = update(a.results, {a.doc: DOC_BLOCKS, a.readme: README_BLOCKS}, check=a.check)
+        stale = update(a.results, {a.doc: DOC_BLOCKS, a.results_doc: RESULTS_BLOCKS}, check=a.check)
     except (OSError, ValueError, KeyError) as e:   # a missing file, marker or results field
         print(f"error: {type(e).__name__}: {e} (nothing was written)", file=sys.stderr)
         return FAILED

@@ -25,19 +25,19 @@ import sys
 import time
 from pathlib import Path
 
-from common.jsonio import write_json
-from archives import server as S
 from archives.client import TorchServeClient
-from archives.testing import running_server
+from archives.store import model_store
 from benchmarks import loadgen
 from benchmarks.common import RESULTS, machine
+from benchmarks.config import ServingBenchConfig
 from benchmarks.loadgen import percentiles
 from benchmarks.serving_bench import (ExactReference, build_archive, make_catalog, request_set,
                                       served_recall)
-from benchmarks.config import ServingBenchConfig
-from training.config import TrainConfig
 from common.cli import run_cli
+from common.jsonio import write_json
 from common.tables import table
+from testkit.archives import running_server
+from training.config import TrainConfig
 
 log = logging.getLogger("benchmarks.tower")
 P99_BUDGET = 1.20
@@ -126,8 +126,8 @@ def _run(a: argparse.Namespace) -> int:
     cfg = ServingBenchConfig(requests=a.requests)
     dims = [int(x) for x in a.dims.split(",")]
     work = Path(a.work).resolve()
-    shutil.rmtree(S.model_store(work), ignore_errors=True)
-    S.model_store(work).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(model_store(work), ignore_errors=True)
+    model_store(work).mkdir(parents=True, exist_ok=True)
     info = machine()
     t0 = time.perf_counter()
     res = {"machine": info, "config": {"catalog_items": cfg.catalog_items,

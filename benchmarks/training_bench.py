@@ -3,8 +3,8 @@
 Runs ``training.experiments``' study of the default TrainConfig over three seeds with one torch
 thread (the trainer's setting on a shared machine), beside the reference models, and keeps the
 result: wall and CPU seconds per seed (the budget is 10 minutes), and every P1 metric as mean ±
-std (the quality goal is judged on the means; the README's seed-study table is generated from
-this file by ``python -m training readme``). The ETL output is reused when ``--etl`` is given,
+std (the quality goal is judged on the means; docs/results.md's seed-study table is generated from
+this file by ``python -m training results``). The ETL output is reused when ``--etl`` is given,
 else made once from ``../shared/data/ml-latest-small``.
 
     python -m benchmarks.training_bench [--etl runs/mls/etl] [--seeds 1,2,3]

@@ -114,8 +114,8 @@ def cmd_keys(a) -> int:
 # --------------------------------------------------------------------------------------------
 
 def _archive_versions(out, model: str) -> list[str]:
-    from archives import server as S
-    return [x.version for x in S.list_archives(out) if x.model_name == model]
+    from archives.store import list_archives
+    return [x.version for x in list_archives(out) if x.model_name == model]
 
 
 def cmd_experiment(a) -> int:
@@ -163,11 +163,12 @@ def cmd_prepare(a) -> int:
     the newest archive alone)."""
     from archives import server as S
     from archives.client import TorchServeClient
+    from archives.store import find_archive, model_store
     paths = GatewayPaths.under(a.out)
     if not paths.experiment.exists():
         have = _archive_versions(a.out, a.model_name)
         if not have:
-            print(f"error: no archives of {a.model_name} in {S.model_store(a.out)}", file=sys.stderr)
+            print(f"error: no archives of {a.model_name} in {model_store(a.out)}", file=sys.stderr)
             return 1
         exp = E.simple("default", [have[-1]], names=["control"], salt="default")
         E.write(paths.experiment, exp)
@@ -179,7 +180,7 @@ def cmd_prepare(a) -> int:
     for v in exp.versions:
         if v in registered:
             continue
-        fname = S.find_archive(a.out, a.model_name, v).file_name
+        fname = find_archive(a.out, a.model_name, v).file_name
         r = client.register(fname, a.model_name, initial_workers=a.workers)
         if r.status_code >= 300:
             print(f"error: registering {fname}: HTTP {r.status_code} {r.text[:300]}",

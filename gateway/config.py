@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from common.net import parse_port
 from core.validation import MAX_BODY_BYTES
 
 DEFAULT_PORT = 8090
@@ -208,9 +209,10 @@ class GatewayConfig:
         GATEWAY_SHUTDOWN_GRACE_S, then ``overrides`` (keys of this dataclass whose value is not
         None)."""
         env: dict[str, Any] = {}
-        for key, var, typ in (("port", "GATEWAY_PORT", int),
-                              ("metrics_port", "GATEWAY_METRICS_PORT", int),
-                              ("upstream_url", "GATEWAY_UPSTREAM_URL", str),
+        for key, var in (("port", "GATEWAY_PORT"), ("metrics_port", "GATEWAY_METRICS_PORT")):
+            if os.environ.get(var):
+                env[key] = parse_port(os.environ[var], var, allow_zero=True)
+        for key, var, typ in (("upstream_url", "GATEWAY_UPSTREAM_URL", str),
                               ("log_ship_uri", "GATEWAY_LOG_SHIP_URI", str),
                               ("log_retain_bytes", "GATEWAY_LOG_RETAIN_BYTES", int),
                               ("log_fsync_s", "GATEWAY_LOG_FSYNC_S", float),
@@ -231,9 +233,7 @@ class GatewayConfig:
 
     def check(self) -> None:
         for name in ("port", "metrics_port"):
-            p = getattr(self, name)
-            if not 0 <= p <= 65535:
-                raise ValueError(f"{name} {p} is out of range")
+            parse_port(getattr(self, name), name, allow_zero=True)
         if self.port == self.metrics_port and self.port != 0:
             raise ValueError("the API and metrics ports must differ")
         if self.deadline_ms <= 0 or self.fallback_reserve_ms < 0:

@@ -11,12 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
-import requests
 
+from common.net import wait_for_http
 from gateway.config import GatewayPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,36 +46,57 @@ def running(paths: GatewayPaths) -> dict | None:
     return st if st and _is_gateway(int(st["pid"])) else None
 
 
+def launch(paths: GatewayPaths, argv: list[str], *, log: Path, env: dict[str, str] | None = None,
+           new_session: bool = True, timeout: float = 60.0,
+           repo: Path = REPO) -> tuple[subprocess.Popen, dict]:
+    """Start ``python -m gateway serve <argv>`` (the repository on PYTHONPATH, ``env`` added,
+    output appended to ``log``) and wait until it has written ``gateway.json`` for its own pid
+    and its /readyz answers 200. Returns (the child, gateway.json). A child that exits first
+    raises at once with the end of ``log``; one not ready in ``timeout`` is stopped and raises.
+    ``repo``: the checkout whose gateway runs (a benchmark may compare another one).
+    The one launcher of the gateway: ``serve --detach``, the test kit's GatewayProc and the
+    benchmarks."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.state.unlink(missing_ok=True)
+    child_env = {**os.environ, **(env or {})}
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        [str(repo)] + ([child_env["PYTHONPATH"]] if child_env.get("PYTHONPATH") else []))
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", *argv], cwd=repo,
+                                env=child_env, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=new_session)
+
+    def url() -> str | None:
+        st = state(paths)
+        return st["url"] + "/readyz" if st and st.get("pid") == proc.pid and "url" in st else None
+
+    try:
+        wait_for_http(url, timeout=timeout, proc=proc, log=log, what="the gateway",
+                      error=ProcessError)
+    except ProcessError:
+        if proc.poll() is None:
+            terminate(proc)
+        raise
+    return proc, state(paths)
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM (the gateway drains and flushes its logs), then SIGKILL after ``timeout``."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
 def start_detached(paths: GatewayPaths, argv: list[str], timeout: float = 60.0) -> dict:
     """``python -m gateway serve <argv>`` in a new session; returns gateway.json once ready."""
     st = running(paths)
     if st:
         raise ProcessError(f"a gateway is already running for {paths.out} (pid {st['pid']}, "
                            f"{st['url']}); stop it first: python -m gateway stop --out {paths.out}")
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.state.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-    with open(paths.log, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", *argv], cwd=REPO,
-                                env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ProcessError(f"the gateway exited during start-up (code {proc.returncode}); "
-                               f"last lines of {paths.log}:\n{tail(paths.log)}")
-        st = state(paths)
-        if st and st.get("pid") == proc.pid:
-            try:
-                r = requests.get(st["url"] + "/readyz", timeout=2)
-                if r.status_code == 200:
-                    return st
-            except requests.RequestException:
-                pass
-        time.sleep(0.2)
-    stop(paths)
-    raise ProcessError(f"the gateway did not become ready within {timeout:.0f} s\n{tail(paths.log)}")
+    return launch(paths, argv, log=paths.log, timeout=timeout)[1]
 
 
 def stop(paths: GatewayPaths, timeout: float = 30.0) -> bool:
@@ -97,11 +117,4 @@ def stop(paths: GatewayPaths, timeout: float = 30.0) -> bool:
     return True
 
 
-def tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
-__all__ = ["start_detached", "stop", "running", "state", "ProcessError"]
+__all__ = ["launch", "terminate", "start_detached", "stop", "running", "state", "ProcessError"]

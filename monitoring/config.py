@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.net import parse_port
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROMETHEUS_DIR = PACKAGE_DIR / "prometheus"
 RULES_FILE = PROMETHEUS_DIR / "rules" / "recsys.rules.yaml"
@@ -24,14 +26,7 @@ PORT_DEFAULTS = {"TS_METRICS_PORT": 8082, "GATEWAY_METRICS_PORT": 8091,
 
 def port(variable: str) -> int:
     """The port named by ``variable`` (environment first, then the contract's default)."""
-    value = os.environ.get(variable) or PORT_DEFAULTS[variable]
-    try:
-        p = int(value)
-    except ValueError:
-        raise ValueError(f"{variable}={value!r} is not a port number") from None
-    if not 1 <= p <= 65535:
-        raise ValueError(f"{variable}={p} is out of range")
-    return p
+    return parse_port(os.environ.get(variable) or PORT_DEFAULTS[variable], variable)
 
 
 @dataclass(frozen=True)

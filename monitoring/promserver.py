@@ -18,6 +18,7 @@ from typing import Any
 import requests
 import yaml
 
+from common.net import log_tail, wait_for_http
 from monitoring.config import SCRAPE_CONFIG, PrometheusConfig, RuleConfig
 from monitoring.rules import render_rules
 
@@ -104,24 +105,16 @@ class PrometheusServer:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + self.cfg.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise PrometheusError(f"prometheus not ready within {self.cfg.ready_timeout_s} s:\n{self.log_tail()}")
+        try:
+            wait_for_http(f"{self.url}/-/ready", timeout=self.cfg.ready_timeout_s, proc=self.proc,
+                          log=self.log_path, what="prometheus", error=PrometheusError)
+        except PrometheusError:
+            self.stop()
+            raise
+        return self
 
     def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, n)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

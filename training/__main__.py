@@ -1,4 +1,4 @@
-"""Training command line: ``python -m training {run,popularity,readme,promote} --help``."""
+"""Training command line: ``python -m training {run,popularity,added-items,results,promote} --help``."""
 from __future__ import annotations
 
 import argparse
@@ -43,15 +43,15 @@ def cmd_added_items(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_readme(args: argparse.Namespace) -> int:
-    from training.report import update_readme
+def cmd_results(args: argparse.Namespace) -> int:
+    from training.report import update_results
 
     if not args.eval and not args.study:
         print("error: give --eval and/or --study", file=sys.stderr)
         return 2
-    done = update_readme(Path(args.eval) if args.eval else None, Path(args.readme),
+    done = update_results(Path(args.eval) if args.eval else None, Path(args.doc),
                          Path(args.study) if args.study else None)
-    print(f"rewrote {', '.join(done) or 'nothing'} in {args.readme}")
+    print(f"rewrote {', '.join(done) or 'nothing'} in {args.doc}")
     return 0
 
 
@@ -99,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "first-seen items are held out")
     p.set_defaults(fn=cmd_added_items)
 
-    p = sub.add_parser("readme", help="rewrite the README's eval tables from an eval.json and "
+    p = sub.add_parser("results", help="rewrite docs/results.md's eval tables from an eval.json and "
                                       "the seed-study table from the training benchmark")
     p.add_argument("--eval", help="OUT/eval.json")
     p.add_argument("--study", help="benchmarks/results/training.json "
                                    "(python -m benchmarks.training_bench)")
-    p.add_argument("--readme", default="README.md")
-    p.set_defaults(fn=cmd_readme)
+    p.add_argument("--doc", default="docs/results.md", help="the file holding the blocks")
+    p.set_defaults(fn=cmd_results)
 
     p = sub.add_parser("promote", help="move alias champion to the challenger if it passes the gate")
     p.add_argument("--out", required=True, help="run folder whose MLflow store to use")

@@ -15,7 +15,7 @@ answered by the handler's engine for the default serving variant (training.serve
 ``train_s`` is fit wall time (early-stopped run plus the refit on train + valid) and
 ``train_cpu_s`` this process's CPU time over it: on a shared machine the wall time also
 counts waiting for a core. ``benchmarks/training_bench.py`` runs the default over three seeds
-and keeps the result (the README's seed-study table is generated from it).
+and keeps the result (docs/results.md's seed-study table is generated from it).
 """
 from __future__ import annotations
 

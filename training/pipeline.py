@@ -45,7 +45,7 @@ def next_version(out: Path) -> int:
     client = tracking.get_client(out_dir=out)
     try:
         versions = client.search_model_versions(f"name='{MODEL_NAME}'")
-    except Exception:  # no registered model yet
+    except Exception:  # noqa: BLE001 - no registered model yet
         return 1
     return max((int(v.version) for v in versions), default=0) + 1
 

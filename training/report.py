@@ -1,6 +1,6 @@
-"""README tables generated from eval.json (``python -m training readme --eval OUT/eval.json``).
+"""docs/results.md's tables generated from eval.json (``python -m training results --eval OUT/eval.json``).
 
-Each table lives in the README between ``<!-- eval:<name> -->`` markers and is rewritten from the
+Each table lives in docs/results.md between ``<!-- eval:<name> -->`` markers and is rewritten from the
 results file, never typed by hand.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _label(name: str, ev: dict) -> str:
 
 
 def models_table(ev: dict) -> str:
-    """P1 metrics of every model, with the slices: the numbers behind the README's claims."""
+    """P1 metrics of every model, with the slices: the numbers behind the README's summary."""
     slices = ev["slices"]
     rows = []
     for name, m in sorted(ev["models"].items(), key=lambda kv: -kv[1]["ndcg@10"]):
@@ -125,17 +125,17 @@ def seed_study_table(bench: dict) -> str:
             f"(one torch thread; budget {bench['budget_s']:.0f} s).")
 
 
-def update_readme(eval_json: Path | None, readme: Path, study_json: Path | None = None) -> list[str]:
-    """Rewrite every eval block the README has (and the seed-study block when ``study_json``
+def update_results(eval_json: Path | None, doc: Path, study_json: Path | None = None) -> list[str]:
+    """Rewrite every eval block ``doc`` (docs/results.md) has (and the seed-study block when ``study_json``
     is given); returns the names rewritten."""
-    text = Path(readme).read_text()
+    text = Path(doc).read_text()
     done = []
     if study_json is not None and "<!-- study:seeds -->" in text:
         text = replace_block(text, "study:seeds",
                              seed_study_table(json.loads(Path(study_json).read_text())))
         done.append("study:seeds")
     if eval_json is None:
-        Path(readme).write_text(text)
+        Path(doc).write_text(text)
         return done
     ev = json.loads(Path(eval_json).read_text())
     for name, build in TABLES.items():
@@ -144,12 +144,12 @@ def update_readme(eval_json: Path | None, readme: Path, study_json: Path | None 
         try:
             text = replace_block(text, name, build(ev))
         except KeyError as e:  # e.g. added_items before `python -m training added-items` ran
-            log.warning("README block %s left as it is: %s has no %s", name, eval_json, e)
+            log.warning("block %s left as it is: %s has no %s", name, eval_json, e)
             continue
         done.append(name)
-    Path(readme).write_text(text)
+    Path(doc).write_text(text)
     return done
 
 
 __all__ = ["models_table", "related_items_table", "rerank_table", "diversity_table",
-           "added_items_table", "seed_study_table", "update_readme", "TABLES"]
+           "added_items_table", "seed_study_table", "update_results", "TABLES"]

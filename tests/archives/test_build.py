@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from archives import build as B
-from archives import server as S
 from archives.__main__ import main as cli
-from archives.testing import make_random_artifact
+from archives.store import latest_archives, list_archives, model_store
+from testkit.archives import make_random_artifact
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_build_from_folder(artifact, tmp_path, capsys):
     assert cli(["build", "--out", str(out), "--artifact", str(artifact), "--version", "7",
                 "--batch-size", "4", "--max-batch-delay", "50", "--min-workers", "1"]) == 0
     assert "recsys-v7.mar" in capsys.readouterr().out
-    mar = S.model_store(out) / "recsys-v7.mar"
+    mar = model_store(out) / "recsys-v7.mar"
     with zipfile.ZipFile(mar) as z:
         names = set(z.namelist())
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
@@ -47,7 +47,7 @@ def test_build_from_folder(artifact, tmp_path, capsys):
     default = B.ArchiveConfig().scoring
     assert info["artifact"]["variant"] == default and cfg["handler"]["scoring"] == default
     assert info["artifact"]["quality"]["recall_vs_exact"] >= 0.95
-    assert [(a.model_name, a.version) for a in S.list_archives(out)] == [("recsys", "7")]
+    assert [(a.model_name, a.version) for a in list_archives(out)] == [("recsys", "7")]
     assert B.build_info(out, "recsys", "7")["archive"] == str(mar)
 
     # a version is built once: the same inputs again are up to date, other inputs are refused
@@ -68,7 +68,7 @@ def test_latest_archive_per_model(artifact, tmp_path):
     out = tmp_path / "out"
     for v in ("2", "10", "9"):
         B.build_from_folder(artifact, out, version=v, archive_format="zip-store")
-    assert S.latest_archives(out)["recsys"].version == "10"  # numeric, not lexical
+    assert latest_archives(out)["recsys"].version == "10"  # numeric, not lexical
 
 
 def test_build_from_registry(artifact, tmp_path, monkeypatch, capsys):
@@ -88,7 +88,7 @@ def test_build_from_registry(artifact, tmp_path, monkeypatch, capsys):
     assert cli(["build", "--out", str(out), "--version", "1", "--registered-model",
                 "recsys-hybrid"]) == 0
     capsys.readouterr()
-    got = {(a.model_name, a.version) for a in S.list_archives(out)}
+    got = {(a.model_name, a.version) for a in list_archives(out)}
     assert got == {("recsys", "1"), ("recsys", "2")}  # archive version = registry version
     info = B.build_info(out, "recsys", "2")
     assert info["source"] == "models:/recsys-hybrid/2"

@@ -6,6 +6,8 @@ import yaml
 
 from archives import build as B
 from archives import server as S
+from archives.properties import CONFIGS, properties_dict, render_config
+from archives.store import MAR_RE, mar_name
 from core.validation import MAX_BODY_BYTES
 
 
@@ -20,8 +22,8 @@ def test_ports_from_env(monkeypatch):
 
 
 def test_configs(tmp_path):
-    dev = S.properties_dict(S.CONFIGS["dev"])
-    prod = S.properties_dict(S.CONFIGS["prod"])
+    dev = properties_dict(CONFIGS["dev"])
+    prod = properties_dict(CONFIGS["prod"])
     assert dev["disable_token_authorization"] == "true"
     assert prod["disable_token_authorization"] == "false"
     for p in (dev, prod):
@@ -32,7 +34,7 @@ def test_configs(tmp_path):
     assert dev["inference_address"].startswith("http://127.0.0.1")
 
     out = tmp_path / "config.properties"
-    eff = S.render_config(S.CONFIGS["prod"], out, ports={"inference": 1, "management": 2, "metrics": 3},
+    eff = render_config(CONFIGS["prod"], out, ports={"inference": 1, "management": 2, "metrics": 3},
                           host="127.0.0.1", metrics_yaml=tmp_path / "m.yaml", store=tmp_path / "store")
     text = out.read_text()
     assert "inference_address=http://127.0.0.1:1\n" in text
@@ -79,8 +81,8 @@ def test_import_closure_is_small_and_self_contained():
 
 
 def test_archive_names():
-    assert S.mar_name("recsys", 3) == "recsys-v3.mar"
-    assert S.MAR_RE.match("recsys-v3.mar").group("version") == "3"
+    assert mar_name("recsys", 3) == "recsys-v3.mar"
+    assert MAR_RE.match("recsys-v3.mar").group("version") == "3"
 
 
 def test_default_registered_model_is_trainings():

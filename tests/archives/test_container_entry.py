@@ -12,6 +12,9 @@ import pytest
 from archives import container as K
 from archives import s3fetch
 from archives import server as S
+from archives.properties import CONFIGS
+from archives.store import archives_in
+from common.net import free_port, free_ports, port_in_use, wait_until
 
 BUCKET = "recsys-model-store"
 
@@ -92,7 +95,7 @@ def test_serve_ports_come_from_variables_or_the_safe_range():
     cfg = K.ContainerConfig.from_env({"SAGEMAKER_BIND_TO_PORT": "18700"})
     ports, grpc = K.serve_ports(cfg, {})
     assert ports == {"inference": 18700, "management": 8081, "metrics": 8082}
-    lo = S.free_port()
+    lo = free_port()
     lo = lo if lo < 65000 else 40000
     cfg = K.ContainerConfig.from_env({"SAGEMAKER_BIND_TO_PORT": str(lo),
                                       "SAGEMAKER_SAFE_PORT_RANGE": f"{lo}-{lo + 30}"})
@@ -104,7 +107,7 @@ def test_serve_ports_come_from_variables_or_the_safe_range():
         K.serve_ports(K.ContainerConfig.from_env({"SAGEMAKER_BIND_TO_PORT": str(lo),
                                                   "SAGEMAKER_SAFE_PORT_RANGE": f"{lo}-{lo + 1}"}), {})
     for env, why in [({"SAGEMAKER_SAFE_PORT_RANGE": "10"}, "LOW-HIGH"),
-                     ({"SAGEMAKER_BIND_TO_PORT": "x"}, "not a int"),
+                     ({"SAGEMAKER_BIND_TO_PORT": "x"}, "not a port number"),
                      ({"SAGEMAKER_MODEL_SERVER_WORKERS": "0"}, "must be > 0")]:
         with pytest.raises(ValueError, match=why):
             K.ContainerConfig.from_env(env)
@@ -112,7 +115,7 @@ def test_serve_ports_come_from_variables_or_the_safe_range():
 
 def test_staging_registers_the_highest_version_first(tmp_path):
     from archives.build import ArchiveConfig, build_from_folder
-    from archives.testing import make_random_artifact
+    from testkit.archives import make_random_artifact
     src = tmp_path / "opt-ml-model"
     for v in ("2", "10"):
         art = make_random_artifact(tmp_path / f"art{v}", n_users=5, n_items=20, model_version=v)
@@ -120,7 +123,7 @@ def test_staging_registers_the_highest_version_first(tmp_path):
                                  config=ArchiveConfig(min_workers=1, max_workers=1))
         (src / f"sub{v}").mkdir(parents=True)
         info.path.rename(src / f"sub{v}" / info.path.name)  # nested, as a model.tar.gz may be
-    found = S.archives_in(src, recursive=True)
+    found = archives_in(src, recursive=True)
     order, defaults = K.stage_models(found, tmp_path / "run")
     assert order == [("recsys", "recsys-v10.mar"), ("recsys", "recsys-v2.mar")]
     assert defaults == {"recsys": "10"}
@@ -143,7 +146,7 @@ def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
     from moto.server import ThreadedMotoServer
 
     from archives.build import ArchiveConfig, build_from_folder
-    from archives.testing import make_random_artifact
+    from testkit.archives import make_random_artifact
 
     art = make_random_artifact(tmp_path / "art", n_users=5, n_items=20, model_version="4")
     mar = build_from_folder(art, tmp_path / "b", version="4", archive_format="zip-store",
@@ -161,29 +164,28 @@ def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
         s3.create_bucket(Bucket=BUCKET)
         s3.upload_file(str(mar), BUCKET, "eks/recsys-v4.mar")
         s3.put_object(Bucket=BUCKET, Key="eks/recsys-v4.mar.sha256", Body=s3fetch.file_sha256(mar).encode())
-        inf, mgt, met = S.free_ports(3)
+        inf, mgt, met = free_ports(3)
         env.update(TS_INFERENCE_PORT=str(inf), TS_MANAGEMENT_PORT=str(mgt), TS_METRICS_PORT=str(met),
                    RECSYS_WORKERS="2")  # the archive says 1: the variable wins
         proc = subprocess.Popen([sys.executable, "-m", "archives.container", "torchserve",
-                                 "--config", str(S.CONFIGS["prod"]), "--model-store",
+                                 "--config", str(CONFIGS["prod"]), "--model-store",
                                  f"s3://{BUCKET}/eks/"], env=env, cwd=S.PACKAGE_DIR.parent,
                                 stdout=open(tmp_path / "console.log", "wb"), stderr=subprocess.STDOUT)
         key_file = tmp_path / "run" / "torchserve" / "key_file.json"
         deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, (tmp_path / "console.log").read_text()[-3000:]
-            if key_file.exists():
-                try:  # TorchServe may be writing the file
-                    key = json.loads(key_file.read_text())["inference"]["key"]
-                    r = requests.post(f"http://127.0.0.1:{inf}/predictions/recsys",
-                                      json={"user_id": "2", "k": 2}, timeout=5,
-                                      headers={"Authorization": f"Bearer {key}"})
-                    if r.status_code == 200:
-                        break
-                except (requests.RequestException, ValueError, KeyError):
-                    pass
-            assert time.monotonic() < deadline, "TorchServe did not answer"
-            time.sleep(0.5)
+
+        def answered() -> requests.Response | None:
+            try:  # TorchServe may be writing the key file
+                key = json.loads(key_file.read_text())["inference"]["key"]
+                r = requests.post(f"http://127.0.0.1:{inf}/predictions/recsys",
+                                  json={"user_id": "2", "k": 2}, timeout=5,
+                                  headers={"Authorization": f"Bearer {key}"})
+            except (OSError, requests.RequestException, ValueError, KeyError):
+                return None
+            return r if r.status_code == 200 else None
+
+        r = wait_until(answered, timeout=240, interval=0.5, proc=proc,
+                       log=tmp_path / "console.log", what="the container entry point")
         assert r.json()["model_version"] == "4"
         assert requests.get(f"http://127.0.0.1:{inf}/ping", timeout=5).status_code == 400  # token on
         hc = subprocess.run([sys.executable, "-m", "archives.container", "healthcheck"], env=env,
@@ -200,7 +202,7 @@ def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(tmp_path):
         assert proc.wait(timeout=40) == 0
         log = (tmp_path / "console.log").read_text()
         assert "recsys-v4.mar: " in log and "SIGTERM: draining" in log and "drained" in log
-        assert not S.port_in_use("127.0.0.1", inf)
+        assert not port_in_use("127.0.0.1", inf)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from archives import container as K
-from archives import server as S
+from archives.properties import CONFIGS, properties_dict, render_config
 from core.validation import MAX_BODY_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,27 +32,27 @@ def _check(where: str, props: dict[str, str]) -> None:
 def test_every_shipped_properties_file_is_found():
     names = {p.name for p in SHIPPED}
     assert {"dev.properties", "prod.properties", "sagemaker.properties"} <= names
-    assert S.CONFIGS["dev"] in SHIPPED and S.CONFIGS["prod"] in SHIPPED
+    assert CONFIGS["dev"] in SHIPPED and CONFIGS["prod"] in SHIPPED
     assert K.SAGEMAKER_CONFIG in SHIPPED
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_shipped_properties_take_the_handlers_largest_body(path):
-    _check(str(path.relative_to(REPO)), S.properties_dict(path))
+    _check(str(path.relative_to(REPO)), properties_dict(path))
 
 
 def test_sagemaker_takes_what_prod_takes():
     """The same archive, behind SageMaker or the gateway, refuses the same bodies."""
-    sm, prod = S.properties_dict(K.SAGEMAKER_CONFIG), S.properties_dict(S.CONFIGS["prod"])
+    sm, prod = properties_dict(K.SAGEMAKER_CONFIG), properties_dict(CONFIGS["prod"])
     assert {k: sm[k] for k in LIMIT_KEYS} == {k: prod[k] for k in LIMIT_KEYS}
 
 
 def test_the_containers_rendered_config_keeps_the_limits(tmp_path):
     """What ``serve`` writes for TorchServe (ports and paths replaced, the rest copied)."""
     dest = tmp_path / "config.properties"
-    S.render_config(K.SAGEMAKER_CONFIG, dest, ports={"inference": 1, "management": 2, "metrics": 3},
+    render_config(K.SAGEMAKER_CONFIG, dest, ports={"inference": 1, "management": 2, "metrics": 3},
                     host=None, metrics_yaml=tmp_path / "m.yaml", store=tmp_path / "store")
-    _check("container serve's config.properties", S.properties_dict(dest))
+    _check("container serve's config.properties", properties_dict(dest))
 
 
 def test_the_charts_rendered_config_keeps_the_limits():

@@ -15,7 +15,8 @@ import pytest
 
 from archives import build as B
 from archives import server as S
-from archives.testing import make_random_artifact
+from common.net import free_ports, port_in_use
+from testkit.archives import make_random_artifact
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,7 +31,7 @@ def test_serve_prints_working_curl_lines_and_stop_cleans_up(tmp_path):
     out = tmp_path / "out"
     B.build_from_folder(art, out, version="3", archive_format="zip-store",
                         config=B.ArchiveConfig(min_workers=1, max_workers=1))
-    inf, mgt, met = S.free_ports(3)
+    inf, mgt, met = free_ports(3)
     env = {**os.environ, "TS_INFERENCE_PORT": str(inf), "TS_MANAGEMENT_PORT": str(mgt),
            "TS_METRICS_PORT": str(met)}
     r = run(["serve", "--out", str(out)], env)
@@ -60,7 +61,7 @@ def test_serve_prints_working_curl_lines_and_stop_cleans_up(tmp_path):
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert not S.port_in_use("127.0.0.1", inf)
+    assert not port_in_use("127.0.0.1", inf)
     assert not (out / "torchserve" / "server.json").exists()
     assert re.search("no TorchServe running", run(["stop", "--out", str(out)], env).stdout)
 

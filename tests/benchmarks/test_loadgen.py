@@ -63,7 +63,7 @@ def test_fast_server_gets_the_offered_rate():
     assert r.p50_ms < 20
     assert len(r.latencies_ms) == 250 and "latencies_ms" not in r.summary()
     # every body arrives, as JSON; two sends a few ms apart may reach the server in either order
-    key = lambda body: json.dumps(body, sort_keys=True)
+    key = lambda body: json.dumps(body, sort_keys=True)  # noqa: E731
     assert sorted(received, key=key) == sorted((s.body for s in specs(300)), key=key)
     assert [x["i"] for x in r.responses] == list(range(50, 300)) and "responses" not in r.summary()
     assert r.responses[0] == {"i": 50, "status": 200, "error": None, "items": [specs(300)[50].body["user_id"]],

@@ -4,7 +4,7 @@ rules on hand-built runs, and a smoke run at tiny sizes (a real TorchServe, ever
 The figures of a smoke run mean nothing (tiny catalog, few requests); what is checked is that
 `make bench` produces the documented result schema, plots and tables end to end. The stored
 ``benchmarks/results/serving.json`` is checked the other way: its headline, knob summary,
-``serving.md`` and the generated blocks of docs/performance.md and the README must be what the
+``serving.md`` and the generated blocks of docs/performance.md and docs/results.md must be what the
 code computes from its runs, so a hand-edited or stale summary fails here.
 """
 from __future__ import annotations
@@ -47,10 +47,10 @@ def test_a_hand_edited_summary_is_caught(stored):
     assert again["headline"] != edited["headline"] and again["knobs"] != edited["knobs"]
 
 
-def test_docs_and_readme_blocks_match_the_stored_results():
+def test_docs_blocks_match_the_stored_results():
     root = serving_report.ROOT
     stale = serving_report.update(STORED, {root / "docs" / "performance.md": serving_report.DOC_BLOCKS,
-                                           root / "README.md": serving_report.README_BLOCKS}, check=True)
+                                           root / "docs" / "results.md": serving_report.RESULTS_BLOCKS}, check=True)
     assert stale == [], "run: python -m benchmarks.serving_report"
 
 

@@ -1,4 +1,4 @@
-"""The training benchmark's report and the README's seed-study block, from a stored result
+"""The training benchmark's report and docs/results.md's seed-study block, from a stored result
 (the benchmark itself trains for minutes: `make bench-training`)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmarks import training_bench
 from training.experiments import _mean_rows, goal_check
-from training.report import update_readme
+from training.report import update_results
 
 STORED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "training.json"
 
@@ -31,21 +31,21 @@ def test_markdown_has_per_seed_times_and_the_study():
     assert "0.1300 ± 0.0100" in md and "Met: recall yes" in md
 
 
-def test_readme_block_is_generated_from_the_json(tmp_path):
+def test_results_block_is_generated_from_the_json(tmp_path):
     path = tmp_path / "training.json"
     path.write_text(json.dumps(_result()))
-    readme = tmp_path / "README.md"
-    readme.write_text("x\n<!-- study:seeds -->\nold\n<!-- /study:seeds -->\ny\n")
-    assert update_readme(None, readme, path) == ["study:seeds"]
-    text = readme.read_text()
+    doc = tmp_path / "results.md"
+    doc.write_text("x\n<!-- study:seeds -->\nold\n<!-- /study:seeds -->\ny\n")
+    assert update_results(None, doc, path) == ["study:seeds"]
+    text = doc.read_text()
     assert "\nold\n" not in text and "0.1300 ± 0.0100" in text and "Slowest of the 2 trainings: 90 s" in text
 
 
-def test_committed_readme_matches_the_committed_result(tmp_path):
-    readme = Path(__file__).resolve().parents[2] / "README.md"
-    copy = tmp_path / "README.md"
-    copy.write_text(readme.read_text())
-    update_readme(None, copy, STORED)
-    assert copy.read_text() == readme.read_text(), \
-        "README's study:seeds block is stale: run `python -m training readme --study " \
+def test_committed_results_doc_matches_the_committed_result(tmp_path):
+    doc = Path(__file__).resolve().parents[2] / "docs" / "results.md"
+    copy = tmp_path / "results.md"
+    copy.write_text(doc.read_text())
+    update_results(None, copy, STORED)
+    assert copy.read_text() == doc.read_text(), \
+        "docs/results.md's study:seeds block is stale: run `python -m training results --study " \
         "benchmarks/results/training.json`"

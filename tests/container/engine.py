@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from archives.container_engine import ENGINE, ENV, IMAGE, REPO, EngineError
-from archives.container_engine import engine as _engine
+from testkit.container_engine import ENGINE, ENV, IMAGE, REPO, EngineError
+from testkit.container_engine import engine as _engine
 
 
 def engine(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    """archives.container_engine.engine; a non-zero exit (``check``) fails the test with its output."""
+    """testkit.container_engine.engine; a non-zero exit (``check``) fails the test with its output."""
     try:
         return _engine(*args, timeout=timeout, check=check)
     except EngineError as e:

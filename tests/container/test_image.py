@@ -14,10 +14,9 @@ import uuid
 
 import pytest
 import requests
-
-from archives import server as S
-from archives.container_engine import run_serve, wait_for_http
-from archives.testing import build_random_versions
+from common.net import free_ports, port_in_use
+from testkit.archives import build_random_versions
+from testkit.container_engine import run_serve, wait_for_container
 from tests.container.engine import IMAGE, REPO, build_image, engine
 
 pytestmark = pytest.mark.timeout(1800)
@@ -109,13 +108,13 @@ def test_gateway_command_of_the_same_image(served, image, tmp_path):
     os.chmod(out, 0o777)
     for p in out.rglob("*"):
         os.chmod(p, 0o777 if p.is_dir() else 0o666)
-    port, mport = S.free_ports(2)
+    port, mport = free_ports(2)
     name = f"recsys-gw-{uuid.uuid4().hex[:8]}"
     engine("run", "-d", "--name", name, "--network=host", "-v", f"{out}:/data",
            "-e", f"GATEWAY_UPSTREAM_URL={served['url']}", image, "gateway", "--out", "/data",
            "--port", str(port), "--metrics-port", str(mport))
     try:
-        wait_for_http(name, f"http://127.0.0.1:{port}/healthz", 60, interval=0.3)
+        wait_for_container(name, f"http://127.0.0.1:{port}/healthz", 60, interval=0.3)
         key = (out / "gateway" / "client_key").read_text().strip()
         r = requests.post(f"http://127.0.0.1:{port}/v1/recommendations", json={"user_id": "3", "k": 3},
                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
@@ -162,7 +161,7 @@ def test_make_serve_container_and_stop_container(image, model_dir):
     """The Makefile's targets: `recsys-serve` on loopback PORT with OUT's archives, then removed."""
     if engine("container", "exists", "recsys-serve", check=False).returncode == 0:
         pytest.skip("a container named recsys-serve is already running on this machine")
-    port = S.free_ports(1)[0]
+    port = free_ports(1)[0]
     try:
         r = subprocess.run(["make", "serve-container", f"OUT={model_dir.parent}", f"PORT={port}"],
                            cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -175,7 +174,7 @@ def test_make_serve_container_and_stop_container(image, model_dir):
                            timeout=120)
     assert r.returncode == 0, r.stderr
     assert engine("container", "exists", "recsys-serve", check=False).returncode == 1
-    assert not S.port_in_use("127.0.0.1", port)
+    assert not port_in_use("127.0.0.1", port)
 
 
 def test_sigterm_drains_the_request_in_flight_and_exits_in_time(served):

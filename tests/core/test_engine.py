@@ -284,7 +284,7 @@ def test_mixed_batch_each_mode_answered_as_alone(engine):
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    from archives.testing import make_random_artifact
+    from testkit.archives import make_random_artifact
     root = tmp_path_factory.mktemp("artifact")
     make_random_artifact(root / "art", n_users=30, n_items=300)
     return root, None

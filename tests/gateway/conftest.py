@@ -11,11 +11,11 @@ import requests
 
 from archives.client import TorchServeClient
 from archives.server import ServerState
-from archives.testing import build_random_versions
 from gateway import auth
 from gateway import experiment as E
 from gateway.config import GatewayPaths
-from gateway.testing import GatewayProc
+from testkit.archives import build_random_versions
+from testkit.gateway import GatewayProc
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "recsys"

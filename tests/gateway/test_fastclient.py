@@ -218,7 +218,7 @@ def test_idle_connections_closed_by_the_server_are_not_reused():
 
 def test_against_a_real_torchserve(tmp_path):
     """TorchServe's Netty keeps connections alive: /ping and predictions over one connection."""
-    from archives.testing import build_random_versions, running_server
+    from testkit.archives import build_random_versions, running_server
     from tests.gateway.conftest import MODEL, need_java
 
     need_java()

@@ -19,12 +19,12 @@ import requests
 from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient
-from archives.testing import make_random_artifact, running_server
+from common.promtext import metric_value
+from core.validation import MAX_BODY_BYTES
 from gateway import experiment as E
 from gateway.config import GatewayConfig
 from gateway.logs import read_jsonl
-from gateway.testing import metric_value
-from core.validation import MAX_BODY_BYTES
+from testkit.archives import make_random_artifact, running_server
 from tests.gateway.conftest import (MODEL, Client, GatewayProc, build_versions, load,
                                     need_java, register, setup_keys,
                                     write_experiment)

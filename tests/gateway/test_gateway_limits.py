@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from common.promtext import metric_value
+from core.validation import InvalidRequest, parse_request
 from gateway import auth
 from gateway import experiment as E
 from gateway.config import GatewayPaths
 from gateway.logs import Pseudonymizer, read_jsonl
-from gateway.testing import GatewayProc, metric_value
-from core.validation import InvalidRequest, parse_request
+from testkit.gateway import GatewayProc
 
 pytestmark = pytest.mark.timeout(300)
 POPULAR = [{"item_id": str(i), "score": float(100 - i), "title": f"t{i}", "categories": ["A"]}

@@ -14,10 +14,10 @@ import pytest
 
 from archives import server as S
 from archives.client import TorchServeClient
-from archives.testing import running_server
+from common.promtext import metric_value
 from gateway.config import GatewayPaths
 from gateway.fallback import Popularity
-from gateway.testing import metric_value
+from testkit.archives import running_server
 from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, load,
                                     need_java, register, setup_keys, write_experiment)
 

@@ -6,14 +6,15 @@ the bucket appears; on SIGTERM every exposure and event is in S3, none left on t
 and submitted == written + dropped with nothing dropped."""
 from __future__ import annotations
 
-import time
 
 import boto3
 import orjson
 import pytest
 
-from archives.testing import running_server
-from gateway.testing import GatewayProc, metric_value
+from common.net import wait_until
+from common.promtext import metric_value
+from testkit.archives import running_server
+from testkit.gateway import GatewayProc
 from tests.gateway.conftest import (MODEL, Client, build_versions, need_java, register,
                                     setup_keys, write_experiment)
 
@@ -22,10 +23,7 @@ BUCKET = "recsys-gw-logs"
 
 
 def _wait(cond, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.2)
+    wait_until(lambda: cond() or None, timeout=timeout, what="the condition")
 
 
 def test_gateway_ships_rotated_logs_and_everything_left_on_sigterm(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from archives import server as S
+from common.net import free_ports, port_in_use
 from common.schema import EtlLayout
 from gateway.config import GatewayPaths
 from tests.gateway.conftest import REPO, build_versions, need_java
@@ -65,7 +66,7 @@ def make(target: str, out: Path, env: dict, timeout: float = 500) -> subprocess.
 
 
 def _ports_env() -> dict:
-    inf, mgt, met, gw, gwm = S.free_ports(5)
+    inf, mgt, met, gw, gwm = free_ports(5)
     return {**os.environ, "TS_INFERENCE_PORT": str(inf), "TS_MANAGEMENT_PORT": str(mgt),
             "TS_METRICS_PORT": str(met), "GATEWAY_PORT": str(gw), "GATEWAY_METRICS_PORT": str(gwm)}
 
@@ -106,7 +107,7 @@ def test_ab_demo_serves_both_versions_replays_and_reports(tmp_path):
     finally:
         make("stop", out, env)
     for port in ("TS_INFERENCE_PORT", "GATEWAY_PORT", "GATEWAY_METRICS_PORT"):
-        assert not S.port_in_use("127.0.0.1", int(env[port])), port
+        assert not port_in_use("127.0.0.1", int(env[port])), port
 
 
 def test_make_stop_cleans_up_after_a_partial_start(tmp_path):
@@ -122,4 +123,4 @@ def test_make_stop_cleans_up_after_a_partial_start(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "no gateway running" in r.stdout and "TorchServe stopped" in r.stdout
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert not S.port_in_use("127.0.0.1", int(env["TS_INFERENCE_PORT"]))
+    assert not port_in_use("127.0.0.1", int(env["TS_INFERENCE_PORT"]))

@@ -15,7 +15,7 @@ import pytest
 
 from archives.client import TorchServeClient
 from archives.server import ServerState
-from archives.testing import build_random_versions, running_server
+from testkit.archives import build_random_versions, running_server
 
 MODEL = "recsys"
 

@@ -22,9 +22,9 @@ from ts.context import Context
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.service import Service
 
-from archives.testing import build_random_versions
 from core import validation
 from handlers.recommender import RecommenderHandler
+from testkit.archives import build_random_versions
 
 REPO = Path(__file__).resolve().parents[2]
 JSON = "application/json"

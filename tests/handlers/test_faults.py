@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from archives import build as B
-from archives import server as S
 from archives.__main__ import main as cli
-from archives.testing import make_random_artifact
+from archives.store import list_archives, model_store
 from handlers.faults import Faults, parse_faults
+from testkit.archives import make_random_artifact
 
 
 def test_absent_means_no_faults():
@@ -62,9 +62,9 @@ def test_build_cli_writes_and_validates_faults(tmp_path, capsys):
     assert "faults.error_rate must be a number from 0 to 1" in capsys.readouterr().err
     assert cli(base + ["--faults", "{error_rate: 1}"]) == 1
     assert "faults must be a JSON object" in capsys.readouterr().err
-    assert not S.list_archives(out)  # nothing built
+    assert not list_archives(out)  # nothing built
     assert cli(base + ["--faults", '{"error_user_prefix": "fault-", "latency_ms": 5}']) == 0
-    with zipfile.ZipFile(S.model_store(out) / "recsys-v3.mar") as z:
+    with zipfile.ZipFile(model_store(out) / "recsys-v3.mar") as z:
         cfg = yaml.safe_load(z.read("model-config.yaml"))
         assert "handlers/faults.py" in z.namelist()
     assert cfg["handler"]["faults"] == {"latency_ms": 5.0, "error_user_prefix": "fault-"}

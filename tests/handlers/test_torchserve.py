@@ -15,7 +15,9 @@ import requests
 from archives import server as S
 from archives.__main__ import main as cli
 from archives.client import curl_lines
-from archives.testing import build_random_versions, worker_memory
+from archives.store import mar_name
+from common.promtext import metric_value, samples
+from testkit.archives import build_random_versions, worker_memory
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -300,14 +302,11 @@ def test_prometheus_metrics(served):
                  'RecInvalidRequests{ModelName="recsys",ModelVersion="1",Level="Model",Reason="unknown_item"'):
         assert line in text, line
     # one worker-start count per worker, and each worker's resident memory (a plausible size)
-    starts = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("RecWorkerStarts{")]
-    assert sum(starts) >= 1
-    rss = {ln.split('Worker="')[1].split('"')[0]: float(ln.rsplit(" ", 1)[1])
-           for ln in text.splitlines() if ln.startswith("RecWorkerRssBytes{")}
+    assert metric_value(text, "RecWorkerStarts") >= 1
+    rss = {x.labels["Worker"]: x.value for x in samples(text) if x.name == "RecWorkerRssBytes"}
     assert rss and all(50e6 < v < 8e9 for v in rss.values()), rss
     # a batch of 8 was recorded: the histogram has an observation above 7.5
-    buckets = {ln.split('le="')[1].split('"')[0]: float(ln.rsplit(" ", 1)[1])
-               for ln in text.splitlines() if ln.startswith("RecBatchSize_bucket{")}
+    buckets = {x.labels["le"]: x.value for x in samples(text) if x.name == "RecBatchSize_bucket"}
     assert buckets["+Inf"] > buckets["7.5"]
 
 
@@ -400,7 +399,7 @@ def test_injected_fault_fails_only_its_request_in_a_real_batch(served):
     build_random_versions(served.out.parent, versions=(("90", 2),), model_name=served.model,
                           delay_ms=200, faults={"error_user_prefix": "fault-", "allow_header": True})
     c = served.client
-    r = c.register(S.mar_name(served.model, "90"), served.model, initial_workers=1)
+    r = c.register(mar_name(served.model, "90"), served.model, initial_workers=1)
     assert r.status_code == 200, r.text
     try:
         bodies = [{"user_id": str(u), "k": 3} for u in range(1, 8)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import helm_python
 import pytest
 
+from core.validation import MAX_BODY_BYTES
 from tests.helm.chart import NAMESPACE, RELEASE, SHA_A, chart, merge, render, version_set_a
 from tests.helm.chart import Rendered
 
@@ -132,7 +133,7 @@ def test_every_problem_is_reported_at_once():
     expected = ['variant name "control" is used twice',
                 "experiment.variants[1] (control): model_version 9 is not in models",
                 "torchserve.terminationGracePeriodSeconds 20 is shorter than",
-                "torchserve.maxRequestSize must be above 4194304",
+                f"torchserve.maxRequestSize must be above {MAX_BODY_BYTES}",
                 "gateway.logs.ephemeral is false but gateway.logs.shipping.enabled is false"]
     missing = [m for m in expected if m not in message]
     assert not missing, (missing, message)

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from archives import server as S
-from archives.testing import build_random_versions
 from common.assignment import Split
+from common.net import free_ports
 from core.ids import canonical_id
 from gateway import auth
 from gateway.config import GatewayPaths
+from testkit.archives import build_random_versions
 from tests.container.engine import build_image, engine
 from tests.helm.chart import render
 from tests.helm.play import (KubePlay, for_podman, require_pause, secret_volumes_decode,
@@ -62,7 +61,7 @@ class Release:
         self.fullname = f"play-{self.tag}"
         self.root = root
         self.store = store
-        inf, mgt, met, api, gmet = S.free_ports(5)
+        inf, mgt, met, api, gmet = free_ports(5)
         self.ports = {"inference": inf, "management": mgt, "metrics": met, "api": api,
                       "gateway_metrics": gmet}
         self.url = f"http://127.0.0.1:{api}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import helm_python
 import pytest
 
+from core.validation import MAX_BODY_BYTES
 from tests.helm.chart import SHA_A, chart, merge, model, render, version_set_a
 
 SCHEMA_CASES = {
@@ -80,7 +81,7 @@ TEMPLATE_CASES = {
     "a property the chart owns": ({"torchserve": {"extraProperties": {"disable_token_authorization": "false"}}},
                                   "torchserve.extraProperties.disable_token_authorization is set by the chart"),
     "request size not above the handler's": ({"torchserve": {"maxRequestSize": 65536}},
-                                         "torchserve.maxRequestSize must be above 4194304"),
+                                         f"torchserve.maxRequestSize must be above {MAX_BODY_BYTES}"),
 }
 
 

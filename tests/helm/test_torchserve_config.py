@@ -15,14 +15,13 @@ import time
 
 import pytest
 import requests
-
-from archives import server as S
-from archives.testing import running_server
+from common.net import free_port
+from testkit.archives import running_server
 from tests.gateway.conftest import build_versions
 from tests.helm.chart import REPO, render
 
 
-CLOSED_PORT = S.free_port()  # nothing listens: an allowed URL fails to download, not to match
+CLOSED_PORT = free_port()  # nothing listens: an allowed URL fails to download, not to match
 
 
 def probe(*args: str) -> subprocess.CompletedProcess:
@@ -107,7 +106,7 @@ def test_alive_and_http_probes(served):
     assert probe("http", "--url", served.management_url + "/models").returncode == 0
     r = probe("http", "--url", served.management_url + "/models/nothing")
     assert r.returncode == 1 and "404" in r.stderr
-    port = S.free_port()
+    port = free_port()
     r = probe("alive", "--url", f"http://127.0.0.1:{port}/ping", "--timeout", "2")
     assert r.returncode == 1 and "no answer" in r.stderr
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
-from archives.server import free_port
-from archives.testing import make_random_artifact
+from common.net import free_port, http_status, wait_until
+from common.promtext import samples
 from monitoring.__main__ import main as cli
 from monitoring.config import DriftConfig
 from monitoring.drift import compute, popularity_bins, psi
 from monitoring.drift_exporter import build_reference, run_once
 from monitoring.drift_sources import LogRead, read_log, reference_from_etl
+from testkit.archives import make_random_artifact
 from tests.monitoring.conftest import exposure, write_jsonl
 
 ALL = DriftConfig(window="all")
@@ -162,20 +162,19 @@ def test_daemon_exports_gauges(etl_out):
                              "--window", "1h"], cwd=Path(__file__).resolve().parents[2],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline, text = time.monotonic() + 60, ""
-        while time.monotonic() < deadline and 'recsys_drift_psi{feature="item_popularity"}' not in text:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines()
-                  if ln.startswith("recsys_drift")}
-        assert values['recsys_drift_psi{feature="item_popularity"}'] > 0.2
-        assert values['recsys_drift_samples{feature="item_popularity"}'] == 300
-        assert values['recsys_drift_unknown_share{kind="history_item"}'] == 0.0
-        assert 'recsys_drift_runs_total{result="ok"}' in values
+        def scraped() -> str | None:
+            r = http_status(f"http://127.0.0.1:{port}/metrics")
+            return r.text if r is not None and 'recsys_drift_psi{feature="item_popularity"}' in r.text \
+                else None
+
+        text = wait_until(scraped, timeout=60, interval=0.5, proc=proc,
+                          log=lambda: proc.stdout.read().decode(), what="drift --daemon")
+        values = {(x.name, *x.labels.values()): x.value for x in samples(text)
+                  if x.name.startswith("recsys_drift")}
+        assert values["recsys_drift_psi", "item_popularity"] > 0.2
+        assert values["recsys_drift_samples", "item_popularity"] == 300
+        assert values["recsys_drift_unknown_share", "history_item"] == 0.0
+        assert ("recsys_drift_runs_total", "ok") in values
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0

@@ -19,16 +19,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
-from archives import server as S
 from archives.client import TorchServeClient
-from archives.testing import running_server
 from benchmarks import loadgen
+from common.net import free_ports
 from monitoring.monitor import SPECIAL_BODIES, known_ids
 from monitoring.promql import raw_metrics, recordings_of
 from monitoring.promserver import PrometheusServer, render_config
 from monitoring.render import expand
 from monitoring.rules import rule_groups
+from testkit.archives import running_server
 from tests.gateway.conftest import (MODEL, GatewayProc, build_versions, need_java,
                                     register, setup_keys, write_experiment)
 from tests.monitoring.conftest import (LIVE_PROM, PANEL_VARIABLES, committed_queries,
@@ -48,7 +47,7 @@ def stack(tmp_path_factory):
     write_experiment(out, versions=("1", "2"), weights=(5000, 5000), name="homepage")
     with running_server(out, config="dev", models={MODEL: f"{MODEL}-v1.mar"}) as ts:
         register(ts, "2")
-        drift_port, prom_port = S.free_ports(2)
+        drift_port, prom_port = free_ports(2)
         drift = subprocess.Popen([sys.executable, "-m", "monitoring", "drift", "--out", str(out), "--daemon",
                                   "--port", str(drift_port), "--interval-s", "2", "--window", "1h",
                                   "--min-samples", "50"], cwd=REPO, stdout=subprocess.DEVNULL,

@@ -22,13 +22,14 @@ import pytest
 
 from archives import server as S
 from archives.client import TorchServeClient
-from archives.testing import build_random_versions, running_server
+from common.net import free_ports
 from monitoring.dashboard import panels
 from monitoring.monitor import known_ids, torchserve_load
 from monitoring.promql import contract_exports, handler_exports, raw_metrics, recordings_of
 from monitoring.promserver import PrometheusServer, render_config
 from monitoring.render import expand, render_panels
 from monitoring.rules import rule_groups
+from testkit.archives import build_random_versions, running_server
 from tests.monitoring.conftest import (LIVE_PROM as PROM, PANEL_VARIABLES as VARIABLES,
                                        committed_queries, exposure, needs_gateway,
                                        panels_without_data, write_jsonl)
@@ -53,7 +54,7 @@ def stack(tmp_path_factory):
     with running_server(out, config="prod", models={"recsys": "recsys-v1.mar"}) as state:
         client = TorchServeClient(state)
         assert client.register("recsys-v2.mar", "recsys", initial_workers=1).status_code == 200
-        drift_port, prom_port = S.free_ports(2)
+        drift_port, prom_port = free_ports(2)
         drift = subprocess.Popen([sys.executable, "-m", "monitoring", "drift", "--out", str(out), "--daemon",
                                   "--port", str(drift_port), "--interval-s", "2", "--window", "1h",
                                   "--min-samples", "50"], cwd=REPO, stdout=subprocess.DEVNULL,

@@ -122,7 +122,7 @@ def test_item_categories(exported):
 def test_ids_as_users_have_them_round_trip(tmp_path):
     """Any valid id (core/ids.py) survives the id files, U+2028 (a line break to
     str.splitlines) included; an id with a control character is refused."""
-    from archives.testing import make_random_artifact
+    from testkit.archives import make_random_artifact
 
     src = load_artifact(make_random_artifact(tmp_path / "a", n_users=4, n_items=5))
     users = ["anna@example.com", "Jürgen", "用户42", "sep\u2028ok"]

@@ -69,7 +69,7 @@ def test_eval_json_mode_tables(pipeline_run):
     assert 0.0 <= levels["0.7"]["more_categories_than_0"] <= 1.0
     for level in levels.values():
         assert level["users"] == users and 0 <= level["recall@10"] <= 1
-    # the README blocks render from them
+    # the docs/results.md blocks render from them
     from training.report import TABLES
 
     for name in ("eval:related_items", "eval:rerank", "eval:diversity"):
@@ -136,7 +136,7 @@ def test_popularity_version_and_parity_through_torchserve(pipeline_run):
     answer equals the answer to a new id sending that user's ETL history (OUT/parity.json)."""
     from archives import build as B
     from archives.__main__ import main as archives_main
-    from archives.testing import running_server
+    from testkit.archives import running_server
     from training.__main__ import main as train_main
 
     out, ev = pipeline_run
@@ -164,8 +164,8 @@ def test_add_items_without_retraining(pipeline_run, tmp_path):
     from archives import build as B
     from archives.add_items import add_items
     from archives.client import TorchServeClient
-    from archives.server import list_archives
-    from archives.testing import running_server
+    from archives.store import list_archives
+    from testkit.archives import running_server
     from training.data import load_split
 
     out, ev = pipeline_run

@@ -19,6 +19,11 @@
 {{- define "recsys.torchserve.fullname" -}}{{ include "recsys.fullname" . }}-torchserve{{- end -}}
 {{- define "recsys.gateway.fullname" -}}{{ include "recsys.fullname" . }}-gateway{{- end -}}
 
+{{/* The handler's own request body limit, bytes: core.validation.MAX_BODY_BYTES (the gateway
+refuses larger bodies itself). torchserve.maxRequestSize must stay above it; tests/helm/test_body_limit.py
+keeps the two numbers equal. */}}
+{{- define "recsys.handlerBodyLimit" -}}4194304{{- end -}}
+
 {{- define "recsys.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "recsys.fullname" .) .Values.serviceAccount.name -}}
@@ -221,8 +226,9 @@ names the value to fix. */}}
 {{- $errors = append $errors (printf "torchserve.extraProperties.%s is set by the chart (ports, addresses, token auth, the model list, the model API and its allowed URLs): use the chart's own values" $k) -}}
 {{- end -}}
 {{- end -}}
-{{- if le (int $ts.maxRequestSize) 4194304 -}}
-{{- $errors = append $errors "torchserve.maxRequestSize must be above 4194304, the handler's own body limit: the largest valid request (up to about 3.9 MB) must reach the handler, and a body over the handler's limit must get its JSON 413" -}}
+{{- $bodyLimit := include "recsys.handlerBodyLimit" . | int -}}
+{{- if le (int $ts.maxRequestSize) $bodyLimit -}}
+{{- $errors = append $errors (printf "torchserve.maxRequestSize must be above %d, the handler's own body limit: the largest valid request (up to about 3.9 MB) must reach the handler, and a body over the handler's limit must get its JSON 413" $bodyLimit) -}}
 {{- end -}}
 {{- $errors = concat $errors (include "recsys.validateLogs" . | fromYamlArray) -}}
 {{- if $errors -}}

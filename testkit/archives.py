@@ -16,6 +16,7 @@ from typing import Iterator
 import psutil
 
 from archives import server as S
+from common.net import free_ports
 
 
 @contextlib.contextmanager
@@ -29,7 +30,7 @@ def running_server(out: str | Path, *, config: str = "prod", models: dict[str, s
     """
     state = None
     for attempt in range(attempts):
-        inf, mgt, met = S.free_ports(3)
+        inf, mgt, met = free_ports(3)
         try:
             state = S.start(out, config=config, host="127.0.0.1",
                             ports={"inference": inf, "management": mgt, "metrics": met},
@@ -116,7 +117,7 @@ def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 
                           "history_source": "random"},
               "content": {"n_text_features": n_text, "n_categories": len(CATEGORIES),
                           "categories": list(CATEGORIES), "category_weight": 1.0},
-              "note": "random test artifact (archives.testing.make_random_artifact)"}
+              "note": "random test artifact (testkit.archives.make_random_artifact)"}
     items = [{"title": f"Item {iid} ({', '.join(CATEGORIES[c] for c in cs)})",
               "categories": [CATEGORIES[c] for c in cs]} for iid, cs in zip(item_ids, cats)]
     return save_artifact(path, tensors, config, user_ids, item_ids, items)

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
+from common.net import free_ports, wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = os.environ.get("CONTAINER_ENGINE", "podman")
@@ -54,22 +54,19 @@ class ServeContainer:
         engine("rm", "-f", self.name, check=False)
 
 
-def wait_for_http(name: str, url: str, timeout: float, interval: float = 0.05) -> None:
-    """Poll ``url`` until it answers 200; raise :class:`EngineError` with the end of container
-    ``name``'s log when the container stops running or ``timeout`` seconds pass first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        running = engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
-        if not running or time.monotonic() > deadline:
-            logs = engine("logs", name, check=False)
-            raise EngineError(f"{name}: no 200 from {url} ({'exited' if not running else 'timeout'})\n"
-                              + (logs.stdout + logs.stderr)[-4000:])
-        time.sleep(interval)
+def wait_for_container(name: str, url: str, timeout: float, interval: float = 0.05) -> None:
+    """Poll ``url`` until it answers 200 (common.net.wait_for_http); raise :class:`EngineError`
+    with the end of container ``name``'s log when the container stops running or ``timeout``
+    seconds pass first."""
+    def running() -> bool:
+        return engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
+
+    def logs() -> str:
+        r = engine("logs", name, check=False)
+        return (r.stdout + r.stderr)[-4000:]
+
+    wait_for_http(url, timeout=timeout, interval=interval, proc=running, log=logs,
+                  what=f"container {name}", error=EngineError)
 
 
 def run_serve(image: str, model_dir: Path, *, workers: int = 1, timeout: float = 240,
@@ -77,8 +74,6 @@ def run_serve(image: str, model_dir: Path, *, workers: int = 1, timeout: float =
     """Start ``image serve`` with ``model_dir`` mounted at /opt/ml/model (read-only) on free
     loopback ports and wait for the first ``/ping`` 200 (the cold start it returns). A container
     that exits or does not answer in ``timeout`` is removed and raises with its log."""
-    from archives.server import free_ports
-
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     inf, mgt, met, g1, g2 = free_ports(5)
     t0 = time.monotonic()
@@ -89,7 +84,7 @@ def run_serve(image: str, model_dir: Path, *, workers: int = 1, timeout: float =
            image, "serve")
     box = ServeContainer(name, inf, mgt, met, 0.0)
     try:
-        wait_for_http(name, f"{box.url}/ping", timeout - (time.monotonic() - t0))
+        wait_for_container(name, f"{box.url}/ping", timeout - (time.monotonic() - t0))
     except BaseException:
         box.remove()
         raise
@@ -97,4 +92,5 @@ def run_serve(image: str, model_dir: Path, *, workers: int = 1, timeout: float =
     return box
 
 
-__all__ = ["ENGINE", "ENV", "IMAGE", "REPO", "EngineError", "ServeContainer", "engine", "run_serve"]
+__all__ = ["ENGINE", "ENV", "IMAGE", "REPO", "EngineError", "ServeContainer", "engine", "run_serve",
+           "wait_for_container"]
