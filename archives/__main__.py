@@ -30,7 +30,7 @@ def _faults(text: str | None) -> dict | None:
     """--faults JSON -> the validated settings (ValueError: a clear one-line error)."""
     if text is None:
         return None
-    from handlers.faults import parse_faults
+    from core.faults import parse_faults
 
     return parse_faults(text).to_dict()
 
@@ -303,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--faults", metavar="JSON",
                    help='TEST ARCHIVES ONLY: inject faults, e.g. \'{"error_user_prefix": "fault-", '
                         '"latency_ms": 50, "error_rate": 0.1, "seed": 1, "allow_header": true}\' '
-                        "(handlers/faults.py, docs/serving.md); absent: no faults")
+                        "(core/faults.py, docs/serving.md); absent: no faults")
     b.set_defaults(fn=cmd_build)
 
     s = sub.add_parser("serve", help="start TorchServe on OUT/model-store and wait for /ping")

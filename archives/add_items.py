@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.jsonio import write_json
-from core.artifact import NewItem, load_artifact, with_new_items
+from core.artifact import load_artifact, with_new_items
 from core.config import ArchiveConfig
 from core.encoder import item_input_tensors
-from core.vectorizer import ContentVectorizer, item_text
+from core.vectorizer import ContentVectorizer, vectorize
 
 log = logging.getLogger("archives.add_items")
 KNOWN_ITEM = "known_item"
@@ -64,18 +64,6 @@ def read_catalog(path: str | Path) -> CatalogUpdate:
     return out
 
 
-def vectorize(rows: list[dict], vectorizer: ContentVectorizer) -> list[NewItem]:
-    out = []
-    for r in rows:
-        ti, tv = vectorizer.transform(item_text(r["title"], r["description"], r["categories"],
-                                                r["tags"]))
-        out.append(NewItem(item_id=str(r["item_id"]), title=r["title"],
-                           categories=tuple(r["categories"]),
-                           category_ids=tuple(vectorizer.category_ids(r["categories"])),
-                           text_indices=tuple(ti), text_values=tuple(tv)))
-    return out
-
-
 def add_items(out: str | Path, catalog: str | Path, *,
               model_uri: str = "models:/hybrid-recommender@challenger",
               model_name: str = "recsys", config: ArchiveConfig | None = None,
@@ -85,18 +73,19 @@ def add_items(out: str | Path, catalog: str | Path, *,
     import mlflow
 
     from archives import build as B
+    from common import registry
+    from common.registry import EXPERIMENT, MODEL_NAME, next_version
     from training import tracking
-    from training.pipeline import EXPERIMENT, MODEL_NAME, next_version
 
     out = Path(out).expanduser().resolve()
     t0 = time.perf_counter()
     update = read_catalog(catalog)
-    uri = tracking.tracking_uri(out)
-    source = tracking.resolve_version(model_uri, MODEL_NAME, tracking_uri=uri)
+    uri = registry.tracking_uri(out)
+    source = registry.resolve_version(model_uri, MODEL_NAME, tracking_uri=uri)
     work = Path(tempfile.mkdtemp(prefix=".add-items-", dir=out))
     created_version: str | None = None
     try:
-        base_dir = tracking.download_serving_artifact(f"models:/{source.name}/{source.version}",
+        base_dir = registry.download_serving_artifact(f"models:/{source.name}/{source.version}",
                                                       work / "base", tracking_uri=uri)
         base = load_artifact(base_dir)
         known = base.item_index
@@ -111,7 +100,7 @@ def add_items(out: str | Path, catalog: str | Path, *,
             raise FileNotFoundError(f"version {source.version}'s artifact has no vectorizer.json: "
                                     "new items cannot be vectorized like training's")
         new = vectorize(fresh, ContentVectorizer.load(vec_path))
-        tracking.configure(out)
+        registry.configure(out)
         with tracking.start_run(EXPERIMENT, out, run_name="add-items",
                                 params={"source_version": source.version, "catalog": str(catalog),
                                         "added": len(new), "refused": len(refused)}) as run:
@@ -124,9 +113,9 @@ def add_items(out: str | Path, catalog: str | Path, *,
             tracking.log_serving_artifact(art_dir)
             mlflow.log_dict({"added": [it.item_id for it in new], "refused": refused},
                             "add_items.json")
-            created_version = str(tracking.register_version(
+            created_version = str(registry.register_version(
                 run.info.run_id, MODEL_NAME, alias=None, eval_metrics=_tag_metrics(source),
-                split_hash=source.tags.get(tracking.SPLIT_HASH_TAG),
+                split_hash=source.tags.get(registry.SPLIT_HASH_TAG),
                 description=f"version {source.version} + {len(new)} items from {Path(catalog).name}"))
         if created_version != version:
             raise RuntimeError(f"registry gave version {created_version}, the artifact says {version}")
@@ -159,10 +148,10 @@ def _reasons(refused: list[dict]) -> str:
 def _tag_metrics(source) -> dict[str, float]:
     """The source version's evaluation tags, carried over: the model is the same; the added
     items have no interactions to evaluate them on yet (docs/contracts.md)."""
-    from training import tracking
+    from common.registry import EVAL_TAG_PREFIX, SPLIT_HASH_TAG
 
-    return {k[len(tracking.EVAL_TAG_PREFIX):]: float(v) for k, v in (source.tags or {}).items()
-            if k.startswith(tracking.EVAL_TAG_PREFIX) and k != tracking.SPLIT_HASH_TAG}
+    return {k[len(EVAL_TAG_PREFIX):]: float(v) for k, v in (source.tags or {}).items()
+            if k.startswith(EVAL_TAG_PREFIX) and k != SPLIT_HASH_TAG}
 
 
 def _register_in_torchserve(out: Path, info, model_name: str) -> dict | None:
@@ -185,15 +174,14 @@ def _register_in_torchserve(out: Path, info, model_name: str) -> dict | None:
 def _undo(out: Path, model_name: str, version: str) -> None:
     """Delete a half-made version: the registry entry and its archive files."""
     from archives.store import mar_name, model_store
-    from training import tracking
-    from training.pipeline import MODEL_NAME
+    from common.registry import MODEL_NAME, get_client
 
     try:
-        tracking.get_client(out_dir=out).delete_model_version(MODEL_NAME, version)
+        get_client(out_dir=out).delete_model_version(MODEL_NAME, version)
     except Exception:  # noqa: BLE001 - best effort; the error that brought us here is raised
         log.exception("could not delete registry version %s", version)
     (model_store(out) / mar_name(model_name, version)).unlink(missing_ok=True)
     (out / "archives" / f"{model_name}-v{version}.json").unlink(missing_ok=True)
 
 
-__all__ = ["add_items", "read_catalog", "vectorize", "CatalogUpdate", "KNOWN_ITEM"]
+__all__ = ["add_items", "read_catalog", "CatalogUpdate", "KNOWN_ITEM"]

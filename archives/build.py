@@ -1,7 +1,7 @@
 """Build a versioned TorchServe archive (.mar) of the recommender with torch-model-archiver.
 
 Sources: a registered MLflow model (``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a
-version number with ``--registered-model``) via ``training.tracking.download_serving_artifact``,
+version number with ``--registered-model``) via ``common.registry.download_serving_artifact``,
 or a local serving-artifact folder. The archive version is the registry version (for a local
 folder: ``--version``).
 
@@ -50,7 +50,8 @@ HANDLER_ENTRY = REPO / "handlers" / "recommender.py"
 LOCAL_PACKAGES = ("handlers", "core")
 CORE_DATA_FILES = ("request.schema.json",)
 DEFAULT_MODEL_NAME = "recsys"
-# The registered MLflow model of training/pipeline.py (MODEL_NAME; a test keeps them equal).
+# The registered MLflow model of the training stage (common/registry.py MODEL_NAME; a test keeps
+# them equal: importing the registry here would load MLflow for every archives command).
 DEFAULT_REGISTERED_MODEL = "hybrid-recommender"
 ARTIFACT_DIR_IN_ARCHIVE = "artifact"
 PACK_IN_ARCHIVE = "serving/pack.safetensors"
@@ -70,7 +71,7 @@ def model_config_yaml(cfg: ArchiveConfig) -> dict[str, Any]:
     handler = {"torch_threads": cfg.torch_threads, "scoring": cfg.scoring,
                "artifact_dir": ARTIFACT_DIR_IN_ARCHIVE, "pack": PACK_IN_ARCHIVE}
     if cfg.faults is not None:  # a test archive: validated here, so a typo fails the build
-        from handlers.faults import parse_faults
+        from core.faults import parse_faults
 
         settings = parse_faults(cfg.faults).to_dict()
         if not settings:  # only defaults (e.g. latency_ms 0): nothing to inject
@@ -263,16 +264,16 @@ def build_from_registry(model_uri_or_version: str | int, out: str | Path, *,
                         model_name: str = DEFAULT_MODEL_NAME, config: ArchiveConfig | None = None,
                         force: bool = False, archive_format: str = "default") -> ArchiveInfo:
     """Build the archive of a registered MLflow model version (archive version = registry version)."""
-    from training import tracking
+    from common import registry
 
-    uri = tracking_uri or tracking.tracking_uri(out)
-    mv = tracking.resolve_version(model_uri_or_version, registered_model or DEFAULT_REGISTERED_MODEL,
+    uri = tracking_uri or registry.tracking_uri(out)
+    mv = registry.resolve_version(model_uri_or_version, registered_model or DEFAULT_REGISTERED_MODEL,
                                   tracking_uri=uri)
     work_root = Path(out).expanduser().resolve() / "archives"
     work_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=work_root))
     try:
-        local = tracking.download_serving_artifact(f"models:/{mv.name}/{mv.version}", tmp / "artifact",
+        local = registry.download_serving_artifact(f"models:/{mv.name}/{mv.version}", tmp / "artifact",
                                                    tracking_uri=uri)
         return build_from_folder(local, out, version=str(mv.version), model_name=model_name,
                                  config=config, force=force, archive_format=archive_format,

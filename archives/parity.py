@@ -6,7 +6,7 @@ version: ``{"user_id": u, "k": 10}`` (the vector precomputed at export) and ``{"
 id>, "k": 10, "history": u's history, oldest first}`` (the vector the handler computes per
 request). The history is read from the ETL's split, not from the artifact (the rows the stored
 vectors were computed from: ``train_full``, or ``train`` when the artifact says so), ordered by
-training's own time order (``training.model.chronological_rows``). Both rank the same items
+training's own time order (``common.splits.chronological_rows``). Both rank the same items
 unless something between training and serving differs: a lost recency weight, another order,
 another encoder. A user id embedding makes them differ by design; ``parity.json`` says when the
 artifact has one.
@@ -40,8 +40,7 @@ def _artifact_config(mar: Path) -> dict:
 def histories(out: Path, source: str, user_ids: list[str] | None = None) -> dict[str, list[str]]:
     """user id -> item ids of the ETL history the stored vector was computed from, oldest first."""
     from common.schema import EtlLayout
-    from training.data import load_split
-    from training.model import chronological_rows
+    from common.splits import chronological_rows, load_split
 
     data = load_split(EtlLayout.under(out), "temporal")
     rows = chronological_rows(data.train if source == "train" else data.train_full, data.timestamps)

@@ -1,33 +1,20 @@
-"""Helpers every benchmark uses: machine description, percentiles, peak-memory sampling, result files."""
+"""Helpers every benchmark uses: machine description, peak-memory sampling, result files.
+
+Percentiles: common/stats.py (the load generator in common/ uses them too)."""
 from __future__ import annotations
 
-import math
 import os
 import platform
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import psutil
 
 from common.jsonio import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# Every percentile a benchmark reports (round trip, handler time, gateway) goes through
-# percentiles() below: numpy's "higher" is always an observed value, never an interpolated one,
-# and on the pessimistic side.
-PERCENTILE_METHOD = "numpy.percentile(method='higher')"
-
-
-def percentiles(values: Sequence[float], qs: Sequence[float]) -> list[float]:
-    """The ``qs`` percentiles (0-100) of ``values`` by :data:`PERCENTILE_METHOD`; NaN when empty."""
-    if len(values) == 0:
-        return [math.nan] * len(qs)
-    return [float(x) for x in np.percentile(np.asarray(values, dtype=float), list(qs), method="higher")]
 
 
 def machine() -> dict[str, Any]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class ServingBenchConfig:
     """The serving benchmark (benchmarks/serving_bench.py): catalogs, variants, load, knobs.
 
-    Rates are offered open-loop (benchmarks/loadgen.py); each (variant, rate) run sends
+    Rates are offered open-loop (common/loadgen.py); each (variant, rate) run sends
     ``warmup`` unmeasured then ``requests`` measured requests. The headline catalog uses
     d = 256, the dimension our model shipped with when serving.json was measured (today's
     TrainConfig.dim is 600: benchmarks/tower_bench.py compares the two); the 10M x 1M scale run uses

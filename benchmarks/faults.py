@@ -3,7 +3,7 @@
 ``python -m benchmarks.faults --out OUT [--quick]`` (``make faults OUT=<dir>``) starts its own
 TorchServe and gateway on free loopback ports in ``OUT/faults-run/`` (OUT's archives are linked
 there; ``--quick`` builds small random archives instead, as the tests do), sends Poisson load
-through ``/v1/recommendations`` (benchmarks/loadgen.py's schedule and request mix) and injects:
+through ``/v1/recommendations`` (common/loadgen.py's schedule and request mix) and injects:
 
 ==================  ==========================================================================
 baseline            no fault; also 401s (no key) and 413s (5 MiB bodies), which log nothing
@@ -61,10 +61,10 @@ import aiohttp
 import orjson
 import psutil
 
-from common.cli import run_cli
-from common.jsonio import write_json
-from benchmarks import loadgen
 from benchmarks.common import machine
+from common.cli import run_cli
+from common import loadgen
+from common.jsonio import write_json
 from common.assignment import N_BUCKETS
 
 MODEL = "recsys"

@@ -6,7 +6,7 @@ One run (``python -m benchmarks.gateway_bench`` or ``make bench-gateway``):
    archived with the default serving settings and served by a real TorchServe (dev config);
    the gateway runs as its own process in front of it (an experiment with that one version,
    exposure log on, API key checked);
-2. TorchServe alone is ramped open-loop (benchmarks/loadgen.py) to find the highest rate it
+2. TorchServe alone is ramped open-loop (common/loadgen.py) to find the highest rate it
    sustains (throughput >= 95% of offered, no errors, P99 under the budget; as in the serving
    benchmark, late sends do not disqualify a rate: latency counts from the intended send time,
    so a late send adds to the latency it reports);
@@ -36,8 +36,8 @@ import requests
 
 from common.cli import run_cli
 from archives import build as B
-from benchmarks import loadgen
 from benchmarks.common import RESULTS, machine, write_results
+from common import loadgen
 from common.promtext import metric_value
 from gateway import auth
 from gateway import experiment as E

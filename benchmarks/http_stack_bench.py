@@ -10,7 +10,7 @@ One run (``python -m benchmarks.http_stack_bench`` or ``make bench-http-stack``)
    (experiment, variant, model_version, fallback, request_id) into the answer as the gateway
    does; (a) on aiohttp's server and one pooled ``ClientSession`` configured as
    gateway/upstream.py configures it, (b) on ``start_fast`` + ``FastClient``;
-3. open-loop load (benchmarks/loadgen.py, Poisson arrivals, the serving benchmark's request mix)
+3. open-loop load (common/loadgen.py, Poisson arrivals, the serving benchmark's request mix)
    at each rate, alternating (a) and (b) over several rounds (the order flips every round), each
    proxy's CPU time (psutil user + system of its process) over the requests it handled, and
    P50/P99 from the load generator.
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from common.cli import run_cli
-from benchmarks import loadgen
 from benchmarks.common import RESULTS, machine, write_results
+from common.cli import run_cli
+from common import loadgen
 
 STACKS = ("aiohttp", "fast")
 KEY = "bench-key"

@@ -209,7 +209,7 @@ def markdown(result: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-# serving.json files without "percentile_method" were written before benchmarks.common.percentiles:
+# serving.json files without "percentile_method" were written before common.stats.percentiles:
 # round trips by numpy "higher" (loadgen), handler times by torch.quantile. They keep no raw
 # latencies, so their percentiles cannot be recomputed; they are reported with their method.
 LEGACY_PERCENTILE_METHODS = {"round_trip": "numpy.percentile(method='higher')",
@@ -223,7 +223,7 @@ def percentile_methods(result: dict) -> str:
         return f"{m}, round trip and handler time alike"
     return (f"round trip by {LEGACY_PERCENTILE_METHODS['round_trip']}, handler time by "
             f"{LEGACY_PERCENTILE_METHODS['handler']}; this file was written before both went through "
-            f"`benchmarks.common.percentiles`, and its runs keep no raw latencies to recompute them")
+            f"`common.stats.percentiles`, and its runs keep no raw latencies to recompute them")
 
 
 def config_of(result: dict) -> ServingBenchConfig:

@@ -2,7 +2,7 @@
 
 One TorchServe (started empty) serves one archive at a time, registered through the management
 API: for each variant of core/retrieval.py, the same generated catalog, the same requests
-(benchmarks/loadgen.py: known users, history-only, unknown; 70/20/10) at the same offered rates.
+(common/loadgen.py: known users, history-only, unknown; 70/20/10) at the same offered rates.
 Latency is measured from the intended send time, so queueing shows; every response's
 ``X-Handler-Ms`` splits the round trip into handler and frontend time; Recall@10 of each variant
 is measured on what TorchServe answered, against the exact fp32 answer to the same request.
@@ -30,14 +30,15 @@ from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient
 from archives.store import model_store
-from benchmarks import loadgen
-from benchmarks.common import PERCENTILE_METHOD, RESULTS, machine, percentiles
+from benchmarks.common import RESULTS, machine
 from benchmarks.config import ServingBenchConfig
 from benchmarks.serving_analysis import (BASELINE, cdf_plots, headline, knob_summary, markdown,
                                          parse_ints, parse_names, resummarize)
+from common import loadgen
 from common.cli import run_cli
 from common.dataclass_args import add_dataclass_args, from_args, to_dict
 from common.jsonio import write_json
+from common.stats import PERCENTILE_METHOD, percentiles
 from core.config import ArchiveConfig
 from testkit.archives import running_server, worker_memory
 

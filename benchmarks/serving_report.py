@@ -60,7 +60,7 @@ def _cut(new: float, old: float) -> str:
 def method_block(res: dict) -> str:
     """How the stored percentiles were computed, and what ``late_sends`` counts."""
     return (f"* **Percentiles** in these figures: {percentile_methods(res)}. A new run computes "
-            f"both through `benchmarks.common.percentiles`.\n"
+            f"both through `common.stats.percentiles`.\n"
             f"* **Late sends**: measured requests the load generator sent more than 1 ms after their "
             f"intended time (`loadgen.LATE_SEND_S`), given as a share of the measured requests. "
             f"Latency still counts from the intended time, so a late send's delay is in the "

@@ -27,12 +27,12 @@ from pathlib import Path
 
 from archives.client import TorchServeClient
 from archives.store import model_store
-from benchmarks import loadgen
 from benchmarks.common import RESULTS, machine
 from benchmarks.config import ServingBenchConfig
-from benchmarks.loadgen import percentiles
 from benchmarks.serving_bench import (ExactReference, build_archive, make_catalog, request_set,
                                       served_recall)
+from common import loadgen
+from common.loadgen import percentiles
 from common.cli import run_cli
 from common.jsonio import write_json
 from common.tables import table

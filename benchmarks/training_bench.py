@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from training.data import load_split
+    from common.splits import load_split
     from training.experiments import study
 
     etl = Path(args.etl) if args.etl else _etl(Path(args.work))

@@ -20,7 +20,7 @@ class ArchiveConfig:
     # serving variant (core/retrieval.py VARIANTS): the index built into the archive; the
     # default is the serving benchmark's winner (benchmarks/results/serving.json)
     scoring: str = "ivf"
-    # fault injection for test archives only (handlers/faults.py: latency_ms, error_user_prefix,
+    # fault injection for test archives only (core/faults.py: latency_ms, error_user_prefix,
     # error_rate, seed, allow_header); None (the default, every shipped archive): no faults
     faults: dict | None = None
 

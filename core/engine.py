@@ -120,7 +120,7 @@ class BatchState:
     errors: dict[int, Any] = field(default_factory=dict)      # idx -> InvalidRequest
     bodies: dict[int, dict] = field(default_factory=dict)     # idx -> response body
     failures: dict[int, str] = field(default_factory=dict)    # idx -> internal error message
-    faulty: set[int] = field(default_factory=set)             # injected faults (handlers/faults.py)
+    faulty: set[int] = field(default_factory=set)             # injected faults (core/faults.py)
     fault_sleep_s: float = 0.0                                # injected latency for this batch
 
 

@@ -11,7 +11,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:  # core.artifact needs torch; the ETL imports this module without it
+    from core.artifact import NewItem
 
 # Spark's RegexTokenizer uses Java's [^\p{L}\p{N}]+; Python's [\W_]+ splits on the same set.
 JAVA_TOKEN_GAPS = r"[^\p{L}\p{N}]+"
@@ -65,3 +68,20 @@ class ContentVectorizer:
             cached = {t: i for i, t in enumerate(self.vocabulary)}
             object.__setattr__(self, "_index_cache", cached)
         return cached
+
+
+def vectorize(rows: list[dict], vectorizer: ContentVectorizer) -> list[NewItem]:
+    """Catalog rows (``item_id, title, description, categories, tags``) as vectorized items, the
+    way the ETL vectorized the training catalog: what add-items appends to an artifact (archives)
+    and what the added-items study appends (training)."""
+    from core.artifact import NewItem
+
+    out = []
+    for r in rows:
+        ti, tv = vectorizer.transform(item_text(r["title"], r["description"], r["categories"],
+                                                r["tags"]))
+        out.append(NewItem(item_id=str(r["item_id"]), title=r["title"],
+                           categories=tuple(r["categories"]),
+                           category_ids=tuple(vectorizer.category_ids(r["categories"])),
+                           text_indices=tuple(ti), text_values=tuple(tv)))
+    return out

@@ -1,6 +1,6 @@
 """Replay held-out test users through the gateway: the demo's stand-in for real traffic.
 
-For every user with test items in the P1 temporal split of ``OUT/etl`` (``training.data.
+For every user with test items in the P1 temporal split of ``OUT/etl`` (``common.splits.
 load_split``), send ``{"user_id": u, "k": 10}`` to ``POST /v1/recommendations``; every
 recommended item that is one of the user's test items is posted as a ``click`` event
 (``POST /v1/events`` with the answer's ``request_id``). The gateway logs exposures and events;
@@ -25,7 +25,7 @@ from common.jsonio import write_json
 def test_users(out: str | Path, scheme: str = "temporal") -> list[tuple[str, set[str]]]:
     """(user id, set of test item ids) of every user with at least one test item."""
     from common.schema import EtlLayout
-    from training.data import load_split
+    from common.splits import load_split
 
     data = load_split(EtlLayout.under(out), scheme)
     test = data.test.tocsr()

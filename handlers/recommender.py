@@ -11,7 +11,7 @@ a JSON body ``{code, type, reason, message}``; the others in the batch are answe
 Any other exception is isolated the same way: one raised while reading or formatting a request
 is that request's own error (a 500, or a 400 for nesting too deep), and when the batched engine
 call fails its halves are scored apart until the failing request(s) alone get a 500
-(reason ``internal_error``). Faults can be injected in test archives only (handlers/faults.py).
+(reason ``internal_error``). Faults can be injected in test archives only (core/faults.py).
 Every answered request carries the headers ``X-Batch-Size`` (how many requests the handler
 received together) and ``X-Handler-Ms`` (the batch's time inside the handler: validation,
 scoring, formatting), so a client can split its round trip into handler and frontend time.
@@ -31,8 +31,8 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from core import validation
-from handlers.faults import HEADER as FAULT_HEADER
-from handlers.faults import InjectedFault, parse_faults
+from core.faults import HEADER as FAULT_HEADER
+from core.faults import InjectedFault, parse_faults
 from core.engine import BatchState as _Batch
 from core.artifact_adapter import load_recommender
 
@@ -61,7 +61,7 @@ class RecommenderHandler(BaseHandler):
         self.model_version = "0"
         self._metrics: dict[str, Any] = {}
         self._rss_at = 0.0
-        self.faults = None  # handlers.faults.Faults of a test archive; None: no faults, no header read
+        self.faults = None  # core.faults.Faults of a test archive; None: no faults, no header read
 
     # ---- start-up ---------------------------------------------------------------------------
     def initialize(self, context):

@@ -6,7 +6,7 @@ never fatal: monitoring must keep running on a half-written or damaged file.
 
 Reference: what the model was trained on, from the serving artifact
 (``OUT/model/serving_artifact``: item ids, ``popularity`` = distinct training users per item, the
-known users) or from the ETL's P1 split (``training.data.load_split``: train + valid pairs).
+known users) or from the ETL's P1 split (``common.splits.load_split``: train + valid pairs).
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def reference_from_artifact(path: str | Path) -> Reference:
 def reference_from_etl(out: str | Path, scheme: str = "temporal") -> Reference:
     """Training pairs (train + valid) of the ETL's split: distinct users per item."""
     from common.schema import EtlLayout
-    from training.data import load_split
+    from common.splits import load_split
 
     split = load_split(EtlLayout.under(out), scheme)
     pop = np.asarray((split.train_full > 0).sum(axis=0)).ravel().astype(np.float64)

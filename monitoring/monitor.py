@@ -2,7 +2,7 @@
 
 With TorchServe (and the gateway, when one runs) started by ``make serve OUT=...``, this starts
 the drift exporter and a real Prometheus (the committed scrape config with the ports in use and
-short windows), drives an open-loop load (benchmarks/loadgen.py), then renders the latency
+short windows), drives an open-loop load (common/loadgen.py), then renders the latency
 panels' queries to ``OUT/monitoring/*.png`` and writes ``OUT/monitoring/monitor.json``. It stops
 what it started; TorchServe and the gateway keep running.
 
@@ -27,7 +27,7 @@ import requests
 from common.jsonio import write_json
 from archives.client import TorchServeClient
 from archives.server import ServerError, ServerState
-from benchmarks import loadgen
+from common import loadgen
 from monitoring import config
 from monitoring.dashboard import rows
 from monitoring.drift_exporter import artifact_dir, build_reference, serve

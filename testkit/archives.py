@@ -130,7 +130,7 @@ def build_random_versions(root: str | Path, versions=(("1", 0), ("2", 1)), *,
     """OUT (``root/out``) with one small archive per ``(version, seed)``, each from its own
     :func:`make_random_artifact` (``root/artifact-v<version>``), one worker each, named
     ``model_name`` (default: archives.build's). ``delay_ms``
-    may differ per version (``{"1": 200, "2": 5}``). ``faults`` (handlers/faults.py) goes into every
+    may differ per version (``{"1": 200, "2": 5}``). ``faults`` (core/faults.py) goes into every
     archive of this call: build a faulty version with its own call, e.g.
     ``build_random_versions(root, versions=(("9", 2),), faults={"error_user_prefix": "fault-"})``."""
     from archives import build as B

@@ -56,11 +56,10 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from training import tracking
-    from training.pipeline import MODEL_NAME
+    from common import registry
 
-    tracking.configure(args.out)
-    decision = tracking.promote(args.model_name or MODEL_NAME, tolerance=args.tolerance,
+    registry.configure(args.out)
+    decision = registry.promote(args.model_name or registry.MODEL_NAME, tolerance=args.tolerance,
                                 metric=args.metric)
     print(json.dumps(decision.to_dict(), indent=2, default=str))
     print(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)

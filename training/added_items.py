@@ -7,7 +7,7 @@
 2. a model is trained as ``training run`` trains, on the same split with those items removed
    from the catalog (they never existed for it), and exported;
 3. the items are added to that artifact by the code ``python -m archives add-items`` runs
-   (``archives.add_items.vectorize`` + ``core.artifact.with_new_items``: content only, no
+   (``core.vectorizer.vectorize`` + ``core.artifact.with_new_items``: content only, no
    retraining);
 4. P1's test users are scored on their test positives among the held-out items (candidates:
    those items only, training items masked, as the cold-item slice) through the handler's engine
@@ -35,9 +35,9 @@ from core.config import ArchiveConfig
 from training.config import TrainConfig
 from core.encoder import item_input_tensors
 from common.schema import EtlLayout
-from core.vectorizer import ContentVectorizer
+from core.vectorizer import ContentVectorizer, vectorize
 from training.compare import Ranked
-from training.data import SplitData, load_split
+from common.splits import SplitData, load_split
 from training.evaluation import evaluate, evaluate_ranked
 
 log = logging.getLogger("training.added_items")
@@ -66,7 +66,6 @@ def _catalog_rows(etl: EtlLayout, ids: list[str]) -> list[dict]:
 
 def study(out: str | Path, cfg: TrainConfig | None = None, share: float = 0.1,
           variant: str = ArchiveConfig.scoring) -> dict:
-    from archives.add_items import vectorize
     from training.baselines import PopularityModel
     from training.export import export_artifact
     from training.served import engine_rank_fn, served_recommenders

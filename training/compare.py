@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from training.baselines import ContentModel, EASEModel, PopularityModel, SparkALSModel
-from training.data import SplitData
+from common.splits import SplitData
 from training.evaluation import (RankFn, evaluate, evaluate_ranked, split_cold_items,
                                  users_with_few_interactions, users_with_long_histories)
 

@@ -39,7 +39,7 @@ from common.dataclass_args import add_dataclass_args, from_args
 from training.config import TrainConfig
 from common.tables import table
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
-from training.data import SplitData, load_split
+from common.splits import SplitData, load_split
 
 VARIANTS: dict[str, dict] = {
     "hybrid": {},

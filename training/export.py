@@ -11,8 +11,8 @@ import torch
 
 from core.artifact import save_artifact
 from common.schema import SCHEMA_VERSION
-from training.data import SplitData
-from training.model import HybridModel, chronological_rows
+from common.splits import SplitData, chronological_rows
+from training.model import HybridModel
 
 
 def _csr_tensors(prefix: str, m: sp.csr_matrix, keep_order: bool = False) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.splits import time_ranks
 from core.encoder import Bags, HistoryBagEncoder, recency_weights
 
 
@@ -37,21 +38,6 @@ def bags_from_csr(m: sp.csr_matrix, rows=None, device=None) -> Bags:
                 torch.from_numpy(sub.data.astype(np.float32))).to(device or "cpu")
 
 
-def time_ranks(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
-    """X's pattern (indices sorted); value = 1 + position of the item in its user's time order
-    (ties by item index; entries without a timestamp count as time 0)."""
-    X = sp.csr_matrix(X, copy=True)
-    X.sort_indices()
-    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-    t = np.zeros(X.nnz, dtype=np.int64)
-    if ts is not None and X.nnz:
-        t = np.asarray(sp.csr_matrix(ts)[rows, X.indices]).ravel().astype(np.int64)
-    order = np.lexsort((X.indices, t, rows))
-    ranks = np.empty(X.nnz, dtype=np.float64)
-    ranks[order] = np.arange(X.nnz) - X.indptr[rows[order]] + 1
-    return sp.csr_matrix((ranks, X.indices.copy(), X.indptr.copy()), shape=X.shape)
-
-
 def history_matrix(X: sp.csr_matrix, ts: sp.csr_matrix | None, boost: float,
                    tau: float) -> sp.csr_matrix:
     """X's pattern with each user's recency weights as values: the encoder input."""
@@ -59,18 +45,6 @@ def history_matrix(X: sp.csr_matrix, ts: sp.csr_matrix | None, boost: float,
     n = np.repeat(np.diff(R.indptr), np.diff(R.indptr)).astype(np.float64)
     return sp.csr_matrix((recency_weights(n - R.data, boost, tau), R.indices, R.indptr),
                          shape=R.shape)
-
-
-def chronological_rows(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
-    """X's pattern with each row's item indices in time order (ties by item index): row u lists
-    user u's history oldest first, the order a request's ``history`` uses and the artifact's
-    ``user_history`` CSR stores."""
-    R = time_ranks(X, ts)
-    order = np.lexsort((R.data, np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))))
-    out = sp.csr_matrix((np.ones(R.nnz, dtype=np.float32), R.indices[order], R.indptr.copy()),
-                        shape=R.shape)
-    out.has_sorted_indices = False
-    return out
 
 
 def content_matrix(item_features: sp.csr_matrix, item_categories: sp.csr_matrix,

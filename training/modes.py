@@ -27,9 +27,8 @@ import torch
 from core.engine import Recommender
 from core.validation import validate_request
 from training.baselines import ItemKNNModel, PopularityModel
-from training.data import SplitData
+from common.splits import SplitData, chronological_rows
 from training.evaluation import RankFn, evaluate, evaluate_ranked, split_cold_items
-from training.model import chronological_rows
 from training.served import answered_lists, engine_rank_fn
 
 log = logging.getLogger("training.modes")

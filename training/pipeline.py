@@ -16,19 +16,19 @@ import torch
 
 from common.jsonio import write_json
 from core.config import ArchiveConfig
-from training.config import TrainConfig
+from common import registry
+from common.registry import EXPERIMENT, MODEL_NAME, next_version
 from common.tables import table
+from training.config import TrainConfig
 from common.schema import EtlLayout
 from training import tracking
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
-from training.data import load_split
+from common.splits import load_split
 from training.modes import mode_tables
 from training.served import engine_rank_fn, served_recommenders
 from training.train import fit
 
 log = logging.getLogger("training.pipeline")
-MODEL_NAME = "hybrid-recommender"
-EXPERIMENT = "hybrid-recommender"
 # INT8 serving variants (core/retrieval.py) evaluated next to the shipped one
 INT8_VARIANTS = ("int8", "sq8")
 
@@ -38,16 +38,6 @@ def split_hash(etl: EtlLayout, scheme: str) -> str:
     manifest = json.loads(Path(etl.manifest).read_text())
     return str(manifest["table_fingerprints"][f"splits/{scheme}"]).split("|", 1)[1] \
         if f"splits/{scheme}" in manifest.get("table_fingerprints", {}) else manifest["content_hash"]
-
-
-def next_version(out: Path) -> int:
-    """The version number the registry will give the next registration of MODEL_NAME."""
-    client = tracking.get_client(out_dir=out)
-    try:
-        versions = client.search_model_versions(f"name='{MODEL_NAME}'")
-    except Exception:  # noqa: BLE001 - no registered model yet
-        return 1
-    return max((int(v.version) for v in versions), default=0) + 1
 
 
 def _print_table(models: dict[str, dict], slices: dict[str, dict[str, dict]]) -> None:
@@ -149,13 +139,13 @@ def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: boo
                             metrics={"recall@10": served["recall@10"], "ndcg@10": served["ndcg@10"],
                                      "served_variant": served_variant})
             tracking.log_serving_artifact(artifact_dir)
-            registered = tracking.register_version(mlrun.info.run_id, MODEL_NAME, split_hash=hash_)
+            registered = registry.register_version(mlrun.info.run_id, MODEL_NAME, split_hash=hash_)
             if str(registered) != version:
                 raise RuntimeError(f"registry gave version {registered}, the artifact says {version}: "
                                    "another registration raced this one; re-run")
             evaluation["mlflow"] = {"run_id": mlrun.info.run_id, "model_name": MODEL_NAME,
                                     "version": registered, "alias": "challenger",
-                                    "tracking_uri": tracking.tracking_uri(out)}
+                                    "tracking_uri": registry.tracking_uri(out)}
     evaluation["seconds"] = round(time.perf_counter() - started, 1)
     write_json(eval_path, evaluation)
     _print_table(main, slices)

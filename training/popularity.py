@@ -17,7 +17,7 @@ import torch
 from core.artifact import save_artifact
 from core.encoder import HistoryBagEncoder
 from common.schema import SCHEMA_VERSION, EtlLayout
-from training.data import SplitData, load_split
+from common.splits import SplitData, load_split
 
 log = logging.getLogger("training.popularity")
 DIM = 8  # smallest vector our serving indexes handle well; all zeros
@@ -26,7 +26,7 @@ DIM = 8  # smallest vector our serving indexes handle well; all zeros
 def popularity_tensors(data: SplitData) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, encoder config) of the popularity artifact."""
     from training.export import _csr_tensors
-    from training.model import chronological_rows
+    from common.splits import chronological_rows
 
     pop = torch.from_numpy(np.diff(data.train_full.tocsc().indptr).astype(np.float32))
     tower = HistoryBagEncoder(data.n_items, [DIM])
@@ -70,10 +70,12 @@ def export_popularity_artifact(data: SplitData, out_dir: Path, version: str,
 
 def register_popularity(out: Path, scheme: str = "temporal") -> int:
     """Evaluate, export and register the popularity model; returns its registry version."""
+    from common import registry
+    from common.registry import EXPERIMENT, MODEL_NAME, next_version
     from training import tracking
     from training.baselines import PopularityModel
     from training.compare import evaluate_slices
-    from training.pipeline import EXPERIMENT, MODEL_NAME, next_version, split_hash
+    from training.pipeline import split_hash
 
     etl = EtlLayout.under(out)
     data = load_split(etl, scheme)
@@ -88,7 +90,7 @@ def register_popularity(out: Path, scheme: str = "temporal") -> int:
         export_popularity_artifact(data, artifact_dir, version,
                                    metrics={"recall@10": main["recall@10"], "ndcg@10": main["ndcg@10"]})
         tracking.log_serving_artifact(artifact_dir)
-        registered = tracking.register_version(run.info.run_id, MODEL_NAME, split_hash=hash_,
+        registered = registry.register_version(run.info.run_id, MODEL_NAME, split_hash=hash_,
                                                alias="baseline",
                                                description="popularity model (A/B control)")
     if str(registered) != version:

@@ -34,11 +34,11 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from common.splits import SplitData, time_ranks
 from training.config import TrainConfig
-from training.data import SplitData
 from training.evaluation import evaluate, split_cold_items
 from core.encoder import Bags, recency_weights
-from training.model import HybridModel, content_matrix, time_ranks
+from training.model import HybridModel, content_matrix
 
 LOSSES = ("softmax", "sampled_softmax", "bpr")
 

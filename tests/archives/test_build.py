@@ -73,6 +73,7 @@ def test_latest_archive_per_model(artifact, tmp_path):
 
 def test_build_from_registry(artifact, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from common import registry
     from training import tracking
 
     out = tmp_path / "out"
@@ -80,7 +81,7 @@ def test_build_from_registry(artifact, tmp_path, monkeypatch, capsys):
     for _ in range(2):
         with tracking.start_run("recsys-test", out, run_name="serving") as run:
             tracking.log_serving_artifact(artifact)
-        versions.append(tracking.register_version(run.info.run_id, "recsys-hybrid",
+        versions.append(registry.register_version(run.info.run_id, "recsys-hybrid",
                                                   eval_metrics={"recall@10": 0.1}, split_hash="h"))
     assert "recsys-hybrid" != B.DEFAULT_REGISTERED_MODEL  # so --registered-model is honoured
     assert versions == [1, 2]  # the second one holds alias "challenger"

@@ -86,5 +86,5 @@ def test_archive_names():
 
 
 def test_default_registered_model_is_trainings():
-    pipeline = pytest.importorskip("training.pipeline")
-    assert B.DEFAULT_REGISTERED_MODEL == pipeline.MODEL_NAME
+    registry = pytest.importorskip("common.registry")
+    assert B.DEFAULT_REGISTERED_MODEL == registry.MODEL_NAME

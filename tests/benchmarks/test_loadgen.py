@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from benchmarks.loadgen import RequestSpec, percentiles, request_mix, run_open_loop, schedule
+from common.loadgen import RequestSpec, percentiles, request_mix, run_open_loop, schedule
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 USERS = [f"u{i}" for i in range(50)]

@@ -15,9 +15,10 @@ import shutil
 
 import pytest
 
-from benchmarks import loadgen, serving_analysis, serving_bench, serving_report
+from benchmarks import serving_analysis, serving_bench, serving_report
 from benchmarks.common import RESULTS
 from benchmarks.config import ServingBenchConfig
+from common import loadgen
 
 RUN_KEYS = {"catalog_items", "users", "variant", "batch_size", "workers", "rate_rps", "p50_ms",
             "p95_ms", "p99_ms", "throughput_rps", "errors", "late_sends", "n", "recall@10",

@@ -54,7 +54,7 @@ def stack(ml_latest_small_out, tmp_path_factory):
     need_java()
     import shutil
 
-    from training.data import load_split
+    from common.splits import load_split
     from training.export import export_artifact
     from training.train import fit
 

@@ -1,7 +1,7 @@
 """`make serve` / `make stop` / `make ab-demo` as a user runs them (dev config, ports from env).
 
 The ETL output the replay reads is written here in the ETL's layout (the columns
-``training.data.load_split`` reads) for the random test artifacts' users and items, so the
+``common.splits.load_split`` reads) for the random test artifacts' users and items, so the
 whole flow runs in seconds without Spark.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fault-injection settings (handlers/faults.py) and ``python -m archives build --faults``."""
+"""The fault-injection settings (core/faults.py) and ``python -m archives build --faults``."""
 from __future__ import annotations
 
 import zipfile
@@ -9,7 +9,7 @@ import yaml
 from archives import build as B
 from archives.__main__ import main as cli
 from archives.store import list_archives, model_store
-from handlers.faults import Faults, parse_faults
+from core.faults import Faults, parse_faults
 from testkit.archives import make_random_artifact
 
 
@@ -66,7 +66,7 @@ def test_build_cli_writes_and_validates_faults(tmp_path, capsys):
     assert cli(base + ["--faults", '{"error_user_prefix": "fault-", "latency_ms": 5}']) == 0
     with zipfile.ZipFile(model_store(out) / "recsys-v3.mar") as z:
         cfg = yaml.safe_load(z.read("model-config.yaml"))
-        assert "handlers/faults.py" in z.namelist()
+        assert "core/faults.py" in z.namelist()
     assert cfg["handler"]["faults"] == {"latency_ms": 5.0, "error_user_prefix": "fault-"}
     assert B.build_info(out, "recsys", "3")["model_config"]["handler"]["faults"] == \
         cfg["handler"]["faults"]

@@ -1,5 +1,5 @@
 """Fixtures of the monitoring tests: a small ETL output written in the ETL's own layout (so
-``training.data.load_split`` reads it), and writers of gateway exposure / event logs in the
+``common.splits.load_split`` reads it), and writers of gateway exposure / event logs in the
 contract's JSON-lines format."""
 from __future__ import annotations
 

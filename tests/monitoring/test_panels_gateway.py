@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import pytest
 from archives.client import TorchServeClient
-from benchmarks import loadgen
+from common import loadgen
 from common.net import free_ports
 from monitoring.monitor import SPECIAL_BODIES, known_ids
 from monitoring.promql import raw_metrics, recordings_of

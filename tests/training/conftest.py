@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from training.config import TrainConfig
 from common.schema import EtlLayout
-from training.data import SplitData, load_split
+from common.splits import SplitData, load_split
 
 FAST = TrainConfig(dim=32, max_epochs=40, eval_every=2, patience=6, progress=False, seed=3,
                    num_threads=1)

@@ -15,7 +15,7 @@ from core.artifact import (FORMAT, FORMAT_VERSION, ArtifactError, load_artifact,
                              save_artifact)
 from core.encoder import HistoryBagEncoder
 from training.export import export_artifact
-from training.model import time_ranks
+from common.splits import time_ranks
 from training.train import fit
 
 from .conftest import FAST

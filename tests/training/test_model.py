@@ -12,8 +12,8 @@ from training.config import TrainConfig
 from training.baselines import PopularityModel
 from training.evaluation import evaluate, split_cold_items
 from core.encoder import history_bags
-from training.model import (HybridModel, chronological_rows, content_matrix, history_matrix,
-                            time_ranks)
+from common.splits import chronological_rows, time_ranks
+from training.model import HybridModel, content_matrix, history_matrix
 from training.train import build_model, evaluate_p1, fit, train
 
 from .conftest import FAST

@@ -11,8 +11,8 @@ import torch
 
 from core.artifact import load_artifact
 from core.config import ArchiveConfig
-from training import tracking
-from training.pipeline import MODEL_NAME
+from common import registry
+from common.registry import MODEL_NAME
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_shipped_variant_keeps_recall(pipeline_run):
 
 def test_mlflow_run_and_registry(pipeline_run):
     out, ev = pipeline_run
-    client = tracking.get_client(out_dir=out)
+    client = registry.get_client(out_dir=out)
     info = ev["mlflow"]
     run = client.get_run(info["run_id"])
     assert run.data.params["train.loss"] == ev["train"]["config"]["loss"]
@@ -121,7 +121,7 @@ def test_serving_artifact_matches_the_evaluated_model(pipeline_run):
     # Known users' precomputed vectors score exactly like the model did in evaluation:
     # reproduce the hybrid's recall@10 from the artifact alone.
     from training.compare import evaluate_slices
-    from training.data import load_split
+    from common.splits import load_split
 
     data = load_split(out)
     res = evaluate_slices(lambda u: art.user_vector(torch.as_tensor(u)) @ art.item_vectors.T
@@ -141,7 +141,7 @@ def test_popularity_version_and_parity_through_torchserve(pipeline_run):
 
     out, ev = pipeline_run
     assert train_main(["popularity", "--out", str(out)]) == 0
-    client = tracking.get_client(out_dir=out)
+    client = registry.get_client(out_dir=out)
     baseline = client.get_model_version_by_alias(MODEL_NAME, "baseline")
     assert int(baseline.version) == ev["mlflow"]["version"] + 1
     pop = load_artifact(out / "model" / "popularity_artifact")
@@ -165,8 +165,8 @@ def test_add_items_without_retraining(pipeline_run, tmp_path):
     from archives.add_items import add_items
     from archives.client import TorchServeClient
     from archives.store import list_archives
+    from common.splits import load_split
     from testkit.archives import running_server
-    from training.data import load_split
 
     out, ev = pipeline_run
     data = load_split(out)
@@ -177,7 +177,7 @@ def test_add_items_without_retraining(pipeline_run, tmp_path):
                        f"Ju\u0308rgens Pick,Another new one,,{cat},,2024-01-02\n"
                        f"{data.item_ids[0]},Known already,,,,2024-01-03\n"
                        ",No id,,,,2024-01-04\n")
-    client = tracking.get_client(out_dir=out)
+    client = registry.get_client(out_dir=out)
     before = {int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
     hybrid = B.build_from_registry(ev["mlflow"]["version"], out, config=B.ArchiveConfig(
         min_workers=1, max_workers=1), archive_format="zip-store")
@@ -193,7 +193,7 @@ def test_add_items_without_retraining(pipeline_run, tmp_path):
         r = ts.predict("recsys", {"similar_to": "new-1", "k": 5}, version)
         assert r.status_code == 200 and "new-1" not in [i["item_id"] for i in r.json()["items"]]
         assert ts.predict("recsys", {"similar_to": "new-1"}, hybrid.version).status_code == 404
-    art = load_artifact(tracking.download_serving_artifact(f"models:/{MODEL_NAME}/{version}",
+    art = load_artifact(registry.download_serving_artifact(f"models:/{MODEL_NAME}/{version}",
                                                            tmp_path / "art"))
     base = load_artifact(out / "model" / "serving_artifact")
     assert art.n_items == base.n_items + 2 and art.n_users == base.n_users
@@ -218,7 +218,7 @@ def test_added_items_study(pipeline_run):
 
     from training.config import TrainConfig
     from training.added_items import held_out_items, study
-    from training.data import load_split
+    from common.splits import load_split
     from common.schema import EtlLayout
 
     out, _ = pipeline_run

@@ -1,4 +1,5 @@
-"""MLflow tracking, registry and promotion gate (training/tracking.py) on a temporary SQLite store.
+"""MLflow runs (training/tracking.py), registry and promotion gate (common/registry.py) on a
+temporary SQLite store.
 
 One store for the whole module (MLflow's import and schema creation are the slow part); each
 promotion scenario uses its own registered model so the tests stay independent.
@@ -13,10 +14,11 @@ import pytest
 
 import mlflow
 
-from training import tracking
-from training.tracking import (CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, download_serving_artifact,
-                               get_client, log_curves_png, log_epoch_metrics, log_eval_table,
-                               log_serving_artifact, promote, register_version, start_run)
+from common import registry
+from common.registry import (CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, download_serving_artifact,
+                             get_client, promote, register_version)
+from training.tracking import (log_curves_png, log_epoch_metrics, log_eval_table,
+                               log_serving_artifact, start_run)
 
 HISTORY = [
     {"epoch": 1, "loss": 7.9, "val_loss": 8.1, "val_ndcg@10": 0.041, "val_recall@10": 0.050},
@@ -45,9 +47,9 @@ def store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mp.setattr(tracking, "_configured_uri", None)
+        mp.setattr(registry, "_configured_uri", None)
         mp.chdir(cwd)
-        uri = tracking.tracking_uri(out_dir)
+        uri = registry.tracking_uri(out_dir)
         yield {"out": out_dir, "cwd": cwd, "uri": uri, "client": get_client(uri)}
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri("")
@@ -72,16 +74,16 @@ def run(store):
 
 def test_tracking_uri_default_and_env(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri(tmp_path / "o") == f"sqlite:///{(tmp_path / 'o').resolve()}/mlflow.db"
-    assert tracking.artifact_root(tmp_path / "o") == (tmp_path / "o").resolve() / "mlartifacts"
+    assert registry.tracking_uri(tmp_path / "o") == f"sqlite:///{(tmp_path / 'o').resolve()}/mlflow.db"
+    assert registry.artifact_root(tmp_path / "o") == (tmp_path / "o").resolve() / "mlartifacts"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/m.db")
-    assert tracking.tracking_uri(tmp_path / "o") == "sqlite:////elsewhere/m.db"
+    assert registry.tracking_uri(tmp_path / "o") == "sqlite:////elsewhere/m.db"
 
 
 def test_metric_key_makes_mlflow_valid_names():
-    assert tracking.metric_key("val_ndcg@10") == "val_ndcg_at_10"
-    assert tracking.metric_key("hybrid.recall@10") == "hybrid.recall_at_10"
-    assert tracking.metric_key("a(b)") == "a_b_"
+    assert registry.metric_key("val_ndcg@10") == "val_ndcg_at_10"
+    assert registry.metric_key("hybrid.recall@10") == "hybrid.recall_at_10"
+    assert registry.metric_key("a(b)") == "a_b_"
 
 
 def test_run_params_and_epoch_metrics(store, run):
@@ -102,7 +104,7 @@ def test_run_params_and_epoch_metrics(store, run):
 def test_run_artifacts_live_under_out_dir(store, run):
     client = store["client"]
     info = client.get_run(run["run_id"]).info
-    root = tracking.artifact_root(store["out"])
+    root = registry.artifact_root(store["out"])
     assert info.artifact_uri.startswith(root.as_uri())
     local = Path(info.artifact_uri.removeprefix("file://"))
     png = local / "plots" / "curves.png"
@@ -231,7 +233,7 @@ def test_download_serving_artifact(store, run, tmp_path):
                                          tracking_uri=store["uri"])
         files = {p.relative_to(dest).as_posix(): p.read_text() for p in dest.rglob("*") if p.is_file()}
         assert files == SERVING_FILES
-    assert tracking.resolve_version(f"models:/{m}@{CHALLENGER}", tracking_uri=store["uri"]).version == 2
+    assert registry.resolve_version(f"models:/{m}@{CHALLENGER}", tracking_uri=store["uri"]).version == 2
     with pytest.raises(FileExistsError):
         download_serving_artifact(1, tmp_path / "d0", model_name=m, tracking_uri=store["uri"])
     with pytest.raises(LookupError):

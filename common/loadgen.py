@@ -5,7 +5,7 @@ schedule, so a slow server shows up as queueing instead of silently lowering the
 (no coordinated omission). Locust is closed-loop per user (gevent pacing); wrk2 and vegeta,
 which are open-loop, cannot be installed here (only PyPI, npm and Debian packages are).
 
-Percentiles come from ``benchmarks.common.percentiles`` (numpy's ``method="higher"``: always an
+Percentiles come from ``common.stats.percentiles`` (numpy's ``method="higher"``: always an
 observed latency, never an interpolated one, and on the pessimistic side), the one function every
 benchmark figure goes through. With fewer than about 1000 measured requests p99 rests on
 a handful of samples and is noise; use ``n >= 1000`` before reading anything into it.
@@ -16,7 +16,7 @@ TorchServe, that CPU is taken from the server; check ``late_sends`` stays near 0
 
 CLI::
 
-    python -m benchmarks.loadgen --url http://127.0.0.1:8080 --path /predictions/recsys \\
+    python -m common.loadgen --url http://127.0.0.1:8080 --path /predictions/recsys \\
         --rate 50 --n 1000 --warmup 100 --users-file users.txt --items-file items.txt [--token T]
 """
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any, Mapping, Sequence
 import aiohttp
 import numpy as np
 
+from common import stats
 from common.cli import run_cli
-from benchmarks import common
 
 KINDS = ("known", "history", "unknown")
 DEFAULT_FRACTIONS: Mapping[str, float] = {"known": 0.7, "history": 0.2, "unknown": 0.1}
@@ -124,11 +124,11 @@ def request_mix(known_user_ids: Sequence[str], item_ids: Sequence[str], n: int, 
 # --------------------------------------------------------------------------- results
 
 def percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99/max/mean in ms (``benchmarks.common.percentiles``); NaN everywhere when empty."""
+    """p50/p95/p99/max/mean in ms (``common.stats.percentiles``); NaN everywhere when empty."""
     if len(latencies_ms) == 0:
         return {key: math.nan for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms")}
     a = np.asarray(latencies_ms, dtype=float)
-    p50, p95, p99 = common.percentiles(a, [50, 95, 99])
+    p50, p95, p99 = stats.percentiles(a, [50, 95, 99])
     return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99),
             "max_ms": float(a.max()), "mean_ms": float(a.mean())}
 
@@ -327,7 +327,7 @@ def _read_ids(path: Path) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     """The CLI's options; ``--n`` counts measured requests, the mix holds ``n + warmup``."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen",
+    p = argparse.ArgumentParser(prog="python -m common.loadgen",
                                 description="Open-loop load generator; prints the run summary as JSON.")
     p.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8080")
     p.add_argument("--path", required=True, help="request path, e.g. /predictions/recsys")

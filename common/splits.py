@@ -1,4 +1,9 @@
-"""Load one ETL run's split, features and id maps into in-memory sparse matrices.
+"""Load one ETL run's split, features and id maps into in-memory sparse matrices, and order
+each user's history by time.
+
+The reader of the ETL's outputs every later stage shares (training fits and evaluates on it,
+archives/parity.py and gateway/replay.py replay its users, monitoring compares live traffic
+with it), so it sits in common/, below all of them.
 
 Everything here is indexed by the ETL's contiguous ``user_idx`` / ``item_idx`` (``maps/``), so
 row ``u`` of every user matrix and row ``i`` of every item matrix line up with line ``u`` / ``i``
@@ -163,3 +168,30 @@ def load_split(etl_root: str | Path | EtlLayout, scheme: str = "temporal") -> Sp
                      n_users=n_users, n_items=n_items, user_ids=user_ids, item_ids=item_ids,
                      item_titles=titles, item_category_names=cat_names, vocabulary=vocabulary,
                      categories=categories, etl_root=layout.root, scheme=scheme)
+
+
+def time_ranks(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
+    """X's pattern (indices sorted); value = 1 + position of the item in its user's time order
+    (ties by item index; entries without a timestamp count as time 0)."""
+    X = sp.csr_matrix(X, copy=True)
+    X.sort_indices()
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    t = np.zeros(X.nnz, dtype=np.int64)
+    if ts is not None and X.nnz:
+        t = np.asarray(sp.csr_matrix(ts)[rows, X.indices]).ravel().astype(np.int64)
+    order = np.lexsort((X.indices, t, rows))
+    ranks = np.empty(X.nnz, dtype=np.float64)
+    ranks[order] = np.arange(X.nnz) - X.indptr[rows[order]] + 1
+    return sp.csr_matrix((ranks, X.indices.copy(), X.indptr.copy()), shape=X.shape)
+
+
+def chronological_rows(X: sp.csr_matrix, ts: sp.csr_matrix | None) -> sp.csr_matrix:
+    """X's pattern with each row's item indices in time order (ties by item index): row u lists
+    user u's history oldest first, the order a request's ``history`` uses and the artifact's
+    ``user_history`` CSR stores."""
+    R = time_ranks(X, ts)
+    order = np.lexsort((R.data, np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))))
+    out = sp.csr_matrix((np.ones(R.nnz, dtype=np.float32), R.indices[order], R.indptr.copy()),
+                        shape=R.shape)
+    out.has_sorted_indices = False
+    return out
