@@ -37,12 +37,11 @@ ARG INPUTS_HASH=unknown
 RUN --mount=type=bind,target=/ctx \
     echo "inputs ${INPUTS_HASH}" \
  && for target in serving training; do mkdir -p "/app/$target"; done \
- && for d in core common archives handlers gateway sagemaker; do \
+ && for d in core common archives handlers gateway recsys_sagemaker; do \
       if [ -d "/ctx/$d" ]; then cp -a "/ctx/$d" /app/serving/; fi; done \
- && for d in core common archives handlers gateway sagemaker etl training monitoring; do \
+ && for d in core common archives handlers gateway recsys_sagemaker etl training monitoring; do \
       if [ -d "/ctx/$d" ]; then cp -a "/ctx/$d" /app/training/; fi; done \
- && find /app -name __pycache__ -prune -exec rm -rf {} + \
- && rm -f /app/*/sagemaker/__init__.py
+ && find /app -name __pycache__ -prune -exec rm -rf {} +
 
 FROM base AS serving-deps
 ARG DEPS_HASH=unknown
@@ -73,7 +72,7 @@ LABEL org.opencontainers.image.title="recsys-training" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}"
-ENV PYTHONPATH=/opt/recsys:/opt/recsys/sagemaker
+ENV PYTHONPATH=/opt/recsys
 USER 10001:10001
 WORKDIR /home/recsys
 HEALTHCHECK NONE
@@ -95,7 +94,7 @@ LABEL org.opencontainers.image.title="recsys" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port="true"
 # Everything the entry point writes (run folder, TorchServe's logs and unpacked archives) is
 # under RECSYS_RUN_ROOT: /tmp, an emptyDir when the root file system is read-only.
-ENV PYTHONPATH=/opt/recsys:/opt/recsys/sagemaker \
+ENV PYTHONPATH=/opt/recsys \
     RECSYS_RUN_ROOT=/tmp/recsys
 USER 10001:10001
 WORKDIR /home/recsys

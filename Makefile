@@ -49,7 +49,6 @@ java:
 # (find-links), as on the project's machines; `make venv TORCH_INDEX=` turns the index off.
 TORCH_INDEX ?= $(if $(PIP_FIND_LINKS)$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
-SITE_PACKAGES = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 # The lock pins everything; the requirement files ride along so that a pin added without
 # `make lock` is still installed (tests/packaging then says the lock is stale).
@@ -60,10 +59,7 @@ $(VENV)/.installed: requirements.lock requirements.txt requirements-test.txt
 	  -r requirements-test.txt
 	touch $@
 
-# sagemaker/ holds the package recsys_sagemaker but is no package itself (it must not shadow the
-# AWS SDK `sagemaker`): a .pth file puts the folder on the venv's path.
 venv: $(VENV)/.installed
-	@echo "$(CURDIR)/sagemaker" > "$(SITE_PACKAGES)/recsys-sagemaker.pth"
 
 # requirements.lock: requirements.txt + requirements-test.txt with every transitive version, for
 # CPython 3.11 on x86-64 Linux (what CI and the image run). Re-run after changing a pin.

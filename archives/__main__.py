@@ -14,7 +14,7 @@ from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient, curl_lines
 from archives.store import find_archive, list_archives, model_store
-from common.report import run_cli
+from common.cli import run_cli
 from core.retrieval import VARIANTS
 
 
@@ -285,7 +285,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"MLflow registered model for --version (default {B.DEFAULT_REGISTERED_MODEL})")
     b.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
                                           "sqlite:///OUT/mlflow.db)")
-    defaults = B.ArchiveConfig()  # one place for the serving defaults (common/config.py)
+    defaults = B.ArchiveConfig()  # one place for the serving defaults (core/config.py)
     b.add_argument("--batch-size", type=int, default=defaults.batch_size)
     b.add_argument("--max-batch-delay", type=int, default=defaults.max_batch_delay_ms,
                    help=f"ms (default {defaults.max_batch_delay_ms})")
@@ -380,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(parser(), argv, (S.ServerError, FileExistsError, FileNotFoundError,
-                                    LookupError, ValueError))
+                                    LookupError, ValueError), logs=False)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ half-built stays in the model store or the registry.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.jsonio import write_json
 from core.artifact import load_artifact, with_new_items
 from core.config import ArchiveConfig
 from core.encoder import item_input_tensors
@@ -133,7 +133,7 @@ def add_items(out: str | Path, catalog: str | Path, *,
                "refused": refused, "torchserve": served,
                "seconds": round(time.perf_counter() - t0, 1)}
     (out / "archives").mkdir(exist_ok=True)
-    (out / "archives" / f"add-items-v{created_version}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "archives" / f"add-items-v{created_version}.json", summary)
     return summary
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from common.jsonio import write_json
 from core.config import ArchiveConfig
 from core.storage import file_sha256
 
@@ -230,7 +231,7 @@ def build_from_folder(artifact_dir: str | Path, out: str | Path, *, version: str
             "git_commit": _git_commit(), "model_config": model_config_yaml(config),
             "artifact": summary, **(extra_info or {}),
         }
-        (payload / "build_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        write_json(payload / "build_info.json", info)
         cfg = work / "model-config.yaml"
         cfg.write_text(yaml.safe_dump(model_config_yaml(config), sort_keys=False))
         export = work / "export"
@@ -252,8 +253,7 @@ def build_from_folder(artifact_dir: str | Path, out: str | Path, *, version: str
         assert manifest["model"]["modelVersion"] == version, manifest
         os.replace(built, dest) if built.stat().st_dev == store.stat().st_dev else \
             shutil.move(str(built), dest)
-        (work_root / f"{model_name}-v{version}.json").write_text(
-            json.dumps({**info, "archive": str(dest)}, indent=2, default=str) + "\n")
+        write_json(work_root / f"{model_name}-v{version}.json", {**info, "archive": str(dest)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ArchiveInfo(dest, model_name, version)

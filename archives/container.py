@@ -33,6 +33,8 @@ from archives import server as S
 from archives import supervisor as SV
 from archives.properties import ADDRESS_KEYS, CONFIG_DIR, properties_dict
 from archives.store import ArchiveInfo, archives_in, model_store, version_key
+from common.cli import UsageError, run_cli, setup_logging
+from common.jsonio import write_json
 from common.net import free_port, parse_port
 
 log = logging.getLogger("recsys.container")
@@ -196,7 +198,7 @@ def stage_models(found: list[ArchiveInfo], run_root: Path) -> tuple[list[tuple[s
 def write_health(run_root: Path, url: str, key_file: Path | None = None) -> None:
     """Where ``healthcheck`` looks (and, with token auth on, TorchServe's key file)."""
     run_root.mkdir(parents=True, exist_ok=True)
-    (run_root / HEALTH_FILE).write_text(json.dumps({"url": url, "key_file": key_file and str(key_file)}) + "\n")
+    write_json(run_root / HEALTH_FILE, {"url": url, "key_file": key_file and str(key_file)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,6 +299,8 @@ def cmd_gateway(a) -> int:
 
 
 def cmd_fetch(a) -> int:
+    if not (a.models or a.manifest):
+        raise UsageError("fetch-models: give s3://...mar=SHA256 arguments or --manifest")
     try:
         refs = [s3fetch.parse_ref(x) for x in a.models]
         if a.manifest:
@@ -363,22 +367,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)
+    setup_logging(server=True)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["gateway"] and argv[1:2] not in (["-h"], ["--help"]):
         # everything after `gateway` belongs to `python -m gateway serve` (argparse would try
         # to read its --options as ours)
         return cmd_gateway(argparse.Namespace(args=argv[1:]))
-    args = parser().parse_args(argv)
-    if args.cmd == "fetch-models" and not (args.models or args.manifest):
-        parser().error("fetch-models: give s3://...mar=SHA256 arguments or --manifest")
-    try:
-        return args.fn(args)
-    except (S.ServerError, ValueError) as e:
-        log.error("%s", e)
-        return 1
+    return run_cli(parser(), argv, (S.ServerError, ValueError), logs=False)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.jsonio import write_json
 from archives.client import TorchServeClient
 from archives.store import find_archive
 
@@ -98,7 +99,7 @@ def check(out: str | Path, *, model_name: str = "recsys", version: str | None = 
         "strategies": strategies, "threshold": threshold,
     }
     summary["passed"] = bool(overlaps) and summary["mean_overlap"] >= threshold
-    (out / "parity.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "parity.json", summary)
     log.info("parity of %s v%s over %d users: mean top-%d overlap %.4f (min %.2f)", model_name,
              version, len(users), k, summary["mean_overlap"], summary["min_overlap"])
     return summary

@@ -37,6 +37,7 @@ import psutil
 from archives import probe
 from archives.properties import CONFIGS, address_host, properties_dict, render_config
 from archives.store import latest_archives, model_store
+from common.jsonio import write_json
 from common.net import free_port, parse_port, port_in_use, wait_until
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -140,7 +141,7 @@ class ServerState:
             return False
 
     def save(self) -> None:
-        state_file(self.out).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_json(state_file(self.out), asdict(self))
 
     @classmethod
     def load(cls, out: str | Path) -> "ServerState":

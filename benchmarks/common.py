@@ -3,7 +3,6 @@
 Percentiles: common/stats.py (the load generator in common/ uses them too)."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import threading
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from common.jsonio import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,5 +59,5 @@ class PeakRss:
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(path, payload)
     return path

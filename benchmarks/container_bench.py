@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from common.cli import run_cli
+from common.jsonio import write_json
 from archives import build as B
 from testkit.archives import make_random_artifact
 from testkit.container_engine import engine, run_serve
@@ -64,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--image", default="localhost/recsys:latest")
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     meta = json.loads(engine("image", "inspect", a.image).stdout)[0]
     with tempfile.TemporaryDirectory() as tmp:
         art = make_random_artifact(Path(tmp) / "art", n_users=100, n_items=1000, model_version="1")
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
               "runs": runs, "median": med, "nproc": os.cpu_count(),
               "load_avg": os.getloadavg()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "container.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS / "container.json", result)
     lines = ["| image size | cold start (median, to first /ping 200) | SIGTERM to exit (median, 1 request in flight) | runs | load average |",
              "|---|---|---|---|---|",
              f"| {result['size_mb']} MB | {med['cold_start_s']:.1f} s | {med['stop_s']:.1f} s | "

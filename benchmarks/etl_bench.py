@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import PeakRss, machine, write_results
-from common.config import GenerateConfig, PrepareConfig, SparkConfig
-from common.report import setup_logging, table
+from etl.config import GenerateConfig, PrepareConfig, SparkConfig
+from common.cli import run_cli
+from common.tables import table
 from common.schema import EtlLayout
 
 log = logging.getLogger("benchmarks.etl")
@@ -56,14 +57,17 @@ def run_size(spark, events: int, work: Path, partitions: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--work", default="/tmp/etl-bench")
     parser.add_argument("--driver-memory", default="6g")
     parser.add_argument("--shuffle-partitions", type=int, default=16)
-    args = parser.parse_args()
-    setup_logging()
+    parser.set_defaults(fn=_run)
+    return run_cli(parser, argv)
+
+
+def _run(args: argparse.Namespace) -> int:
     from etl.spark import get_spark
 
     spark_cfg = SparkConfig(master="local[2]", driver_memory=args.driver_memory,
@@ -83,7 +87,8 @@ def main() -> None:
                 [[r["step"], r["events"], r["users"], r["items"], r["seconds"], r["events_per_s"],
                   r["peak_rss_mb"]] for r in runs]))
     print(f"\nwritten: {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -62,7 +62,9 @@ import orjson
 import psutil
 
 from benchmarks.common import machine
-from common import loadgen as L
+from common.cli import run_cli
+from common import loadgen
+from common.jsonio import write_json
 from common.assignment import N_BUCKETS
 
 MODEL = "recsys"
@@ -180,7 +182,7 @@ async def _send(session: aiohttp.ClientSession, url: str, req: Req, key: str) ->
             except orjson.JSONDecodeError:
                 pass
     except (aiohttp.ClientError, TimeoutError) as e:
-        a.error = L._error_kind(e)
+        a.error = loadgen._error_kind(e)
     a.t_done = time.perf_counter()
     return a
 
@@ -189,7 +191,7 @@ Injection = tuple[float, Callable[..., Any]]   # (seconds after the window start
 
 
 async def _inject(at: float, action: Callable[..., Any], session, url: str, key: str) -> Any:
-    await L._sleep_until(at)
+    await loadgen._sleep_until(at)
     if asyncio.iscoroutinefunction(action):
         return await action(session, url, key)
     return await asyncio.get_running_loop().run_in_executor(None, action)
@@ -230,12 +232,12 @@ async def _window(url: str, key: str, reqs: Sequence[Req], offsets: Sequence[flo
     conn = aiohttp.TCPConnector(limit=2048, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=conn,
                                      timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-        start = time.perf_counter() + L.START_LEAD_S
+        start = time.perf_counter() + loadgen.START_LEAD_S
         inj = [asyncio.create_task(_inject(start + at, fn, session, url, key))
                for at, fn in injections]
         tasks = []
         for req, off in zip(reqs, offsets):
-            await L._sleep_until(start + float(off))
+            await loadgen._sleep_until(start + float(off))
             if until_injected and all(t.done() for t in inj):
                 break
             tasks.append(asyncio.create_task(_send(session, url, req, key)))
@@ -591,14 +593,14 @@ def prepare_from_out(out: Path, work: Path, cfg: SuiteConfig) -> dict:
             raise SuiteError("the treatment archive holds no artifact/ folder")
         z.extractall(work / "unpacked", names)
     shutil.move(str(work / "unpacked" / "artifact"), art)
-    from core import artifact as A
+    from core import artifact
     slow_version = str(max(int(v) for v in vs if v.isdigit()) + 900) if all(
         v.isdigit() for v in vs) else "900"
     slow = build_slow(work, art, slow_version, cfg)
     added = str(int(slow_version) + 1)
     return {"control": control, "treatment": treatment, "slow": slow_version, "slow_how": slow,
             "added": added, "added_artifact": art,
-            "users": _ids(art / A.USER_IDS_FILE), "items": _ids(art / A.ITEM_IDS_FILE)}
+            "users": _ids(art / artifact.USER_IDS_FILE), "items": _ids(art / artifact.ITEM_IDS_FILE)}
 
 
 def build_added(work: Path, cfg: SuiteConfig, ids: dict, quick: bool) -> None:
@@ -635,7 +637,7 @@ class Suite:
 
     # ---------------------------------------------------------------- helpers
     def _mix(self, name: str, n: int) -> list[Req]:
-        specs = L.request_mix(self.ids["users"], self.ids["items"], n,
+        specs = loadgen.request_mix(self.ids["users"], self.ids["items"], n,
                               seed=self.cfg.seed + len(self.faults))
         return [Req(f"{name}-{i}", orjson.dumps(s.body)) for i, s in enumerate(specs)]
 
@@ -655,7 +657,7 @@ class Suite:
         rate, window = rate or cfg.rate_rps, window or cfg.window_s
         n = max(2, int(round(rate * window)))
         reqs = self._mix(name, n)
-        offsets = list(L.schedule(n, rate, "poisson", cfg.seed + len(self.faults)))
+        offsets = list(loadgen.schedule(n, rate, "poisson", cfg.seed + len(self.faults)))
         for at, r in extra:
             reqs.append(r)
             offsets.append(at)
@@ -835,7 +837,7 @@ class Suite:
     def gateway_sigterm(self) -> None:
         c = self.cfg
         n = int(round(c.sigterm_rate_rps * c.sigterm_window_s))
-        last = float(L.schedule(n, c.sigterm_rate_rps, "poisson", c.seed + len(self.faults))[-1])
+        last = float(loadgen.schedule(n, c.sigterm_rate_rps, "poisson", c.seed + len(self.faults))[-1])
         box: dict = {}
 
         def term():
@@ -1077,7 +1079,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "there); with --quick any folder")
     p.add_argument("--quick", action="store_true",
                    help="small random archives, fewer requests, lower rates (the make test run)")
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, (SuiteError,), logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     out = a.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     suite = Suite(out, QUICK if a.quick else FULL, a.quick)
@@ -1088,14 +1094,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         result = suite.run()
-    except SuiteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: every process the suite started is stopped", file=sys.stderr)
         return 130
     path = out / "faults.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(path, result)
     print(table(result))
     print(f"wrote {path} ({result['seconds']} s)")
     return 0 if result["ok"] else 1

@@ -34,9 +34,10 @@ import numpy as np
 import psutil
 import requests
 
+from common.cli import run_cli
 from archives import build as B
 from benchmarks.common import RESULTS, machine, write_results
-from common import loadgen as L
+from common import loadgen
 from common.promtext import metric_value
 from gateway import auth
 from gateway import experiment as E
@@ -70,11 +71,11 @@ class GatewayRun:
                 "fallbacks": int(b["fallbacks"] - a["fallbacks"])}
 
 
-def sustained(r: L.RunResult, budget_ms: float) -> bool:
+def sustained(r: loadgen.RunResult, budget_ms: float) -> bool:
     return r.errors == 0 and r.throughput_rps >= 0.95 * r.rate_rps and r.p99_ms <= budget_ms
 
 
-def _summary(r: L.RunResult) -> dict:
+def _summary(r: loadgen.RunResult) -> dict:
     s = r.summary()
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}
 
@@ -93,7 +94,11 @@ def main(argv=None) -> int:
     p.add_argument("--stacks", default="fast,aiohttp",
                    help="HTTP stacks (gateway --http-server/--upstream-client), one gateway "
                         "process each, alternating in every round; the first is the headline")
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     rates = [float(x) for x in a.rates.split(",")]
 
     from testkit.gateway import GatewayProc  # the same process wrapper the tests use
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
     items = [str(10 * (i + 1)) for i in range(a.items)]
 
     def mix(n, seed):
-        return L.request_mix(users, items, n, seed=seed)
+        return loadgen.request_mix(users, items, n, seed=seed)
 
     result: dict = {"machine": machine(), "config": vars(a), "runs": {}}
     stacks = [x.strip() for x in a.stacks.split(",") if x.strip()]
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
                 name, url, route, headers = path
                 g = meters.get(name.removeprefix("gateway-")) if path is not direct else None
                 before = g.snapshot() if g else None
-                r = L.run(url, mix(n + warmup, seed), rate, warmup=warmup, headers=headers,
+                r = loadgen.run(url, mix(n + warmup, seed), rate, warmup=warmup, headers=headers,
                           path=route, timeout_s=10.0)
                 extra = GatewayRun.delta(before, g.snapshot()) if g else {}
                 return r, extra
@@ -183,7 +188,7 @@ def main(argv=None) -> int:
             for g_ in gws.values():
                 g_.stop()
 
-    pooled = {name: L.percentiles(v) for name, v in lat.items()}
+    pooled = {name: loadgen.percentiles(v) for name, v in lat.items()}
     d_rounds = [r for r in result["runs"]["rounds"] if r["path"] == "direct"]
     per_stack = {}
     for stack in stacks:

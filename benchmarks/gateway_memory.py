@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from common.cli import run_cli
 from benchmarks.common import machine, write_results
 from gateway.config import GatewayPaths
 from gateway.process import launch, terminate
@@ -138,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default="on,off", help="on (default budget), off (no budget), "
                                                       "plain (no budget option: older code)")
     ap.add_argument("--name", default="gateway_memory", help="results file name")
-    a = ap.parse_args(argv)
+    ap.set_defaults(fn=_run)
+    return run_cli(ap, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     args = {"on": [], "off": ["--inflight-bytes-budget", "0"], "plain": []}
     rows = []
     for case in a.cases.split(","):

@@ -33,7 +33,8 @@ import numpy as np
 import psutil
 
 from benchmarks.common import RESULTS, machine, write_results
-from common import loadgen as L
+from common.cli import run_cli
+from common import loadgen
 
 STACKS = ("aiohttp", "fast")
 KEY = "bench-key"
@@ -168,7 +169,7 @@ class Child:
 
 # --------------------------------------------------------------------------- the run
 
-def _row(stack: str, rate: float, rnd: int, r: L.RunResult, before: tuple[float, float],
+def _row(stack: str, rate: float, rnd: int, r: loadgen.RunResult, before: tuple[float, float],
          after: tuple[float, float], sent: int) -> dict:
     user, system = after[0] - before[0], after[1] - before[1]
     return {"stack": stack, "rate_rps": rate, "round": rnd, "requests": sent,
@@ -190,7 +191,11 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=3000, help="measured requests per run")
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--rounds", type=int, default=3)
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     rates = [float(x) for x in a.rates.split(",")]
     users = [str(u + 1) for u in range(600)]
     items = [str(10 * (i + 1)) for i in range(5000)]
@@ -204,16 +209,16 @@ def main(argv=None) -> int:
         procs = {s: Child(s, tmp, stub.url) for s in STACKS}
         try:
             for s in STACKS:   # warm both (imports, first connections)
-                L.run(procs[s].url, L.request_mix(users, items, 300, seed=7), 100, warmup=50,
+                loadgen.run(procs[s].url, loadgen.request_mix(users, items, 300, seed=7), 100, warmup=50,
                       headers=headers, path=ROUTE)
             for rate in rates:
                 for rnd in range(1, a.rounds + 1):
                     order = STACKS if rnd % 2 else STACKS[::-1]
                     for s in order:
-                        mix = L.request_mix(users, items, a.requests + a.warmup,
+                        mix = loadgen.request_mix(users, items, a.requests + a.warmup,
                                             seed=1000 * rnd + int(rate))
                         before = procs[s].cpu()
-                        r = L.run(procs[s].url, mix, rate, warmup=a.warmup, headers=headers,
+                        r = loadgen.run(procs[s].url, mix, rate, warmup=a.warmup, headers=headers,
                                   path=ROUTE, timeout_s=10.0)
                         row = _row(s, rate, rnd, r, before, procs[s].cpu(), len(mix))
                         result["runs"].append(row)

@@ -7,11 +7,13 @@ TorchServe; this one isolates the index.
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 import torch
 
+from common.cli import run_cli
 from core.retrieval import VARIANTS, build_index, load_index, recall_at_k
 
 _MEMORY_PROBE = """
@@ -46,12 +48,7 @@ def _memory_probe(variant: str, folder: Path) -> tuple[int, int]:
     return int(anon), int(file)
 
 
-def _bench(argv: list[str] | None = None) -> None:
-    import argparse
-    import tempfile
-
-    from safetensors.torch import save_file
-
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="build time, p50/p99 of search(k), recall vs fp32, bytes")
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=64)
@@ -61,7 +58,14 @@ def _bench(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=300)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS probe")
-    args = p.parse_args(argv)
+    p.set_defaults(fn=_bench)
+    return run_cli(p, argv, logs=False)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from safetensors.torch import save_file
 
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -104,7 +108,8 @@ def _bench(argv: list[str] | None = None) -> None:
             print(f"| {variant} | {info['build_s']:.2f} | {p50:.3f} | {p99:.3f} | {recall:.4f} | {raw:.4f} "
                   f"| {files:.1f} | {s.nbytes_private() / 1e6:.1f} | {anon:.1f} | {file:.1f} |", flush=True)
             del s
+    return 0
 
 
 if __name__ == "__main__":
-    _bench()
+    raise SystemExit(main())

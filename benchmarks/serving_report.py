@@ -13,12 +13,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+from common.cli import FAILED, run_cli
 from benchmarks.common import RESULTS
-from benchmarks.serving_bench import BASELINE, _failure, config_of, late_share, percentile_methods
+from benchmarks.serving_analysis import BASELINE, config_of, failure, late_share, percentile_methods
 from core.config import ArchiveConfig
-from common.report import replace_block
+from common.tables import replace_block, table
 
 ROOT = Path(__file__).resolve().parents[1]
 APPROXIMATE = {"hnsw", "ivf"}   # the variants whose first pass is an ANN index, not a full scan
@@ -54,14 +55,6 @@ def _cut(new: float, old: float) -> str:
     return _change(1 - new / old)
 
 
-def _md(headers: list[str], rows: list[list[Any]], right: set[int] = frozenset()) -> str:
-    """A plain Markdown table (cells already formatted)."""
-    sep = ["---:" if i in right else "---" for i in range(len(headers))]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(sep) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------ blocks
 
 def method_block(res: dict) -> str:
@@ -94,11 +87,11 @@ def headline_block(res: dict) -> str:
     ff = h.get("baseline_first_failing_rate")
     if ff is not None:
         f = at[(BASELINE, ff)]
-        why = [w for w in [_failure(f)] if w]
+        why = [w for w in [failure(f)] if w]
         if f["p50_ms"] > 2 * h["baseline_unloaded_p50_ms"]:
             why.append(f"P50 {f['p50_ms']:.1f} ms > 2 × {h['baseline_unloaded_p50_ms']:.1f} ms: a growing queue")
         rule += f" fp32 first failed at {ff} req/s ({'; '.join(why)}), so no rate from there on is used."
-    table = _md(["", "fp32 (baseline)", f"**{h['best']}** (fastest within 1% recall)", "change"], [
+    tbl = table(["", "fp32 (baseline)", f"**{h['best']}** (fastest within 1% recall)", "change"], [
         ["round trip P99", f"{b['p99_ms']:.1f} ms", f"**{x['p99_ms']:.1f} ms**", f"**{_cut(x['p99_ms'], b['p99_ms'])}**"],
         ["round trip P50", f"{b['p50_ms']:.1f} ms", f"{x['p50_ms']:.1f} ms", _cut(x["p50_ms"], b["p50_ms"])],
         ["handler P99 (`X-Handler-Ms`)", f"{b['handler_p99_ms']:.1f} ms", f"{x['handler_p99_ms']:.1f} ms",
@@ -106,7 +99,7 @@ def headline_block(res: dict) -> str:
         ["Recall@10 vs exact, on served answers", f"{b['recall@10']:.3f}", f"{x['recall@10']:.3f}",
          f"{_pct(h['recall@10_relative_loss'])} loss"],
         ["late sends (share of measured requests)", _pct(late_share(b)), _pct(late_share(x)), ""],
-    ], right={1, 2, 3})
+    ], right={1, 2, 3}, pad=False)
     goal = h["goal"]
     per_rate, missed = [], []
     for rate in sorted({r["rate_rps"] for r in rows}):
@@ -123,7 +116,7 @@ def headline_block(res: dict) -> str:
     summary = (f"The goal (P99 at least {goal['p99_reduction']:.0%} lower, at most "
                f"{goal['recall_loss']:.0%} relative Recall@10 loss) {verdict}. The P99 cut of "
                f"{h['best']} against fp32 is {', '.join(per_rate)}.")
-    return "\n\n".join([run, rule, table, summary])
+    return "\n\n".join([run, rule, tbl, summary])
 
 
 def variants_block(res: dict) -> str:
@@ -143,8 +136,8 @@ def variants_block(res: dict) -> str:
         out.append([name, *cells, rec, f"{last['rss_mb_per_worker']:.0f} / {last['uss_mb_per_worker']:.0f}"])
     intro = ("Cells are round-trip P50 / P99 in ms, handler P99 in brackets, then the late sends. "
              "Recall@10 is the lowest over the rates; memory is per worker after the last rate:")
-    table = _md(["variant", *[f"{r} req/s" for r in rates], "Recall@10", "RSS / USS per worker (MB)"],
-                out, right={len(rates) + 1})
+    tbl = table(["variant", *[f"{r} req/s" for r in rates], "Recall@10", "RSS / USS per worker (MB)"],
+                out, right={len(rates) + 1}, pad=False)
     worst = max(rows, key=lambda r: late_share(r) or 0.0)
     fastest = min((r for r in rows if r["rate_rps"] == rates[0]), key=lambda r: r["p99_ms"])
     base = [r for r in rows if r["variant"] == BASELINE]
@@ -161,7 +154,7 @@ def variants_block(res: dict) -> str:
         if cs:
             cuts.append(f"{v} {_change(min(cs), 0)} to {_change(max(cs), 0)}")
     cut = f"P99 change against fp32 over the rates: {'; '.join(cuts)}." if cuts else ""
-    return "\n\n".join(p for p in [intro, table, cut, late] if p)
+    return "\n\n".join(p for p in [intro, tbl, cut, late] if p)
 
 
 def _knob_order(res: dict) -> Callable[[dict], tuple]:
@@ -200,9 +193,9 @@ def knobs_block(res: dict) -> str:
              f"{budget:g} ms P99 (no errors, ≥ 95% achieved) **with every lower rate of the ladder "
              f"served within it too**; a rate that passes again above a failure does not count. "
              f"Late sends: lowest–highest share over the configuration's runs.")
-    table = _md(["variant", "batchSize", "maxBatchDelay", "workers × threads", *map(str, rates),
+    tbl = table(["variant", "batchSize", "maxBatchDelay", "workers × threads", *map(str, rates),
                  "late sends", f"sustains (req/s, P99 ≤ {budget:g} ms)", "first failing rate"],
-                out, right={1})
+                out, right={1}, pad=False)
     gains = []
     for v in dict.fromkeys(c["variant"] for c in summary["configs"]):
         g = summary.get(f"batching_gain_{v}")
@@ -213,7 +206,7 @@ def knobs_block(res: dict) -> str:
     note = (f"Throughput gain within the budget over batchSize 1 ({cfg.workers}×{cfg.threads}, "
             f"`batching_gain_*` in serving.json): "
             + "; ".join(gains) + ".") if gains else ""
-    return "\n\n".join(p for p in [intro, table, note] if p)
+    return "\n\n".join(p for p in [intro, tbl, note] if p)
 
 
 def scale_block(res: dict) -> str:
@@ -242,7 +235,7 @@ def scale_block(res: dict) -> str:
     r0 = rows[0]
     title = (f"{r0['users'] / 1e6:g}M users × {r0['catalog_items'] / 1e6:g}M items (d = {r0['dim']}); "
              f"the artifact is {r0['artifact_bytes'] / 1e9:.2f} GB. Memory is the mean over the workers.")
-    return "\n\n".join([title, _md(["", *head], lines, right=set(range(1, len(rows) + 1)))])
+    return "\n\n".join([title, table(["", *head], lines, right=set(range(1, len(rows) + 1)), pad=False)])
 
 
 def _ivf_estimate(res: dict, n: int, dim: int) -> dict[str, float] | None:
@@ -265,9 +258,9 @@ def floor_block(res: dict) -> str:
     fl = res["floor"]["catalog"]
     (n_s, cat), = fl["catalogs"].items()
     n, dim, bw = int(n_s), res["config"]["dim"], fl["read_bandwidth_gb_s"] * 1e9
-    rates = _md(["batch (users per product)", "fp32 GEMM (GFLOP/s)", "int8 `_int_mm` (GOP/s)"],
+    rates = table(["batch (users per product)", "fp32 GEMM (GFLOP/s)", "int8 `_int_mm` (GOP/s)"],
                 [[b, cat[f"batch{b}"]["fp32_gflop_s"], cat[f"batch{b}"]["int8_gop_s"]] for b in (1, 8, 32)],
-                right={0, 1, 2})
+                right={0, 1, 2}, pad=False)
     ops = 2 * n * dim
 
     def per_user(o: float, rate_g: float) -> str:
@@ -289,12 +282,12 @@ def floor_block(res: dict) -> str:
                       f"≈ {est['bytes'] / 1e6:.1f} MB", f"≈ {est['bytes'] / bw * 1e3:.2f} ms",
                       f"≈ {est['ops'] / (b1['int8_gop_s'] * 1e9) * 1e3:.2f} ms",
                       f"≈ {est['ops'] / (b32['int8_gop_s'] * 1e9) * 1e3:.3f} ms"])
-    table = _md([f"{n:,} × {dim} catalog, one user", "bytes read", "bytes / bandwidth",
+    tbl = table([f"{n:,} × {dim} catalog, one user", "bytes read", "bytes / bandwidth",
                  "ops / **batch-1** rate (one user alone)", "ops / **batch-32** rate (per user in a full batch)"],
-                lines, right={1, 2, 3, 4})
+                lines, right={1, 2, 3, 4}, pad=False)
     eff = cat["bytes_per_scan"]["fp32"] / (cat["one_user_floor_ms"]["fp32_ops_over_rate"] / 1e3) / 1e9
     text = (f"Read bandwidth: {fl['read_bandwidth_gb_s']:.1f} GB/s (one thread summing 256 MiB). Kernel "
-            f"rates on one thread, measured on the catalog's own shape:\n\n{rates}\n\n{table}\n\n"
+            f"rates on one thread, measured on the catalog's own shape:\n\n{rates}\n\n{tbl}\n\n"
             f"The batch-1 column is `serving.json`'s own `one_user_floor_ms` (`*_ops_over_rate`): the "
             f"measured time of one user's product alone. The batch-32 column divides the same operations "
             f"by the batch-32 rate, the cost per user when a batch of 32 shares one pass over the matrix. "
@@ -315,7 +308,7 @@ def floor_block(res: dict) -> str:
 
 def _dim_note(dim: int) -> str:
     """How the measured dimension relates to the model's today (benchmarks/tower_bench.py)."""
-    from common.config import TrainConfig
+    from training.config import TrainConfig
 
     if dim == TrainConfig.dim:
         return " (our model's dimension)"
@@ -351,8 +344,8 @@ def summary_block(res: dict) -> str:
              f"{h['rate_rps']} req/s (the highest rate fp32 sustains without a growing queue, every lower "
              f"rate included). Late sends: requests the load generator sent > 1 ms late (latency still "
              f"counts from the intended time):")
-    table = _md(["variant", "P50 / P99", "handler P99", "Recall@10 vs exact", "late sends"], out,
-                right={2, 3, 4})
+    tbl = table(["variant", "P50 / P99", "handler P99", "Recall@10 vs exact", "late sends"], out,
+                right={2, 3, 4}, pad=False)
     ff = h.get("baseline_first_failing_rate")
     by_rate = ", ".join(f"{_change(v)} at {k} req/s" + (" (fp32 past its sustained rate)"
                                                          if ff is not None and int(k) >= ff else "")
@@ -372,7 +365,7 @@ def summary_block(res: dict) -> str:
                  f"{min(r['load_s'] for r in scale):.0f}–{max(r['load_s'] for r in scale):.0f} s. P50 / P99 at "
                  f"{s0['rate_rps']} req/s: {lat}. Each worker holds about {uss:.0f} MB privately (USS); "
                  f"user/item tables, id tables and the index are memory-mapped and shared.")
-    return "\n\n".join([intro, table, text])
+    return "\n\n".join([intro, tbl, text])
 
 
 DOC_BLOCKS: dict[str, Callable[[dict], str]] = {
@@ -410,12 +403,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
     p.add_argument("--results-doc", type=Path, default=ROOT / "docs" / "results.md")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
-    a = p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv, logs=False)
+
+
+def _run(a: argparse.Namespace) -> int:
     try:
         stale = update(a.results, {a.doc: DOC_BLOCKS, a.results_doc: RESULTS_BLOCKS}, check=a.check)
     except (OSError, ValueError, KeyError) as e:   # a missing file, marker or results field
         print(f"error: {type(e).__name__}: {e} (nothing was written)", file=sys.stderr)
-        return 2
+        return FAILED
     for f in stale:
         print(f"{'stale' if a.check else 'rewrote'}: {f}", file=sys.stderr)
     return 1 if a.check and stale else 0

@@ -30,6 +30,7 @@ from typing import Iterator, Sequence
 import psutil
 import torch
 
+from common.cli import run_cli
 from core.encoder import Bags, HistoryBagEncoder
 
 log = logging.getLogger("benchmarks.synthetic")
@@ -239,9 +240,7 @@ def make_scale_artifact(path: Path, *, n_users: int, n_items: int, dim: int = 64
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from common.report import setup_logging
-
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.synthetic", description=(
         "Write a synthetic serving artifact of a given scale (validity and realistic shapes, "
         "not quality) for serving benchmarks."))
@@ -255,12 +254,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--categories", type=int, default=20, help="item categories (default 20)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-version", default="1")
-    a = ap.parse_args(argv)
-    setup_logging()
+    ap.set_defaults(fn=_run)
+    return run_cli(ap, argv)
+
+
+def _run(a: argparse.Namespace) -> int:
     print(make_scale_artifact(a.out, n_users=a.users, n_items=a.items, dim=a.dim, hidden=a.hidden,
                               history_mean=a.history_mean, n_clusters=a.clusters,
                               n_categories=a.categories, seed=a.seed, model_version=a.model_version))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -19,22 +19,25 @@ Writes ``benchmarks/results/tower.json`` and ``tower.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
 import time
+from pathlib import Path
+
 from archives.client import TorchServeClient
 from archives.store import model_store
 from benchmarks.common import RESULTS, machine
-from common import loadgen
-from common.loadgen import percentiles
-from pathlib import Path
-from testkit.archives import running_server
+from benchmarks.config import ServingBenchConfig
 from benchmarks.serving_bench import (ExactReference, build_archive, make_catalog, request_set,
                                       served_recall)
-from common.config import ServingBenchConfig, TrainConfig
-from common.report import setup_logging, table
+from common import loadgen
+from common.loadgen import percentiles
+from common.cli import run_cli
+from common.jsonio import write_json
+from common.tables import table
+from testkit.archives import running_server
+from training.config import TrainConfig
 
 log = logging.getLogger("benchmarks.tower")
 P99_BUDGET = 1.20
@@ -115,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=ServingBenchConfig.requests)
     p.add_argument("--work", default="runs/bench-tower")
     p.add_argument("--results", default=str(RESULTS))
-    a = p.parse_args(argv)
-    setup_logging()
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv)
+
+
+def _run(a: argparse.Namespace) -> int:
     cfg = ServingBenchConfig(requests=a.requests)
     dims = [int(x) for x in a.dims.split(",")]
     work = Path(a.work).resolve()
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tower.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+    write_json(out / "tower.json", res)
     (out / "tower.md").write_text(markdown(res))
     print(markdown(res))
     return 0

@@ -14,7 +14,6 @@ Writes ``benchmarks/results/training.json`` and ``training.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -22,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from common.jsonio import write_json
 from benchmarks.common import RESULTS, machine
-from common.config import TrainConfig
-from common.report import setup_logging, table
+from training.config import TrainConfig
+from common.cli import run_cli
+from common.tables import table
 
 log = logging.getLogger("benchmarks.training")
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
@@ -71,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/bench-training", help="ETL output when --etl is not given")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--results", default=str(RESULTS))
-    args = p.parse_args(argv)
-    setup_logging()
+    p.set_defaults(fn=_run)
+    return run_cli(p, argv)
+
+
+def _run(args: argparse.Namespace) -> int:
     from common.splits import load_split
     from training.experiments import study
 
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "training.json"
-    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    write_json(path, result)
     (out / "training.md").write_text(markdown(result))
     print(markdown(result))
     log.info("wrote %s", path)

@@ -36,6 +36,7 @@ import aiohttp
 import numpy as np
 
 from common import stats
+from common.cli import run_cli
 
 KINDS = ("known", "history", "unknown")
 DEFAULT_FRACTIONS: Mapping[str, float] = {"known": 0.7, "history": 0.2, "unknown": 0.1}
@@ -324,7 +325,7 @@ def _read_ids(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     """The CLI's options; ``--n`` counts measured requests, the mix holds ``n + warmup``."""
     p = argparse.ArgumentParser(prog="python -m common.loadgen",
                                 description="Open-loop load generator; prints the run summary as JSON.")
@@ -342,19 +343,24 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
     p.add_argument("--max-connections", type=int, default=512)
-    return p.parse_args(argv)
+    p.set_defaults(fn=_run)
+    return p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(parser(), argv, (OSError,), logs=False)
+
+
+def _run(args: argparse.Namespace) -> int:
     """Build the request mix from the id files, run once, print the summary as JSON."""
-    args = _parse_args(argv)
     specs = request_mix(_read_ids(args.users_file), _read_ids(args.items_file), args.n + args.warmup,
                         seed=args.seed, k=args.k, path=args.path)
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
     result = run(args.url, specs, args.rate, warmup=args.warmup, headers=headers, timeout_s=args.timeout,
                  arrival=args.arrival, seed=args.seed, max_connections=args.max_connections)
     print(json.dumps(result.summary(), indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -7,9 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from common.config import (GenerateConfig, PrepareConfig, SparkConfig, add_dataclass_args,
-                           from_args, to_dict)
-from common.report import setup_logging, table
+from common.dataclass_args import add_dataclass_args, from_args, to_dict
+
+from etl.config import GenerateConfig, PrepareConfig, SparkConfig
+from common.cli import run_cli
+from common.tables import table
 from common.schema import EtlLayout
 from core.storage import as_path, is_local
 from etl.readers import InputError
@@ -143,13 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        return args.fn(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), argv, (InputError,))
 
 
 if __name__ == "__main__":

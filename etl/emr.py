@@ -24,11 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from common.config import EmrConfig, add_dataclass_args, from_args, to_dict
+from common.dataclass_args import add_dataclass_args, from_args, to_dict
+
+from etl.config import EmrConfig
 
 STEP_NAME = "recsys-prepare"
 ENTRY_NAME = "emr_entry.py"
-CODE_PACKAGES = ("common", "etl")
+CODE_PACKAGES = ("core", "common", "etl")  # etl imports core and common
 ZIP_PREFIX = "recsys-etl-"
 # Fixed metadata so the same sources always give the same zip bytes (and sha256).
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -63,7 +65,7 @@ def _code_files(repo_root: Path) -> list[tuple[str, Path]]:
 
 
 def build_code_zip(repo_root: Path = _REPO_ROOT) -> bytes:
-    """The deterministic zip of ``common/`` and ``etl/`` (.py files only) as bytes."""
+    """The deterministic zip of ``core/``, ``common/`` and ``etl/`` (.py files only) as bytes."""
     files = _code_files(repo_root)
     # Explicit directory entries: zipimport (Python <= 3.11, e.g. EMR's 3.9) only sees a
     # package without __init__.py (a namespace package) when its "dir/" entry exists.
@@ -87,7 +89,7 @@ def build_code_zip(repo_root: Path = _REPO_ROOT) -> bytes:
 
 
 def package_code(dest_dir: Path) -> Path:
-    """Write ``recsys-etl-<sha12>.zip`` of ``common/`` and ``etl/`` into ``dest_dir``.
+    """Write ``recsys-etl-<sha12>.zip`` of ``core/``, ``common/`` and ``etl/`` into ``dest_dir``.
 
     Only ``.py`` files are included, in sorted order with fixed timestamps and modes, so the
     same code always produces the same bytes and therefore the same file name.
@@ -340,7 +342,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "emr-submit",
         help="run the prepare job on EMR (upload code, add a step or start a transient cluster)",
-        description="Upload common/ + etl/ to S3 and run `prepare` on EMR via spark-submit. "
+        description="Upload core/ + common/ + etl/ to S3 and run `prepare` on EMR via spark-submit. "
                     "Extra prepare options go after `--`, e.g. "
                     "`emr-submit --events s3://... --catalog s3://... --out s3://... "
                     "--emr-bucket B --emr-cluster-id j-XXX -- --seed 7`.")
@@ -353,11 +355,11 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("prepare_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra options passed to `prepare` unchanged")
     # etl/__main__.py dispatches on ``fn``; ``func`` is the common argparse idiom.
-    parser.set_defaults(fn=run_cli, func=run_cli)
+    parser.set_defaults(fn=cmd_emr_submit, func=cmd_emr_submit)
     return parser
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def cmd_emr_submit(args: argparse.Namespace) -> int:
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -384,4 +386,4 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 __all__ = ["package_code", "build_code_zip", "submit_prepare", "step_args", "prepare_step",
-           "job_flow_request", "add_cli", "run_cli", "STEP_NAME", "ENTRY_NAME"]
+           "job_flow_request", "add_cli", "cmd_emr_submit", "STEP_NAME", "ENTRY_NAME"]

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import (ArrayType, ByteType, DoubleType, IntegerType, StructField,
                                StructType)
 
-from common.config import PrepareConfig
+from etl.config import PrepareConfig
 from core.storage import AnyPath
 from etl import fs
 from core.vectorizer import JAVA_TOKEN_GAPS

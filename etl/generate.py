@@ -38,7 +38,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from common.config import GenerateConfig, parse_weights
+from etl.config import GenerateConfig, parse_weights
 from common.schema import IMPLICIT_EVENT_TYPES, LIST_SEPARATOR, EtlLayout
 
 log = logging.getLogger("etl.generate")

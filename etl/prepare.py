@@ -20,7 +20,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from common.config import PrepareConfig, to_dict
+from common.dataclass_args import to_dict
+
+from etl.config import PrepareConfig
 from common.schema import (RATING_EVENT, RAW_CATALOG_COLUMNS, RAW_EVENT_COLUMNS,
                            REQUIRED_CATALOG_COLUMNS, REQUIRED_EVENT_COLUMNS, SCHEMA_VERSION,
                            EtlLayout)

@@ -5,7 +5,7 @@ import os
 import shutil
 import sys
 
-from common.config import SparkConfig
+from etl.config import SparkConfig
 
 
 def require_java17() -> None:

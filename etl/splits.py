@@ -11,7 +11,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from common.config import PrepareConfig
+from etl.config import PrepareConfig
 
 SPLITS = ("train", "valid", "test")
 

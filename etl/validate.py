@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from common.config import PrepareConfig, parse_weights
+from etl.config import PrepareConfig, parse_weights
 from core.ids import MAX_ID_CHARS, WHITESPACE_JAVA_CLASS
 from common.schema import LIST_SEPARATOR, RATING_EVENT, Reason
 from etl.readers import CORRUPT, SOURCE

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import typing
 from pathlib import Path
 
-from common.report import run_cli
+from common.cli import run_cli, setup_logging
 from gateway import experiment as E
 from gateway.config import SERVE_OPTIONS, GatewayConfig, GatewayPaths
 
@@ -31,7 +30,7 @@ def _serve_overrides(a) -> dict:
 
 
 def cmd_serve(a) -> int:
-    from gateway import process as P
+    from gateway import process
     paths = GatewayPaths.under(a.out)
     if a.detach:
         argv = ["--out", str(Path(a.out).resolve())]
@@ -40,16 +39,15 @@ def cmd_serve(a) -> int:
             if value is not None:
                 argv += ["--" + name.replace("_", "-"), str(value)]
         try:
-            st = P.start_detached(paths, argv, timeout=a.timeout)
-        except P.ProcessError as e:
+            st = process.start_detached(paths, argv, timeout=a.timeout)
+        except process.ProcessError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print_started(st, paths)
         return 0
     cfg = GatewayConfig.from_env(a.out, port=a.port, metrics_port=a.metrics_port,
                                  **_serve_overrides(a))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(server=True)
     from gateway.app import run
     if not cfg.keys_path.exists():
         print(f"error: {cfg.keys_path} is missing; create keys first: python -m gateway "
@@ -72,15 +70,15 @@ def print_started(st: dict, paths: GatewayPaths) -> None:
 
 
 def cmd_stop(a) -> int:
-    from gateway import process as P
-    stopped = P.stop(GatewayPaths.under(a.out))
+    from gateway import process
+    stopped = process.stop(GatewayPaths.under(a.out))
     print("gateway stopped" if stopped else f"no gateway running under {a.out}")
     return 0
 
 
 def cmd_status(a) -> int:
-    from gateway import process as P
-    st = P.running(GatewayPaths.under(a.out))
+    from gateway import process
+    st = process.running(GatewayPaths.under(a.out))
     if not st:
         print(f"no gateway running under {a.out}")
         return 1
@@ -288,7 +286,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(parser(), argv, (E.ExperimentError, FileNotFoundError, ValueError,
-                                    LookupError, RuntimeError))
+                                    LookupError, RuntimeError), logs=False)
 
 
 if __name__ == "__main__":

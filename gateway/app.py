@@ -26,6 +26,7 @@ from pathlib import Path
 
 import orjson
 
+from common.jsonio import write_json
 from gateway import experiment as E
 from gateway.admission import ByteBudget
 from gateway.auth import KeyStore, ensure_secret
@@ -344,9 +345,9 @@ def upstream_client(name: str, url: str, connections: int) -> dict:
     if name == "aiohttp":
         return {}  # Upstream's default: AiohttpClient
     if name == "fast":
-        from gateway import fastclient as F  # type: ignore[attr-defined]
-        return {"client": F.FastClient(url, connections),
-                "disconnected": (F.Disconnected, F.ProtocolError)}
+        from gateway import fastclient  # type: ignore[attr-defined]
+        return {"client": fastclient.FastClient(url, connections),
+                "disconnected": (fastclient.Disconnected, fastclient.ProtocolError)}
     raise ValueError(f"unknown upstream_client {name!r}: aiohttp or fast")
 
 
@@ -379,9 +380,7 @@ async def serve(cfg: GatewayConfig, started=None) -> None:
              "upstream": gw.upstream.url, "token_auth": gw.tokens.enabled,
              "http_server": cfg.http_server,
              "experiment": gw.experiment.name, "started_at": time.time()}
-    tmp = cfg.paths.state.with_name(".gateway.json.tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(cfg.paths.state)
+    write_json(cfg.paths.state, state)
     log.info("gateway on %s (metrics %s), upstream %s, token auth %s, server %s", state["url"],
              state["metrics_url"], gw.upstream.url, "on" if gw.tokens.enabled else "off",
              cfg.http_server)

@@ -19,6 +19,8 @@ from typing import Sequence
 
 import aiohttp
 
+from common.jsonio import write_json
+
 
 def test_users(out: str | Path, scheme: str = "temporal") -> list[tuple[str, set[str]]]:
     """(user id, set of test item ids) of every user with at least one test item."""
@@ -94,7 +96,7 @@ def cmd_replay(a) -> int:
     result["seconds"] = round(time.time() - t0, 1)
     out = Path(a.out) / "experiment"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "replay.json", result)
     print(json.dumps(result, indent=2))
     failed = result["requests"] - result.get("ok", 0)
     if failed:

@@ -19,7 +19,6 @@ Method (docs/gateway.md, "Report"):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections import defaultdict
@@ -30,6 +29,7 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
+from common.jsonio import write_json
 from gateway import experiment as E
 from gateway.logs import read_jsonl
 
@@ -294,21 +294,10 @@ def plot(rep: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _clean(x):
-    """NaN -> None, so the JSON stays standard."""
-    if isinstance(x, float) and x != x:
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
-
-
 def write(rep: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "report.png"}
-    paths["json"].write_text(json.dumps(_clean(rep), indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], rep)
     paths["md"].write_text(markdown(rep))
     plot(rep, paths["png"])
     return paths

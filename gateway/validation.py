@@ -31,11 +31,11 @@ from typing import Any
 
 import orjson
 
-from core import validation as V
+from core import validation as core_validation
 from core.validation import InvalidRequest, RecRequest
 
-SCHEMA_PATH = Path(V.__file__).with_name("request.schema.json")
-TOO_DEEP = V.TOO_DEEP
+SCHEMA_PATH = Path(core_validation.__file__).with_name("request.schema.json")
+TOO_DEEP = core_validation.TOO_DEEP
 TOO_MANY_VALUES = "too_many_values"
 
 
@@ -63,14 +63,14 @@ def schema_depth(node: Any, defs: dict | None = None) -> int:
 
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
-MAX_DEPTH = V.MAX_DEPTH
+MAX_DEPTH = core_validation.MAX_DEPTH
 """3: the request object, ``filters``, a category list (the handler's; == schema_depth(SCHEMA))."""
-MAX_VALUES = (1 + len(V.FIELDS) + V.MAX_HISTORY + V.MAX_EXCLUDE + V.MAX_CANDIDATES
-              + 2 * (1 + V.MAX_CATEGORIES))
+MAX_VALUES = (1 + len(core_validation.FIELDS) + core_validation.MAX_HISTORY + core_validation.MAX_EXCLUDE + core_validation.MAX_CANDIDATES
+              + 2 * (1 + core_validation.MAX_CATEGORIES))
 """Every JSON value a valid request can hold (each list at its limit), the root included."""
 
 _PLAIN_STRING = re.compile(rb'"[^"]*+"')
-_MAX_KEYS = len(V.FIELDS) + len(V.FILTER_FIELDS)
+_MAX_KEYS = len(core_validation.FIELDS) + len(core_validation.FILTER_FIELDS)
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _BOM = b"\xef\xbb\xbf"
 _ID_LISTS = ("history", "exclude", "candidates")
@@ -85,7 +85,7 @@ def precheck(body: bytes, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALU
     opened = body.count(b"[") + body.count(b"{")
     if opened <= max_depth and opened + body.count(b",") <= max_values:
         return  # the common case: no string-aware scan needed
-    V.check_depth(body, max_depth)
+    core_validation.check_depth(body, max_depth)
     # without its escape pairs (an escaped backslash first, then an escaped quote), every
     # quote left in the body opens or closes a string
     plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
@@ -101,8 +101,8 @@ def precheck(body: bytes, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALU
 def _too_many(max_values: int) -> InvalidRequest:
     return InvalidRequest(TOO_MANY_VALUES, f"the request holds more than {max_values} JSON "
                                            "values; no valid request does (history and exclude "
-                                           f"hold at most {V.MAX_HISTORY} ids each, candidates "
-                                           f"{V.MAX_CANDIDATES})")
+                                           f"hold at most {core_validation.MAX_HISTORY} ids each, candidates "
+                                           f"{core_validation.MAX_CANDIDATES})")
 
 
 def _inexact(doc: Any) -> bool:
@@ -118,26 +118,26 @@ def _inexact(doc: Any) -> bool:
     return False
 
 
-def decode(body: bytes, max_bytes: int = V.MAX_BODY_BYTES) -> Any:
+def decode(body: bytes, max_bytes: int = core_validation.MAX_BODY_BYTES) -> Any:
     """The body's JSON value as the handler reads it, or the handler's ``InvalidRequest``."""
     if len(body) > max_bytes:
-        return V.decode_body(body, max_bytes=max_bytes)  # raises the handler's 413
+        return core_validation.decode_body(body, max_bytes=max_bytes)  # raises the handler's 413
     precheck(body)
     try:
         doc = orjson.loads(body[3:] if body.startswith(_BOM) else body)
     except orjson.JSONDecodeError:
         # rare and refused anyway: the handler's decoder gives the handler's exact answer (and
         # accepts the few texts orjson does not, e.g. lone surrogate escapes)
-        return V.decode_body(body, max_bytes=max_bytes)
+        return core_validation.decode_body(body, max_bytes=max_bytes)
     if _inexact(doc):
-        return V.decode_body(body, max_bytes=max_bytes)
+        return core_validation.decode_body(body, max_bytes=max_bytes)
     return doc
 
 
-def check(body: bytes, max_bytes: int = V.MAX_BODY_BYTES) -> tuple[Any, RecRequest]:
+def check(body: bytes, max_bytes: int = core_validation.MAX_BODY_BYTES) -> tuple[Any, RecRequest]:
     """(decoded body, the handler's validated request) or the handler's ``InvalidRequest``."""
     doc = decode(body, max_bytes)
-    return doc, V.validate_request(doc)
+    return doc, core_validation.validate_request(doc)
 
 
 __all__ = ["check", "decode", "precheck", "schema_depth", "MAX_DEPTH", "MAX_VALUES", "TOO_DEEP",

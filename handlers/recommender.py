@@ -30,7 +30,7 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from core import validation as V
+from core import validation
 from core.faults import HEADER as FAULT_HEADER
 from core.faults import InjectedFault, parse_faults
 from core.engine import BatchState as _Batch
@@ -145,10 +145,10 @@ class RecommenderHandler(BaseHandler):
         for idx, row in enumerate(data):
             try:
                 batch.requests[idx] = self._parse_one(idx, row)
-            except V.InvalidRequest as e:
+            except validation.InvalidRequest as e:
                 batch.errors[idx] = e
             except RecursionError:  # the request's nesting, whatever check let it through
-                batch.errors[idx] = V.InvalidRequest(V.TOO_DEEP, "request body nests too deeply "
+                batch.errors[idx] = validation.InvalidRequest(validation.TOO_DEEP, "request body nests too deeply "
                                                                  "to be read")
             except Exception:  # noqa: BLE001 - this request's own 500, never the batch's
                 log.error("reading request %d of a batch of %d failed:\n%s", idx, batch.n,
@@ -160,15 +160,15 @@ class RecommenderHandler(BaseHandler):
                 lambda i: self._header(i, FAULT_HEADER))
         return batch
 
-    def _parse_one(self, idx: int, row: Any) -> V.RecRequest:
-        body, param = V.body_of(row or {})
+    def _parse_one(self, idx: int, row: Any) -> validation.RecRequest:
+        body, param = validation.body_of(row or {})
         ctype = self._content_type(idx, param)
         if param not in ("body", "data") and ctype and "form-urlencoded" in ctype.lower():
-            raise V.InvalidRequest(V.NOT_JSON, "the body was sent as a form "
+            raise validation.InvalidRequest(validation.NOT_JSON, "the body was sent as a form "
                                                "(application/x-www-form-urlencoded, curl -d's "
                                                "default); send it with Content-Type: "
                                                "application/json")
-        return V.parse_request(body, ctype)
+        return validation.parse_request(body, ctype)
 
     def inference(self, batch: _Batch, *args, **kwargs):
         if not batch.requests:

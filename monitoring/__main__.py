@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from common.config import add_dataclass_args, from_args
-from monitoring import config as C
+from common.cli import run_cli
+from common.jsonio import write_json
+from common.dataclass_args import add_dataclass_args, from_args
+from monitoring import config
 
 log = logging.getLogger("monitoring")
 
@@ -24,7 +25,7 @@ def _generated() -> dict[Path, str]:
     from monitoring.dashboard import render_dashboard
     from monitoring.rules import render_rules
 
-    return {C.RULES_FILE: render_rules(C.RuleConfig()), C.DASHBOARD_FILE: render_dashboard(C.RuleConfig())}
+    return {config.RULES_FILE: render_rules(config.RuleConfig()), config.DASHBOARD_FILE: render_dashboard(config.RuleConfig())}
 
 
 def cmd_generate(args) -> int:
@@ -47,7 +48,7 @@ def cmd_generate(args) -> int:
 def cmd_rules(args) -> int:
     from monitoring.rules import prometheus_rule, render_rules
 
-    cfg = from_args(C.RuleConfig, args)
+    cfg = from_args(config.RuleConfig, args)
     if args.format == "prometheusrule":
         labels = dict(kv.split("=", 1) for kv in args.label)
         text = prometheus_rule(cfg, args.name, labels)
@@ -64,16 +65,16 @@ def cmd_drift(args) -> int:
     from monitoring.drift_exporter import build_reference, run_once, serve, table
 
     out = Path(args.out).resolve()
-    cfg = from_args(C.DriftConfig, args)
+    cfg = from_args(config.DriftConfig, args)
     ref = build_reference(out, cfg, args.reference, Path(args.artifact) if args.artifact else None)
     if args.daemon:
-        port = args.port or C.port("DRIFT_METRICS_PORT")
+        port = args.port or config.port("DRIFT_METRICS_PORT")
         serve(out, ref, cfg, args.threshold, port, args.host)
         return 0
     rep = run_once(out, ref, cfg, args.threshold)
     dest = out / "monitoring" / "drift.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+    write_json(dest, rep.to_dict())
     print(table(rep))
     print(f"\nwritten: {dest}")
     if rep.above:
@@ -84,7 +85,7 @@ def cmd_drift(args) -> int:
 def cmd_monitor(args) -> int:
     from monitoring.monitor import monitor
 
-    cfg = from_args(C.PrometheusConfig, args, prefix="prom-")
+    cfg = from_args(config.PrometheusConfig, args, prefix="prom-")
     summary = monitor(Path(args.out), args.duration, args.rate, cfg, args.all_panels)
     for r in summary["load"]:
         print(f"load {r['path']}: {r['ok']}/{r['sent']} ok, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
@@ -101,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="write the rule file and the dashboard JSON")
     g.add_argument("--check", action="store_true", help="only check the committed files are current")
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(fn=cmd_generate)
 
     r = sub.add_parser("rules", help="render the rules (to stdout or --output)")
     r.add_argument("--format", choices=("rulefile", "prometheusrule"), default="rulefile")
@@ -109,39 +110,33 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    help="PrometheusRule metadata label (repeat), e.g. release=kube-prometheus-stack")
     r.add_argument("--output")
-    add_dataclass_args(r, C.RuleConfig)
-    r.set_defaults(func=cmd_rules)
+    add_dataclass_args(r, config.RuleConfig)
+    r.set_defaults(fn=cmd_rules)
 
     d = sub.add_parser("drift", help="compare live traffic with the training data")
     d.add_argument("--out", required=True, help="run folder (OUT/gateway logs, OUT/model, OUT/etl)")
     d.add_argument("--reference", choices=("auto", "artifact", "etl"), default="auto",
                    help="item popularity from the serving artifact or the ETL split")
     d.add_argument("--artifact", help="serving artifact folder (default OUT/model/serving_artifact)")
-    d.add_argument("--threshold", type=float, default=C.RuleConfig().drift_psi_threshold)
+    d.add_argument("--threshold", type=float, default=config.RuleConfig().drift_psi_threshold)
     d.add_argument("--daemon", action="store_true", help="export gauges over HTTP, recompute forever")
     d.add_argument("--port", type=int, default=0, help="daemon port (default DRIFT_METRICS_PORT, 8092)")
     d.add_argument("--host", default="127.0.0.1")
-    add_dataclass_args(d, C.DriftConfig)
-    d.set_defaults(func=cmd_drift)
+    add_dataclass_args(d, config.DriftConfig)
+    d.set_defaults(fn=cmd_drift)
 
     m = sub.add_parser("monitor", help="Prometheus + load against make serve; latency PNGs")
     m.add_argument("--out", required=True)
     m.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     m.add_argument("--rate", type=float, default=20.0, help="requests per second")
     m.add_argument("--all-panels", action="store_true", help="render every panel, not only latency")
-    add_dataclass_args(m, C.PrometheusConfig, prefix="prom-")
-    m.set_defaults(func=cmd_monitor)
+    add_dataclass_args(m, config.PrometheusConfig, prefix="prom-")
+    m.set_defaults(fn=cmd_monitor)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    args = parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(parser(), argv, (FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Every tunable of monitoring in one typed place (rules, drift, the local Prometheus).
 
-The CLI exposes these fields as ``--flag-name`` options (``common.config.add_dataclass_args``),
+The CLI exposes these fields as ``--flag-name`` options (``common.dataclass_args.add_dataclass_args``),
 so a default lives here and nowhere else. The committed rule files are rendered from
 ``RuleConfig()``; tests render the same rules with short windows.
 """

@@ -24,10 +24,11 @@ from urllib.parse import urlparse
 
 import requests
 
+from common.jsonio import write_json
 from archives.client import TorchServeClient
 from archives.server import ServerError, ServerState
 from common import loadgen
-from monitoring import config as C
+from monitoring import config
 from monitoring.dashboard import rows
 from monitoring.drift_exporter import artifact_dir, build_reference, serve
 from monitoring.promserver import PrometheusServer, render_config
@@ -122,17 +123,17 @@ def gateway_load(gw: Gateway, users: list[str], items: list[str], duration_s: fl
     return [LoadResult(GATEWAY_PATH, r.n, r.ok, r.errors, r.p50_ms, r.p99_ms, r.error_kinds)]
 
 
-def start_drift_exporter(out: Path, port: int, cfg: C.DriftConfig) -> tuple[threading.Thread, threading.Event]:
+def start_drift_exporter(out: Path, port: int, cfg: config.DriftConfig) -> tuple[threading.Thread, threading.Event]:
     ref = build_reference(out, cfg)
     stop = threading.Event()
-    t = threading.Thread(target=serve, args=(out, ref, cfg, C.RuleConfig().drift_psi_threshold, port),
+    t = threading.Thread(target=serve, args=(out, ref, cfg, config.RuleConfig().drift_psi_threshold, port),
                          kwargs={"stop": stop}, daemon=True, name="drift-exporter")
     t.start()
     return t, stop
 
 
 def monitor(out: Path, duration_s: float = 60.0, rate: float = 20.0,
-            prom_cfg: C.PrometheusConfig = C.PrometheusConfig(), all_panels: bool = False) -> dict:
+            prom_cfg: config.PrometheusConfig = config.PrometheusConfig(), all_panels: bool = False) -> dict:
     """The whole ``make monitor`` run; returns (and writes) its summary."""
     out = Path(out).resolve()
     try:
@@ -147,16 +148,16 @@ def monitor(out: Path, duration_s: float = 60.0, rate: float = 20.0,
     users, items = known_ids(artifact_dir(out))
     mon = out / "monitoring"
     gw = running_gateway(out)
-    drift_port, prom_port = C.port("DRIFT_METRICS_PORT"), C.port("PROMETHEUS_PORT")
-    drift_cfg = C.DriftConfig(window="all", interval_s=5.0)
+    drift_port, prom_port = config.port("DRIFT_METRICS_PORT"), config.port("PROMETHEUS_PORT")
+    drift_cfg = config.DriftConfig(window="all", interval_s=5.0)
     log.info("TorchServe %s (model %s, versions %s); gateway: %s", state.metrics_url, model,
              versions, gw.url if gw else f"none running ({out / 'gateway' / 'gateway.json'})")
     drift_thread, drift_stop = start_drift_exporter(out, drift_port, drift_cfg)
     targets = {"torchserve": f"{state.client_host}:{state.ports['metrics']}",
                "recsys-gateway": gw.metrics if gw else None, "recsys-drift": f"127.0.0.1:{drift_port}"}
-    config = render_config(mon / "prometheus", targets, prom_cfg)
+    prom_config = render_config(mon / "prometheus", targets, prom_cfg)
     try:
-        with PrometheusServer(config, mon / "prometheus" / "data", prom_port, prom_cfg) as prom:
+        with PrometheusServer(prom_config, mon / "prometheus" / "data", prom_port, prom_cfg) as prom:
             log.info("Prometheus on %s; load: %.0f req/s for %.0f s %s", prom.url, rate, duration_s,
                      f"through the gateway {gw.url}" if gw else f"to TorchServe versions {versions}")
             prom.wait_for('up{job="torchserve"} == 1', timeout=30)
@@ -179,7 +180,7 @@ def monitor(out: Path, duration_s: float = 60.0, rate: float = 20.0,
                "targets": targets, "load": [asdict(x) for x in load], "panels": drawn,
                "gateway": gw.url if gw else "none running: load sent to TorchServe directly"}
     mon.mkdir(parents=True, exist_ok=True)
-    (mon / "monitor.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(mon / "monitor.json", summary)
     return summary
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pytest
 
-from common.config import SparkConfig
+from etl.config import SparkConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -42,8 +42,8 @@ NOT_PACKAGES = {"tests", "docs"}
 
 
 def package_dir(name: str) -> Path:
-    """Where package ``name`` lives: ``REPO/name``, or one folder down (``sagemaker/
-    recsys_sagemaker`` keeps the SageMaker package out of the AWS SDK's ``sagemaker`` name)."""
+    """Where package ``name`` lives: ``REPO/name`` (one folder down is searched too, so that a
+    package moved into a subfolder is still found, and found once)."""
     found = [d for d in [REPO / name, *sorted(REPO.glob(f"*/{name}"))]
              if (d / "__init__.py").is_file() and ".venv" not in d.parts and d.parent.name != "tests"]
     assert len(found) == 1, f"package {name!r}: expected one folder with __init__.py, found {found}"

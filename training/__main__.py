@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from core.config import ArchiveConfig
-from common.config import TrainConfig, add_dataclass_args, from_args
+from common.dataclass_args import add_dataclass_args, from_args
+from training.config import TrainConfig
 from core.retrieval import VARIANTS
-from common.report import setup_logging
+from common.cli import run_cli
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -115,9 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return args.fn(args)
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.jsonio import write_json
 from core.artifact import load_artifact, with_new_items
 from core.config import ArchiveConfig
-from common.config import TrainConfig
+from training.config import TrainConfig
 from core.encoder import item_input_tensors
 from common.schema import EtlLayout
 from core.vectorizer import ContentVectorizer, vectorize
@@ -109,7 +110,7 @@ def study(out: str | Path, cfg: TrainConfig | None = None, share: float = 0.1,
     ev = json.loads(ev_path.read_text()) if ev_path.exists() else {}
     ev.setdefault("slices", {})["added_items"] = result
     ev["added_items"] = info
-    ev_path.write_text(json.dumps(ev, indent=2, default=float) + "\n")
+    write_json(ev_path, ev)
     log.info("added items: recall@10 added %.4f, retrained %.4f, popularity %.4f over %d users",
              result["added"]["recall@10"], result["retrained"]["recall@10"],
              result["popularity"]["recall@10"], result["added"]["users"])

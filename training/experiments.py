@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import shutil
 import sys
@@ -33,9 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.cli import UsageError, run_cli
+from common.jsonio import write_json
 from core.config import ArchiveConfig
-from common.config import TrainConfig, add_dataclass_args, from_args
-from common.report import table
+from common.dataclass_args import add_dataclass_args, from_args
+from training.config import TrainConfig
+from common.tables import table
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
 from common.splits import SplitData, load_split
 
@@ -222,7 +224,7 @@ def study(data: SplitData, variants: list[str], seeds: list[int], base: TrainCon
             "rows": rows, "goal": goal_check(rows) if test else None}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.experiments", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--etl", required=True, help="an ETL output folder (OUT/etl)")
@@ -236,13 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-baselines", action="store_true", help="skip popularity, EASE, content")
     p.add_argument("--json", help="write the study here")
     add_dataclass_args(p, TrainConfig)
-    args = p.parse_args(argv)
+    p.set_defaults(fn=cmd_study)
+    return p
 
+
+def cmd_study(args: argparse.Namespace) -> int:
     names = list(VARIANTS) if args.variants == "all" else \
         [v.strip() for v in args.variants.split(";") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        raise UsageError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -262,9 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(result))
     print(f"\ntotal {result['seconds']:.0f} s")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, default=float) + "\n")
+        write_json(Path(args.json), result)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(parser(), argv, logs=False)
 
 
 if __name__ == "__main__":

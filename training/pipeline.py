@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.jsonio import write_json
 from core.config import ArchiveConfig
 from common import registry
-from common.config import TrainConfig
 from common.registry import EXPERIMENT, MODEL_NAME, next_version
-from common.report import table
+from common.tables import table
+from training.config import TrainConfig
 from common.schema import EtlLayout
 from training import tracking
 from training.compare import PROTOCOL, Ranked, comparison, fit_baselines
@@ -129,7 +130,7 @@ def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: boo
             # Metrics: the model table and slices; the whole evaluation as a JSON artifact.
             tracking.log_eval_table({k: evaluation[k] for k in ("models", "slices", "served")},
                                     split_hash=hash_, primary=f"models.served_{served_variant}")
-            eval_path.write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
+            write_json(eval_path, evaluation)
             mlflow.log_artifact(str(eval_path))
             # The registry version number becomes the artifact's model_version.
             version = str(next_version(out))
@@ -146,6 +147,6 @@ def run(out: Path, cfg: TrainConfig, *, scheme: str = "temporal", baselines: boo
                                     "version": registered, "alias": "challenger",
                                     "tracking_uri": registry.tracking_uri(out)}
     evaluation["seconds"] = round(time.perf_counter() - started, 1)
-    eval_path.write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
+    write_json(eval_path, evaluation)
     _print_table(main, slices)
     return evaluation

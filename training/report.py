@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from common.report import replace_block, table
+from common.tables import replace_block, table
 
 log = logging.getLogger("training.report")
 

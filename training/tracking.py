@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import math
-import numbers
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from common.registry import (EVAL_ARTIFACT, EVAL_PRIMARY_TAG, SERVING_ARTIFACT_PATH,  # noqa: I001
                              SPLIT_HASH_TAG, configure, ensure_experiment, eval_section, flatten,
                              get_client, is_number, metric_key, numeric_leaves)
+from common.jsonio import json_safe, write_json
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
@@ -36,22 +36,6 @@ log = logging.getLogger(__name__)
 
 PLOTS_ARTIFACT_PATH = "plots"
 _MAX_PARAM_LEN = 6000  # mlflow's limit on a param value
-
-
-def _jsonable(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> null (strict JSON), numpy scalars -> Python, others -> str."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, numbers.Integral):
-        return int(obj)
-    if is_number(obj):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return str(obj)
 
 
 def _run_id(run_id: str | None) -> str:
@@ -86,7 +70,7 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None) -> dict[str
     """Log (flattened) params as strings; over-long values are truncated with a warning."""
     flat: dict[str, str] = {}
     for k, v in flatten(params).items():
-        s = v if isinstance(v, str) else json.dumps(_jsonable(v))
+        s = v if isinstance(v, str) else json.dumps(json_safe(v))
         if len(s) > _MAX_PARAM_LEN:
             log.warning("param %s is %d characters long; truncated to %d", k, len(s), _MAX_PARAM_LEN)
             s = s[: _MAX_PARAM_LEN - 3] + "..."
@@ -188,7 +172,7 @@ def log_eval_table(eval_dict: Mapping[str, Any], run_id: str | None = None, *,
     client = get_client()
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / name
-        file.write_text(json.dumps(_jsonable(eval_dict), indent=2, sort_keys=True, allow_nan=False))
+        write_json(file, eval_dict, sort_keys=True)
         client.log_artifact(run_id, str(file))
     flat = log_metrics({k: v for k, v in eval_dict.items() if k != "split_hash"}, run_id=run_id)
     tags = {"eval.artifact": name}

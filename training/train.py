@@ -34,8 +34,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from common.config import TrainConfig
 from common.splits import SplitData, time_ranks
+from training.config import TrainConfig
 from training.evaluation import evaluate, split_cold_items
 from core.encoder import Bags, recency_weights
 from training.model import HybridModel, content_matrix

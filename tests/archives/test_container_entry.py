@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from archives import container as K
-from archives import s3fetch as F
+from archives import s3fetch
 from archives import server as S
 from archives.properties import CONFIGS
 from archives.store import archives_in
@@ -39,11 +39,11 @@ def test_fetch_verifies_and_installs(s3, tmp_path, capsys):
                    f"s3://{BUCKET}/archives/recsys-v3.mar={d3.upper()}"])
     assert code == 0
     assert sorted(p.name for p in dest.iterdir()) == ["recsys-v2.mar", "recsys-v3.mar"]
-    assert F.file_sha256(dest / "recsys-v3.mar") == d3
+    assert s3fetch.file_sha256(dest / "recsys-v3.mar") == d3
     assert f"sha256 {d2}" in capsys.readouterr().out
     # a restart finds them in place and downloads nothing
     s3.delete_object(Bucket=BUCKET, Key="archives/recsys-v2.mar")
-    assert F.fetch([F.parse_ref(f"s3://{BUCKET}/archives/recsys-v2.mar={d2}")], dest, client=s3)
+    assert s3fetch.fetch([s3fetch.parse_ref(f"s3://{BUCKET}/archives/recsys-v2.mar={d2}")], dest, client=s3)
 
 
 def test_a_mismatch_installs_nothing_and_says_why(s3, tmp_path, caplog):
@@ -72,7 +72,7 @@ def test_a_mismatch_installs_nothing_and_says_why(s3, tmp_path, caplog):
 ])
 def test_bad_references_are_refused(bad, why):
     with pytest.raises(ValueError, match=why.replace("(", r"\(")):
-        F.parse_ref(bad)
+        s3fetch.parse_ref(bad)
 
 
 def test_sync_a_prefix_checks_sidecar_digests(s3, tmp_path):
@@ -80,15 +80,15 @@ def test_sync_a_prefix_checks_sidecar_digests(s3, tmp_path):
     s3.put_object(Bucket=BUCKET, Key="store/recsys-v5.mar.sha256", Body=f"{d}  recsys-v5.mar\n".encode())
     put(s3, "store/recsys-v6.mar", b"six")   # no sidecar: taken as is
     put(s3, "store/notes.txt", b"ignored")
-    refs = F.list_prefix(f"s3://{BUCKET}/store/", client=s3)
+    refs = s3fetch.list_prefix(f"s3://{BUCKET}/store/", client=s3)
     assert [(r.file_name, r.sha256) for r in refs] == [("recsys-v5.mar", d), ("recsys-v6.mar", None)]
-    F.fetch(refs, tmp_path, client=s3)
+    s3fetch.fetch(refs, tmp_path, client=s3)
     assert (tmp_path / "recsys-v6.mar").read_bytes() == b"six"
     s3.put_object(Bucket=BUCKET, Key="store/recsys-v5.mar.sha256", Body=b"f" * 64)
-    with pytest.raises(F.FetchError, match="sha256 mismatch"):
-        F.fetch(F.list_prefix(f"s3://{BUCKET}/store/", client=s3), tmp_path / "other", client=s3)
-    with pytest.raises(F.FetchError, match="no .mar archives under"):
-        F.list_prefix(f"s3://{BUCKET}/empty/", client=s3)
+    with pytest.raises(s3fetch.FetchError, match="sha256 mismatch"):
+        s3fetch.fetch(s3fetch.list_prefix(f"s3://{BUCKET}/store/", client=s3), tmp_path / "other", client=s3)
+    with pytest.raises(s3fetch.FetchError, match="no .mar archives under"):
+        s3fetch.list_prefix(f"s3://{BUCKET}/empty/", client=s3)
 
 
 def test_serve_ports_come_from_variables_or_the_safe_range():
@@ -163,7 +163,7 @@ def test_torchserve_command_syncs_s3_and_stops_cleanly_on_sigterm(java, tmp_path
                           aws_access_key_id="testing", aws_secret_access_key="testing")
         s3.create_bucket(Bucket=BUCKET)
         s3.upload_file(str(mar), BUCKET, "eks/recsys-v4.mar")
-        s3.put_object(Bucket=BUCKET, Key="eks/recsys-v4.mar.sha256", Body=F.file_sha256(mar).encode())
+        s3.put_object(Bucket=BUCKET, Key="eks/recsys-v4.mar.sha256", Body=s3fetch.file_sha256(mar).encode())
         inf, mgt, met = free_ports(3)
         env.update(TS_INFERENCE_PORT=str(inf), TS_MANAGEMENT_PORT=str(mgt), TS_METRICS_PORT=str(met),
                    RECSYS_WORKERS="2")  # the archive says 1: the variable wins

@@ -11,20 +11,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import faults as F
+from benchmarks import faults
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _answer(rid="r", status=200, **kw) -> F.Answer:
-    return F.Answer(rid, t_send=0.0, t_done=0.01, status=status, **kw)
+def _answer(rid="r", status=200, **kw) -> faults.Answer:
+    return faults.Answer(rid, t_send=0.0, t_done=0.01, status=status, **kw)
 
 
 def test_a_shed_answer_is_neither_an_error_nor_an_exposure():
     shed = _answer(status=503, retry_after=True, reason="shed")
     down = _answer(status=503, retry_after=True, reason="unavailable")
     assert shed.shed and not shed.expects_exposure
-    s = F.stats([shed, down])
+    s = faults.stats([shed, down])
     assert (s["shed"], s["client_5xx"], s["answered"]) == (1, 1, 2)
     assert down.expects_exposure   # an answered request the gateway logs like any other
 
@@ -34,15 +34,15 @@ def test_refusals_log_nothing_and_handler_answers_log_one():
         assert not _answer(status=status, reason="x").expects_exposure
     for status in (200, 500, 503):
         assert _answer(status=status).expects_exposure
-    lost = F.Answer("t", error="timeout")
+    lost = faults.Answer("t", error="timeout")
     assert not lost.expects_exposure
-    s = F.stats([lost, _answer(fallback=True), _answer(fallback=False)])
+    s = faults.stats([lost, _answer(fallback=True), _answer(fallback=False)])
     assert (s["sent"], s["answered"], s["transport_errors"], s["fallback"]) == (3, 2, 1, 1)
 
 
 def test_a_failed_rule_is_reported():
-    suite = F.Suite(Path("."), F.QUICK, quick=True, log=lambda *_: None)
-    suite.faults = {name: {**dict.fromkeys(F.STATS_KEYS, 0), "statuses": {}} for name in F.FAULTS}
+    suite = faults.Suite(Path("."), faults.QUICK, quick=True, log=lambda *_: None)
+    suite.faults = {name: {**dict.fromkeys(faults.STATS_KEYS, 0), "statuses": {}} for name in faults.FAULTS}
     suite.faults["upstream_hang"]["client_5xx"] = 3
     suite.faults["bad_experiment"]["reload_errors"] = 1
     suite.faults["version_added"].update(fallback_rate_new=0.0, fallback_rate_control=0.0,
@@ -55,24 +55,24 @@ def test_a_failed_rule_is_reported():
 
 def test_fallback_rates_per_variant_count_only_what_was_sent_after_the_write():
     answers = [_answer("a", variant="control", fallback=True),             # sent at 0.0
-               F.Answer("b", t_send=1.0, t_done=1.25, status=200, variant="control",
+               faults.Answer("b", t_send=1.0, t_done=1.25, status=200, variant="control",
                         fallback=False),
-               F.Answer("c", t_send=1.0, t_done=1.5, status=200, variant="control", fallback=True),
-               F.Answer("d", t_send=1.5, t_done=1.6, status=200, variant="added", fallback=False),
-               F.Answer("e", t_send=1.5, status=503, variant="added"),
-               F.Answer("f", t_send=2.0, error="timeout")]
-    per = F.variant_fallbacks(answers, since=0.5)
+               faults.Answer("c", t_send=1.0, t_done=1.5, status=200, variant="control", fallback=True),
+               faults.Answer("d", t_send=1.5, t_done=1.6, status=200, variant="added", fallback=False),
+               faults.Answer("e", t_send=1.5, status=503, variant="added"),
+               faults.Answer("f", t_send=2.0, error="timeout")]
+    per = faults.variant_fallbacks(answers, since=0.5)
     assert per == {"control": {"answered": 2, "fallback": 1, "rate": 0.5, "max_ms": 500.0},
                    "added": {"answered": 1, "fallback": 0, "rate": 0.0, "max_ms": 100.0}}
 
 
 def test_a_new_version_falling_back_more_than_control_fails_its_rule():
     entry = {"fallback_rate_new": 0.0, "fallback_rate_control": 0.0, "switch_after_s": 1.0}
-    assert F.added_rule(entry)[0]
-    assert F.added_rule({**entry, "fallback_rate_control": 0.02})[0]
-    assert not F.added_rule({**entry, "fallback_rate_new": 0.01})[0]        # control had none
-    assert not F.added_rule({**entry, "fallback_rate_new": None})[0]        # never answered
-    assert not F.added_rule({**entry, "switch_after_s": None})[0]           # never switched
+    assert faults.added_rule(entry)[0]
+    assert faults.added_rule({**entry, "fallback_rate_control": 0.02})[0]
+    assert not faults.added_rule({**entry, "fallback_rate_new": 0.01})[0]        # control had none
+    assert not faults.added_rule({**entry, "fallback_rate_new": None})[0]        # never answered
+    assert not faults.added_rule({**entry, "switch_after_s": None})[0]           # never switched
 
 
 def test_quick_fault_suite_passes_done_when(java, tmp_path):
@@ -83,11 +83,11 @@ def test_quick_fault_suite_passes_done_when(java, tmp_path):
     path = tmp_path / "faults.json"
     assert path.exists(), f"no faults.json (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     result = json.loads(path.read_text())
-    for key in F.result_keys():
+    for key in faults.result_keys():
         assert result[key] is not None, key
-    assert set(result["faults"]) == set(F.FAULTS)
+    assert set(result["faults"]) == set(faults.FAULTS)
     for name, f in result["faults"].items():
         if "skipped" not in f:
-            assert set(F.STATS_KEYS) <= set(f) and f["sent"] > 0, name
+            assert set(faults.STATS_KEYS) <= set(f) and f["sent"] > 0, name
     failed = [f"{x['rule']}: {x['detail']}" for x in result["rules"] if not x["ok"]]
     assert not failed and r.returncode == 0, "\n".join(failed) + "\n" + r.stdout[-2000:]

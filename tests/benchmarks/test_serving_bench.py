@@ -15,10 +15,10 @@ import shutil
 
 import pytest
 
-from benchmarks import serving_bench, serving_report
+from benchmarks import serving_analysis, serving_bench, serving_report
 from benchmarks.common import RESULTS
+from benchmarks.config import ServingBenchConfig
 from common import loadgen
-from common.config import ServingBenchConfig
 
 RUN_KEYS = {"catalog_items", "users", "variant", "batch_size", "workers", "rate_rps", "p50_ms",
             "p95_ms", "p99_ms", "throughput_rps", "errors", "late_sends", "n", "recall@10",
@@ -34,17 +34,17 @@ def stored():
 
 
 def test_stored_summaries_are_recomputed_from_the_runs(stored):
-    again = serving_bench.summaries(stored)
+    again = serving_analysis.summaries(stored)
     assert again["headline"] == stored["headline"]
     assert again["knobs"] == stored["knobs"]
-    assert (RESULTS / "serving.md").read_text() == serving_bench.markdown(stored)
+    assert (RESULTS / "serving.md").read_text() == serving_analysis.markdown(stored)
 
 
 def test_a_hand_edited_summary_is_caught(stored):
     edited = json.loads(json.dumps(stored))
     edited["headline"]["p99_reduction"] = 0.9
     edited["knobs"]["configs"][-1]["max_rate_within_budget"] = 500
-    again = serving_bench.summaries(edited)
+    again = serving_analysis.summaries(edited)
     assert again["headline"] != edited["headline"] and again["knobs"] != edited["knobs"]
 
 
@@ -88,12 +88,12 @@ def test_knob_summary_counts_a_rate_only_when_every_lower_rate_passed():
     rows = [_row("ivf", 100, 40), _row("ivf", 200, 130), _row("ivf", 300, 35), _row("ivf", 400, 30),
             _row("ivf", 100, 10, workers=1, threads=2), _row("ivf", 200, 20, workers=1, threads=2),
             _row("ivf", 300, 50, workers=1, threads=2, achieved=250)]
-    c1, c2 = serving_bench.knob_summary(rows, cfg, "ivf")["configs"]
+    c1, c2 = serving_analysis.knob_summary(rows, cfg, "ivf")["configs"]
     assert (c1["max_rate_within_budget"], c1["first_failing_rate"]) == (100, 200)
     assert c1["first_failure"] == "P99 130.0 ms > 100 ms" and c1["throughput_rps"] == 100
     assert (c2["max_rate_within_budget"], c2["first_failing_rate"]) == (200, 300)
     assert "achieved 250/s" in c2["first_failure"] and c2["max_late_share"] == 0.03
-    none = serving_bench.knob_summary([_row("fp32", 100, 500)], cfg, "ivf")["configs"][0]
+    none = serving_analysis.knob_summary([_row("fp32", 100, 500)], cfg, "ivf")["configs"][0]
     assert (none["max_rate_within_budget"], none["first_failing_rate"]) == (0, 100)
 
 
@@ -102,7 +102,7 @@ def test_headline_rate_needs_every_lower_baseline_rate():
     rows = [_row("fp32", 100, 80, p50=30), _row("fp32", 200, 90, p50=90),   # 200: P50 > 2 x 30
             _row("fp32", 300, 95, p50=40), _row("ivf", 100, 10), _row("ivf", 200, 12),
             _row("ivf", 300, 14)]
-    h = serving_bench.headline(rows, cfg)
+    h = serving_analysis.headline(rows, cfg)
     assert h["rate_rps"] == 100 and h["baseline_first_failing_rate"] == 200
     assert h["best"] == "ivf" and h["p99_reduction"] == round(1 - 10 / 80, 3)
 
@@ -134,12 +134,12 @@ def test_schema_and_headline(result):
         assert r["errors"] == 0 and r["throughput_rps"] > 0 and r["p50_ms"] <= r["p99_ms"]
         assert r["rss_mb_per_worker"] > 0
     variants = {r["variant"] for r in res["runs"] if r["part"] == "variants"}
-    assert variants == set(serving_bench._names(serving_bench.QUICK.variants))
+    assert variants == set(serving_analysis.parse_names(serving_bench.QUICK.variants))
     h = res["headline"]
     assert h["baseline"] == "fp32" and h["best"] in variants - {"fp32"}
     assert {"p99_reduction", "recall@10_relative_loss", "catalog_items", "rate_rps"} <= set(h)
     assert res["percentile_method"] == serving_bench.PERCENTILE_METHOD
-    again = serving_bench.summaries(res)
+    again = serving_analysis.summaries(res)
     assert again["headline"] == h and again["knobs"] == res["knobs"]
     # the handler/frontend split comes from every answer's X-Handler-Ms header
     assert all(r["handler_p99_ms"] is not None for r in res["runs"])

@@ -70,7 +70,7 @@ def test_runs_as_non_root_with_the_management_api_closed(served):
     name = served["name"]
     assert engine("exec", name, "id", "-u").stdout.strip() == "10001"
     assert engine("inspect", "-f", "{{.Config.User}}", name).stdout.strip() == "10001:10001"
-    # the SageMaker CLI ships in the image too (PYTHONPATH has /opt/recsys/sagemaker)
+    # the SageMaker CLI ships in the image too (recsys_sagemaker under /opt/recsys)
     assert "deploy" in engine("exec", name, "python", "-m", "recsys_sagemaker", "--help").stdout
     cfg = engine("exec", name, "cat", "/tmp/recsys/torchserve/config.properties").stdout
     props = dict(line.split("=", 1) for line in cfg.splitlines() if "=" in line and not line.startswith("#"))

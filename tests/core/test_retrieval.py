@@ -8,7 +8,7 @@ import mmap
 import pytest
 import torch
 
-from core import retrieval as R
+from core import retrieval
 
 N, D, CLUSTERS = 3000, 16, 20
 
@@ -29,11 +29,11 @@ def built(catalog, tmp_path_factory):
     """Every variant built once into one folder."""
     items, bias, _, _ = catalog
     folder = tmp_path_factory.mktemp("indexes")
-    infos = {v: R.build_index(v, items, bias, folder, threads=1) for v in R.VARIANTS}
+    infos = {v: retrieval.build_index(v, items, bias, folder, threads=1) for v in retrieval.VARIANTS}
     return folder, infos
 
 
-@pytest.mark.parametrize("variant", R.VARIANTS)
+@pytest.mark.parametrize("variant", retrieval.VARIANTS)
 def test_search_shapes_order_and_recall(catalog, built, variant):
     items, bias, users, exact = catalog
     folder, infos = built
@@ -41,9 +41,9 @@ def test_search_shapes_order_and_recall(catalog, built, variant):
     assert info["variant"] == variant and info["build_s"] >= 0
     assert all(name.startswith(f"{variant}.") for name in info["files"])
     assert (folder / f"{variant}.json").exists()
-    s = R.load_index(variant, folder, items, bias)
+    s = retrieval.load_index(variant, folder, items, bias)
     assert (s.variant, s.n_items, s.dim) == (variant, N, D)
-    assert s.exact == (variant not in R.APPROXIMATE)
+    assert s.exact == (variant not in retrieval.APPROXIMATE)
     scores, idx = s.search(users, 10)
     assert scores.shape == idx.shape == (64, 10)
     assert scores.dtype == torch.float32 and idx.dtype == torch.int64
@@ -51,8 +51,8 @@ def test_search_shapes_order_and_recall(catalog, built, variant):
     # re-ranked scores are the exact fp32 scores of the returned items
     expect = (items[idx] @ users.unsqueeze(2)).squeeze(2) + bias[idx]
     torch.testing.assert_close(scores, expect, rtol=1e-5, atol=1e-4)
-    recall = R.recall_at_k(exact, idx, 10)
-    assert recall >= (0.9 if variant in R.APPROXIMATE else 0.99), recall
+    recall = retrieval.recall_at_k(exact, idx, 10)
+    assert recall >= (0.9 if variant in retrieval.APPROXIMATE else 0.99), recall
     assert s.nbytes_private() >= 0
     full = s.full_scores(users[:3])
     if variant in ("fp32", "int8", "onnx_int8", "sq8"):
@@ -61,13 +61,13 @@ def test_search_shapes_order_and_recall(catalog, built, variant):
         assert full is None
 
 
-@pytest.mark.parametrize("variant", R.VARIANTS)
+@pytest.mark.parametrize("variant", retrieval.VARIANTS)
 def test_edge_sizes_k_beyond_catalog_and_empty_batch(variant, tmp_path):
     g = torch.Generator().manual_seed(5)
     items, bias = torch.randn(50, 8, generator=g), torch.randn(50, generator=g)
     users = torch.randn(4, 8, generator=g)
-    R.build_index(variant, items, bias, tmp_path, threads=1)
-    s = R.load_index(variant, tmp_path, items, bias)
+    retrieval.build_index(variant, items, bias, tmp_path, threads=1)
+    s = retrieval.load_index(variant, tmp_path, items, bias)
     scores, idx = s.search(users, 80)  # k > n_items: k' = n_items
     assert scores.shape == idx.shape == (4, 50)
     if s.exact:
@@ -78,15 +78,15 @@ def test_edge_sizes_k_beyond_catalog_and_empty_batch(variant, tmp_path):
         s.search(torch.randn(2, 9), 5)
 
 
-@pytest.mark.parametrize("variant", R.VARIANTS)
+@pytest.mark.parametrize("variant", retrieval.VARIANTS)
 def test_round_trip_from_folder_is_identical(catalog, built, variant):
     items, bias, users, _ = catalog
     folder, _ = built
-    a = R.load_index(variant, folder, items, bias).search(users[:16], 10)
-    b = R.load_index(variant, folder, items.clone(), bias.clone()).search(users[:16], 10)
+    a = retrieval.load_index(variant, folder, items, bias).search(users[:16], 10)
+    b = retrieval.load_index(variant, folder, items.clone(), bias.clone()).search(users[:16], 10)
     assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
     if variant != "fp32":  # re-rank off: the variant's own scores, still sorted
-        raw_s, raw_i = R.load_index(variant, folder, items, bias, params={"rerank_factor": 0}).search(users[:16], 10)
+        raw_s, raw_i = retrieval.load_index(variant, folder, items, bias, params={"rerank_factor": 0}).search(users[:16], 10)
         assert raw_s.shape == (16, 10) and torch.all(raw_s[:, :-1] >= raw_s[:, 1:])
 
 
@@ -95,20 +95,20 @@ def test_huge_bias_ranks_first(catalog, tmp_path, variant):
     items, bias, users, _ = catalog
     big = bias.clone()
     big[1234] = 1e4
-    info = R.build_index(variant, items, big, tmp_path, threads=1)
+    info = retrieval.build_index(variant, items, big, tmp_path, threads=1)
     # IVF probes lists by their centroid, and one outlier does not move a centroid: probe all
     # lists so that this checks that the bias is scored, not how IVF partitions outliers.
     extra = {"nprobe": info["params"]["nlist"]} if variant == "ivf" else {}
     for rerank in (0, 4):
         params = {"rerank_factor": rerank, **extra}
-        _, idx = R.load_index(variant, tmp_path, items, big, params=params).search(users[:8], 5)
+        _, idx = retrieval.load_index(variant, tmp_path, items, big, params=params).search(users[:8], 5)
         assert torch.all(idx[:, 0] == 1234)
 
 
 def test_sq8_codes_are_memory_mapped(catalog, built):
     items, bias, _, _ = catalog
     folder, _ = built
-    s = R.load_index("sq8", folder, items, bias)
+    s = retrieval.load_index("sq8", folder, items, bias)
     codes = s.sq8.codes_s8
     assert codes.dtype == torch.int8 and codes.shape == (N, D)
     mm = s._mm  # the file map the codes live in
@@ -121,33 +121,33 @@ def test_sq8_codes_are_memory_mapped(catalog, built):
 def test_faiss_indexes_are_memory_mapped(catalog, built):
     items, bias, _, _ = catalog
     folder, _ = built
-    for v in R.FAISS_VARIANTS:
-        assert R.load_index(v, folder, items, bias).mmapped
+    for v in retrieval.FAISS_VARIANTS:
+        assert retrieval.load_index(v, folder, items, bias).mmapped
 
 
 def test_bad_names_and_params(catalog, built, tmp_path):
     items, bias, _, _ = catalog
     folder, _ = built
     with pytest.raises(ValueError, match="variant"):
-        R.build_index("int4", items, bias, tmp_path)
+        retrieval.build_index("int4", items, bias, tmp_path)
     with pytest.raises(ValueError, match="variant"):
-        R.load_index("annoy", folder, items, bias)
+        retrieval.load_index("annoy", folder, items, bias)
     with pytest.raises(ValueError, match="variant"):
-        R.default_params("pq", 10)
+        retrieval.default_params("pq", 10)
     with pytest.raises(ValueError, match="parameter"):
-        R.build_index("hnsw", items, bias, tmp_path, params={"efSearch": 3})
+        retrieval.build_index("hnsw", items, bias, tmp_path, params={"efSearch": 3})
     with pytest.raises(ValueError, match="parameter"):  # build-time parameter at load
-        R.load_index("hnsw", folder, items, bias, params={"M": 8})
+        retrieval.load_index("hnsw", folder, items, bias, params={"M": 8})
     with pytest.raises(ValueError, match="built for"):
-        R.load_index("sq8", folder, items[:100], bias[:100])
+        retrieval.load_index("sq8", folder, items[:100], bias[:100])
     with pytest.raises(FileNotFoundError):
-        R.load_index("ivf", tmp_path / "empty", items, bias)
+        retrieval.load_index("ivf", tmp_path / "empty", items, bias)
 
 
 def test_recall_at_k():
     exact = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
-    assert R.recall_at_k(exact, exact, 4) == 1.0
-    assert R.recall_at_k(exact, torch.tensor([[3, 2, 9, 9], [-1, -1, -1, -1]]), 4) == pytest.approx(0.25)
+    assert retrieval.recall_at_k(exact, exact, 4) == 1.0
+    assert retrieval.recall_at_k(exact, torch.tensor([[3, 2, 9, 9], [-1, -1, -1, -1]]), 4) == pytest.approx(0.25)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def varied_catalog():
 
 def test_hnsw_mips_l2_recall_on_varied_norms(varied_catalog, tmp_path):
     items, bias, users, exact = varied_catalog
-    info = R.build_index("hnsw", items, bias, tmp_path, threads=1)
+    info = retrieval.build_index("hnsw", items, bias, tmp_path, threads=1)
     p = info["params"]
     assert p["transform"] == "mips_l2" and p["n_outliers"] == 3
     assert "hnsw.outliers.safetensors" in info["files"]
@@ -181,14 +181,14 @@ def test_hnsw_mips_l2_recall_on_varied_norms(varied_catalog, tmp_path):
     keep[[17, 999, 4321]] = False
     norms = torch.cat([items, bias.unsqueeze(1)], 1)[keep].double().norm(dim=1)
     assert p["max_norm"] == pytest.approx(float(norms.max()), rel=1e-6)
-    s = R.load_index("hnsw", tmp_path, items, bias)
+    s = retrieval.load_index("hnsw", tmp_path, items, bias)
     scores, idx = s.search(users, 10)
-    assert R.recall_at_k(exact, idx, 10) >= 0.97
+    assert retrieval.recall_at_k(exact, idx, 10) >= 0.97
     expect = (items[idx] @ users.unsqueeze(2)).squeeze(2) + bias[idx]
     torch.testing.assert_close(scores, expect, rtol=1e-5, atol=1e-4)
     # without re-rank: scores recovered from the L2 distances approximate the exact ones
-    raw_s, raw_i = R.load_index("hnsw", tmp_path, items, bias, params={"rerank_factor": 0}).search(users, 10)
-    assert R.recall_at_k(exact, raw_i, 10) >= 0.9
+    raw_s, raw_i = retrieval.load_index("hnsw", tmp_path, items, bias, params={"rerank_factor": 0}).search(users, 10)
+    assert retrieval.recall_at_k(exact, raw_i, 10) >= 0.9
     raw_expect = (items[raw_i] @ users.unsqueeze(2)).squeeze(2) + bias[raw_i]
     torch.testing.assert_close(raw_s, raw_expect, rtol=1e-3, atol=1e-2)
 
@@ -197,20 +197,20 @@ def test_hnsw_mips_l2_build_load_reproduces(varied_catalog, tmp_path):
     import json
 
     items, bias, users, _ = varied_catalog
-    info = R.build_index("hnsw", items, bias, tmp_path / "a", threads=1)
+    info = retrieval.build_index("hnsw", items, bias, tmp_path / "a", threads=1)
     stored = json.loads((tmp_path / "a" / "hnsw.json").read_text())["params"]
     assert stored["transform"] == "mips_l2" and stored["max_norm"] == info["params"]["max_norm"]
-    a = R.load_index("hnsw", tmp_path / "a", items, bias).search(users, 10)
-    b = R.load_index("hnsw", tmp_path / "a", items.clone(), bias.clone(), threads=2).search(users, 10)
+    a = retrieval.load_index("hnsw", tmp_path / "a", items, bias).search(users, 10)
+    b = retrieval.load_index("hnsw", tmp_path / "a", items.clone(), bias.clone(), threads=2).search(users, 10)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     # a request alone gets the same answer as inside a batch
-    s = R.load_index("hnsw", tmp_path / "a", items, bias)
+    s = retrieval.load_index("hnsw", tmp_path / "a", items, bias)
     for i in (0, 7, 123):
         one = s.search(users[i:i + 1], 10)
         assert torch.equal(one[1][0], a[1][i]) and torch.equal(one[0][0], a[0][i])
     # the same build again (single thread) gives the same index
-    R.build_index("hnsw", items, bias, tmp_path / "b", threads=1)
-    c = R.load_index("hnsw", tmp_path / "b", items, bias).search(users, 10)
+    retrieval.build_index("hnsw", items, bias, tmp_path / "b", threads=1)
+    c = retrieval.load_index("hnsw", tmp_path / "b", items, bias).search(users, 10)
     assert torch.equal(a[1], c[1]) and torch.equal(a[0], c[0])
 
 
@@ -218,14 +218,14 @@ def test_hnsw_inner_product_and_legacy_json_still_load(catalog, tmp_path):
     import json
 
     items, bias, users, exact = catalog
-    R.build_index("hnsw", items, bias, tmp_path, params={"transform": "ip"}, threads=1)
+    retrieval.build_index("hnsw", items, bias, tmp_path, params={"transform": "ip"}, threads=1)
     meta_path = tmp_path / "hnsw.json"
     meta = json.loads(meta_path.read_text())
     assert "max_norm" not in meta["params"]
     for key in ("transform", "outlier_ratio", "max_outliers"):  # as written before mips_l2
         meta["params"].pop(key)
     meta_path.write_text(json.dumps(meta))
-    _, idx = R.load_index("hnsw", tmp_path, items, bias).search(users, 10)
-    assert R.recall_at_k(exact, idx, 10) >= 0.5
+    _, idx = retrieval.load_index("hnsw", tmp_path, items, bias).search(users, 10)
+    assert retrieval.recall_at_k(exact, idx, 10) >= 0.5
     with pytest.raises(ValueError, match="transform"):
-        R.build_index("hnsw", items, bias, tmp_path / "x", params={"transform": "cosine"})
+        retrieval.build_index("hnsw", items, bias, tmp_path / "x", params={"transform": "cosine"})

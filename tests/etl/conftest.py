@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common.config import PrepareConfig
+from etl.config import PrepareConfig
 from common.schema import EtlLayout
 
 CATALOG_CSV = (

@@ -17,7 +17,7 @@ import pytest
 import boto3
 import moto
 
-from common.config import EmrConfig
+from etl.config import EmrConfig
 from etl import emr as emr_mod
 
 REGION = "us-east-1"
@@ -97,10 +97,10 @@ def test_package_code_contents(tmp_path):
     files = [n for n in names if not n.endswith("/")]
     dirs = [n for n in names if n.endswith("/")]
     assert names == sorted(names)
-    assert {"etl/emr.py", "etl/emr_entry.py", "common/config.py", "common/schema.py"} <= set(files)
+    assert {"etl/emr.py", "etl/emr_entry.py", "etl/config.py", "common/dataclass_args.py", "common/schema.py", "core/storage.py"} <= set(files)
     assert all(n.endswith(".py") for n in files)
-    assert {"common/", "etl/"} <= set(dirs)  # needed by zipimport for namespace packages
-    assert all(n.split("/")[0] in ("common", "etl") for n in names)
+    assert {"core/", "common/", "etl/"} <= set(dirs)  # needed by zipimport for namespace packages
+    assert all(n.split("/")[0] in ("core", "common", "etl") for n in names)
     assert not any("__pycache__" in n for n in names)
     assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
 
@@ -109,8 +109,9 @@ def test_code_zip_is_importable(tmp_path):
     """The zip alone (as --py-files puts it on sys.path) provides etl.* and common.*."""
     path = emr_mod.package_code(tmp_path)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "import common.config, etl.emr; "
-            "assert common.config.__file__.startswith(sys.argv[1]), common.config.__file__; "
+            "import common.dataclass_args, etl.emr; "
+            "assert common.dataclass_args.__file__.startswith(sys.argv[1]), "
+            "common.dataclass_args.__file__; "
             "assert etl.emr.__file__.startswith(sys.argv[1]), etl.emr.__file__")
     proc = subprocess.run([sys.executable, "-I", "-c", code, str(path)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
@@ -133,7 +134,7 @@ def test_entry_script_runs_cli_from_zip(tmp_path):
 def test_entry_script_with_stub_cli(tmp_path):
     """The entry script hands argv to etl.__main__.main and exits with its return code."""
     root = tmp_path / "src"
-    for pkg in ("common", "etl"):
+    for pkg in ("core", "common", "etl"):
         (root / pkg).mkdir(parents=True)
         (root / pkg / "stub_marker.py").write_text("")
     (root / "etl" / "__main__.py").write_text(
@@ -182,7 +183,7 @@ def test_submit_to_existing_cluster(aws):
     data = _get(s3, result["code_uri"])
     assert result["code_uri"].endswith(f"recsys-etl-{hashlib.sha256(data).hexdigest()[:12]}.zip")
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    assert "etl/emr.py" in names and "common/config.py" in names
+    assert "etl/emr.py" in names and "etl/config.py" in names
     assert _get(s3, result["entry_uri"]) == (REPO_ROOT / "etl" / "emr_entry.py").read_bytes()
 
     record = json.loads(_get(s3, result["args_uri"]))
@@ -352,7 +353,7 @@ def test_cli_parses_emr_config_and_remainder():
         "emr-submit", "--events", EVENTS, "--catalog", CATALOG, "--out", OUT,
         "--emr-bucket", BUCKET, "--emr-cluster-id", "j-ABC", "--emr-core-instances", "8",
         "--", "--seed", "3", "--vocab-size", "100"])
-    assert args.func is emr_mod.run_cli and args.fn is emr_mod.run_cli
+    assert args.func is emr_mod.cmd_emr_submit and args.fn is emr_mod.cmd_emr_submit
     assert args.emr_bucket == BUCKET and args.emr_cluster_id == "j-ABC"
     assert args.emr_core_instances == 8
     assert args.emr_release_label == EmrConfig().release_label
@@ -367,7 +368,7 @@ def test_cli_end_to_end(aws, capsys):
         "emr-submit", "--events", EVENTS, "--catalog", CATALOG, "--out", OUT,
         "--emr-bucket", BUCKET, "--emr-cluster-id", cluster_id, "--emr-region", REGION,
         "--", "--seed", "3"])
-    assert emr_mod.run_cli(args) == 0
+    assert emr_mod.cmd_emr_submit(args) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert set(result) >= {"cluster_id", "step_id", "code_uri", "entry_uri", "args_uri"}
@@ -383,7 +384,7 @@ def test_cli_transient(aws, capsys):
     args = _parser().parse_args([
         "emr-submit", "--events", EVENTS, "--catalog", CATALOG, "--out", OUT,
         "--emr-bucket", BUCKET, "--transient", "--emr-release-label", SPARK4_RELEASE])
-    assert emr_mod.run_cli(args) == 0
+    assert emr_mod.cmd_emr_submit(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["transient"] is True
     assert [c["Id"] for c in emr.list_clusters()["Clusters"]] == [result["cluster_id"]]
@@ -393,7 +394,7 @@ def test_cli_transient_without_release_label_is_a_config_error(aws, capsys):
     s3, _ = aws
     args = _parser().parse_args(["emr-submit", "--events", EVENTS, "--catalog", CATALOG,
                                  "--out", OUT, "--emr-bucket", BUCKET, "--transient"])
-    assert emr_mod.run_cli(args) == 2
+    assert emr_mod.cmd_emr_submit(args) == 2
     assert "Spark is 4.x" in capsys.readouterr().err
     assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0  # nothing uploaded
 
@@ -401,7 +402,7 @@ def test_cli_transient_without_release_label_is_a_config_error(aws, capsys):
 def test_cli_reports_config_errors(aws, capsys):
     args = _parser().parse_args(["emr-submit", "--events", EVENTS, "--catalog", CATALOG,
                                  "--out", OUT, "--emr-bucket", BUCKET])
-    assert emr_mod.run_cli(args) == 2
+    assert emr_mod.cmd_emr_submit(args) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "cluster_id" in captured.err
@@ -415,7 +416,7 @@ def test_emr_config_fields_all_exposed():
 
 
 def test_etl_main_emr_submit(aws, capsys):
-    """`python -m etl emr-submit ...` goes through etl.__main__.main to run_cli."""
+    """`python -m etl emr-submit ...` goes through etl.__main__.main to cmd_emr_submit."""
     from etl.__main__ import main
 
     s3, emr = aws

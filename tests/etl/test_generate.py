@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from common.config import GenerateConfig, parse_weights
+from etl.config import GenerateConfig, parse_weights
 from common.schema import RAW_CATALOG_COLUMNS, RAW_EVENT_COLUMNS, EtlLayout
 from etl.generate import cluster_vocabulary, generate
 

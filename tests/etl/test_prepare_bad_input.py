@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import PrepareConfig
+from etl.config import PrepareConfig
 from common.schema import Reason
 from etl.readers import InputError
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.config import PrepareConfig
+from etl.config import PrepareConfig
 from core.vectorizer import ContentVectorizer, item_text
 
 from .conftest import T0, good_events, read, run_prepare, write_inputs

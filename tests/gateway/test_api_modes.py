@@ -18,7 +18,7 @@ import requests
 from archives import build as B
 from archives.client import TorchServeClient
 from archives.server import ServerState
-from common.config import TrainConfig
+from training.config import TrainConfig
 from common.schema import EtlLayout
 from testkit.archives import running_server
 from tests.gateway.conftest import (MODEL, Client, GatewayProc, load, need_java, setup_keys,

@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 
-import gateway.logs as L
+from gateway import logs
 from gateway.config import GatewayConfig
 from gateway.logs import DiskFull, JsonlLog, cap_record, estimate_bytes, read_jsonl
 from tests.gateway.diskfull import small_tmpfs
@@ -201,7 +201,7 @@ def test_fsync_cadence(tmp_path, monkeypatch):
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr(L.os, "fsync", counting)
+    monkeypatch.setattr(logs.os, "fsync", counting)
     every = JsonlLog(tmp_path / "a", "a", lambda t: {"n": t}, fsync_s=0)
     for i in range(5):
         every.submit(i)

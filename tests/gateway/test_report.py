@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gateway import report as R
+from gateway import report
 from gateway.__main__ import main as cli
 
 
@@ -45,7 +45,7 @@ def _logs(n_c=1000, n_t=1000, conv_c=100, conv_t=150, t0=1000.0):
 
 def test_known_answer():
     exposures, events = _logs()
-    rep = R.analyze(exposures, events, name="exp1", weights={"control": 0.5, "treatment": 0.5},
+    rep = report.analyze(exposures, events, name="exp1", weights={"control": 0.5, "treatment": 0.5},
                     control="control")
     c, t = rep["variants"]["control"], rep["variants"]["treatment"]
     assert (c["users"], t["users"]) == (1000, 1000)
@@ -83,7 +83,7 @@ def test_delta_method_interval_agrees_with_a_bootstrap():
                               "user": u, "status": 200, "fallback": False})
             if y:
                 events.append({"ts": 2.0, "user": u, "item_id": "a", "type": "click"})
-    rep = R.analyze(exposures, events, weights={"control": 0.5, "treatment": 0.5})
+    rep = report.analyze(exposures, events, weights={"control": 0.5, "treatment": 0.5})
     boots = np.array([rng.choice(t, 1000).mean() / rng.choice(c, 1000).mean() - 1
                       for _ in range(4000)])
     got = rep["lift"]["treatment"]
@@ -96,20 +96,20 @@ def test_delta_method_interval_agrees_with_a_bootstrap():
 
 def test_sample_ratio_mismatch_is_flagged():
     exposures, events = _logs(n_c=1000, n_t=800, conv_c=100, conv_t=120)
-    rep = R.analyze(exposures, events, name="exp1", weights={"control": 0.5, "treatment": 0.5})
+    rep = report.analyze(exposures, events, name="exp1", weights={"control": 0.5, "treatment": 0.5})
     chi2 = 2 * 100 ** 2 / 900
     assert rep["srm"]["chi2"] == pytest.approx(chi2)
     assert rep["srm"]["p_value"] == pytest.approx(stats.chi2.sf(chi2, 1))
     assert rep["srm"]["flagged"] is True and "Do not trust" in rep["verdict"]
-    assert "MISMATCH" in R.markdown(rep)
+    assert "MISMATCH" in report.markdown(rep)
     # the same counts are fine when the weights were 5:4
-    ok = R.analyze(exposures, events, name="exp1", weights={"control": 5 / 9, "treatment": 4 / 9})
+    ok = report.analyze(exposures, events, name="exp1", weights={"control": 5 / 9, "treatment": 4 / 9})
     assert ok["srm"]["flagged"] is False
 
 
 def test_no_difference_is_reported_as_such():
     exposures, events = _logs(conv_c=100, conv_t=102)
-    rep = R.analyze(exposures, events, name="exp1", weights={"control": 0.5, "treatment": 0.5})
+    rep = report.analyze(exposures, events, name="exp1", weights={"control": 0.5, "treatment": 0.5})
     lift = rep["lift"]["treatment"]
     assert lift["ci95"][0] < 0 < lift["ci95"][1] and not lift["significant"]
     assert rep["winners"] == [] and "No significant difference" in rep["verdict"]

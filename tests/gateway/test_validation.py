@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gateway import validation as G
+from gateway import validation
 from core.validation import MAX_HISTORY, InvalidRequest, parse_request
 
 
@@ -18,8 +18,8 @@ def _outcome(fn, body):
 
 
 def test_the_depth_limit_comes_from_the_schema():
-    assert G.MAX_DEPTH == 3  # the request, filters, a category list
-    assert G.schema_depth({"type": "array", "items": {"type": "array"}}) == 2
+    assert validation.MAX_DEPTH == 3  # the request, filters, a category list
+    assert validation.schema_depth({"type": "array", "items": {"type": "array"}}) == 2
 
 
 @pytest.mark.parametrize("body", [
@@ -34,31 +34,31 @@ def test_the_depth_limit_comes_from_the_schema():
     b'{"user_id": "' + b",".join([b"a"] * 120) + b'", "history": ["' + b",[" * 12000 + b'"]}',
 ])
 def test_same_outcome_as_the_handler(body):
-    assert _outcome(G.check, body) == _outcome(parse_request, body)
+    assert _outcome(validation.check, body) == _outcome(parse_request, body)
 
 
 def test_big_integer_ids_keep_their_digits():
     for n in (2**64, 2**64 + 1, 2**70 + 1):
-        _, req = G.check(b'{"user_id": %d, "similar_to": %d}' % (n, n + 2))
+        _, req = validation.check(b'{"user_id": %d, "similar_to": %d}' % (n, n + 2))
         assert (req.user_id, req.similar_to) == (str(n), str(n + 2))
 
 
 def test_oversized_structures_are_refused_before_a_parse():
-    many = json.dumps({"user_id": "1", "history": ["1"] * (G.MAX_VALUES + 1)}).encode()
+    many = json.dumps({"user_id": "1", "history": ["1"] * (validation.MAX_VALUES + 1)}).encode()
     with pytest.raises(InvalidRequest) as e:
-        G.precheck(many)
-    assert e.value.reason == G.TOO_MANY_VALUES
-    keys = json.dumps({f"k{i}": 1 for i in range(G.MAX_VALUES + 1)}).encode()
+        validation.precheck(many)
+    assert e.value.reason == validation.TOO_MANY_VALUES
+    keys = json.dumps({f"k{i}": 1 for i in range(validation.MAX_VALUES + 1)}).encode()
     with pytest.raises(InvalidRequest) as e:
-        G.precheck(keys)
-    assert e.value.reason == G.TOO_MANY_VALUES
+        validation.precheck(keys)
+    assert e.value.reason == validation.TOO_MANY_VALUES
     # the largest valid lists pass
-    G.check(json.dumps({"user_id": "1", "history": ["1,2"] * MAX_HISTORY,
+    validation.check(json.dumps({"user_id": "1", "history": ["1,2"] * MAX_HISTORY,
                         "exclude": ["[{"] * MAX_HISTORY}).encode())
     for deep in (b"[" * 5 + b"]" * 5, b'{"a": [[[{}]]]}', b"{" * 50_000):
         with pytest.raises(InvalidRequest) as e:
-            G.precheck(deep)
-        assert e.value.reason == G.TOO_DEEP
+            validation.precheck(deep)
+        assert e.value.reason == validation.TOO_DEEP
 
 
 def test_the_depth_limit_is_the_schemas():

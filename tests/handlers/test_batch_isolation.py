@@ -21,7 +21,7 @@ from ts.context import Context
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.service import Service
 
-from core import validation as V
+from core import validation
 from handlers.recommender import RecommenderHandler
 from testkit.archives import build_random_versions
 
@@ -156,7 +156,7 @@ def test_nesting_too_deep_is_its_own_400(plain, content_type):
     for depth in (4, 50, 990, 100_000):
         deep = b'{"user_id": "1", "history": ' + b"[" * depth + b"]" * depth + b"}"
         answers = plain.predict(with_bad(deep), content_type=content_type)
-        bad = assert_isolated(answers, 3, 400, V.TOO_DEEP, reference)
+        bad = assert_isolated(answers, 3, 400, validation.TOO_DEEP, reference)
         assert bad.body["type"] == "BadRequest"
 
 
@@ -177,7 +177,7 @@ def test_decoded_body_at_the_recursion_limit(plain):
     out = plain.handler.handle(rows, ctx)
     statuses = [rp.get_response_status_code() for rp in ctx.request_processor]
     assert statuses == [200] * 3 + [400] + [200] * 4
-    assert json.loads(out[3])["reason"] == V.TOO_DEEP
+    assert json.loads(out[3])["reason"] == validation.TOO_DEEP
     assert [json.loads(t) for t in out[:3] + out[4:]] == [a.body for a in reference]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring import config as C
+from monitoring import config
 from monitoring.dashboard import dashboard_queries
 from monitoring.promql import raw_metrics, recordings_of
 from monitoring.promserver import PrometheusConfig
@@ -120,7 +120,7 @@ LIVE_PROM = PrometheusConfig(scrape_interval="1s", evaluation_interval="1s", rat
 
 def committed_queries() -> list[tuple[str, str, str]]:
     """(row, panel, expr) of every target of the committed dashboard JSON."""
-    return dashboard_queries(json.loads(C.DASHBOARD_FILE.read_text()))
+    return dashboard_queries(json.loads(config.DASHBOARD_FILE.read_text()))
 
 
 def needs_gateway(expr: str) -> bool:

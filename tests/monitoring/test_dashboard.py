@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from monitoring import config as C
+from monitoring import config
 from monitoring.dashboard import UID, build, dashboard_queries, render_dashboard
 
 ROWS = ["Traffic and errors per variant", "Latency", "Handler internals", "Workers and memory",
@@ -14,11 +14,11 @@ ROWS = ["Traffic and errors per variant", "Latency", "Handler internals", "Worke
 
 
 def test_committed_json_is_the_generators_output():
-    assert C.DASHBOARD_FILE.read_text() == render_dashboard()
+    assert config.DASHBOARD_FILE.read_text() == render_dashboard()
 
 
 def test_rows_panels_and_variables():
-    d = json.loads(C.DASHBOARD_FILE.read_text())
+    d = json.loads(config.DASHBOARD_FILE.read_text())
     assert d["uid"] == UID and d == build()
     assert [p["title"] for p in d["panels"] if p["type"] == "row"] == ROWS
     ids = [p["id"] for p in d["panels"]]
@@ -44,16 +44,16 @@ def test_rows_panels_and_variables():
 
 
 def test_provisioning_files():
-    ds = yaml.safe_load((C.GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    ds = yaml.safe_load((config.GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     assert ds["apiVersion"] == 1 and ds["datasources"][0]["type"] == "prometheus"
-    prov = yaml.safe_load((C.GRAFANA_DIR / "provisioning" / "dashboards" / "recsys.yaml").read_text())
+    prov = yaml.safe_load((config.GRAFANA_DIR / "provisioning" / "dashboards" / "recsys.yaml").read_text())
     assert prov["providers"][0]["type"] == "file" and prov["providers"][0]["options"]["path"]
 
 
 def test_scrape_config_names_every_exporter():
-    doc = yaml.safe_load(C.SCRAPE_CONFIG.read_text())
+    doc = yaml.safe_load(config.SCRAPE_CONFIG.read_text())
     jobs = {j["job_name"]: j["static_configs"][0]["targets"][0] for j in doc["scrape_configs"]}
     assert jobs == {"torchserve": "127.0.0.1:8082", "recsys-gateway": "127.0.0.1:8091",
                     "recsys-drift": "127.0.0.1:8092"}
     assert doc["rule_files"] == ["rules/recsys.rules.yaml"]
-    assert (C.SCRAPE_CONFIG.parent / doc["rule_files"][0]).exists()
+    assert (config.SCRAPE_CONFIG.parent / doc["rule_files"][0]).exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from monitoring import config as C
+from monitoring import config
 from monitoring.__main__ import main as cli
 from monitoring.rules import alert_names, prometheus_rule, render_rules, rule_groups
 
@@ -17,16 +17,16 @@ PROMTOOL_TESTS = sorted((Path(__file__).parent / "promtool").glob("*.test.yaml")
 
 
 def test_committed_files_are_the_generators_output():
-    assert C.RULES_FILE.read_text() == render_rules(C.RuleConfig())
+    assert config.RULES_FILE.read_text() == render_rules(config.RuleConfig())
     assert cli(["generate", "--check"]) == 0
 
 
 def test_promtool_check_rules_committed_and_short_windows(promtool, tmp_path):
-    r = promtool("check", "rules", str(C.RULES_FILE))
+    r = promtool("check", "rules", str(config.RULES_FILE))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"SUCCESS: {sum(len(g['rules']) for g in rule_groups())} rules found" in r.stdout
     short = tmp_path / "short.rules.yaml"
-    short.write_text(render_rules(dataclasses.replace(C.RuleConfig(), rate_window="10s", srm_window="1m")))
+    short.write_text(render_rules(dataclasses.replace(config.RuleConfig(), rate_window="10s", srm_window="1m")))
     r = promtool("check", "rules", str(short))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "[10s]" in short.read_text() and "[5m]" not in short.read_text()
@@ -61,7 +61,7 @@ def test_alerts_follow_the_mixin_conventions():
 def test_prometheusrule_wraps_the_same_groups():
     doc = yaml.safe_load(prometheus_rule(labels={"release": "kps"}))
     assert doc["kind"] == "PrometheusRule" and doc["metadata"]["labels"] == {"release": "kps"}
-    assert doc["spec"]["groups"] == yaml.safe_load(C.RULES_FILE.read_text())["groups"]
+    assert doc["spec"]["groups"] == yaml.safe_load(config.RULES_FILE.read_text())["groups"]
 
 
 def test_rules_cli_renders_a_window(capsys):
@@ -71,5 +71,5 @@ def test_rules_cli_renders_a_window(capsys):
 
 
 def test_promtool_check_config_of_committed_scrape_config(promtool):
-    r = promtool("check", "config", str(C.SCRAPE_CONFIG))
+    r = promtool("check", "config", str(config.SCRAPE_CONFIG))
     assert r.returncode == 0 and "SUCCESS: 1 rule files found" in r.stdout, r.stdout + r.stderr

@@ -16,7 +16,7 @@ from botocore.stub import Stubber
 
 from common.assignment import Split
 from core.ids import canonical_id
-from recsys_sagemaker import package as P
+from recsys_sagemaker import package
 from recsys_sagemaker.__main__ import main
 from recsys_sagemaker.config import AutoScaling, DataCapture, Deployment, Variant, parse_weights
 from recsys_sagemaker.control import Clients, ControlPlane, DeployError
@@ -36,7 +36,7 @@ def clients() -> Clients:
 def deployment(out, c, weights=(("3", 0.9), ("4", 0.1)), **kw) -> Deployment:
     variants = []
     for v, w in weights:
-        pkg = P.upload(P.package(out, v), c.s3, BUCKET, P.s3_key("recsys", "recsys-prod", P.package(out, v)))
+        pkg = package.upload(package.package(out, v), c.s3, BUCKET, package.s3_key("recsys", "recsys-prod", package.package(out, v)))
         variants.append(Variant(version=v, weight=w, model_data=pkg.s3_uri))
     return Deployment(endpoint="recsys-prod", role_arn=ROLE, image_uri=IMAGE,
                       variants=tuple(variants), **kw)
@@ -44,21 +44,21 @@ def deployment(out, c, weights=(("3", 0.9), ("4", 0.1)), **kw) -> Deployment:
 
 def test_package_is_deterministic_and_uploaded_once(moto_aws, out_with_archives):
     c = clients()
-    a = P.package(out_with_archives, "3")
-    b = P.package(out_with_archives, "3")
+    a = package.package(out_with_archives, "3")
+    b = package.package(out_with_archives, "3")
     assert a.sha256 == b.sha256 and a.tarball == out_with_archives / "sagemaker/v3/model.tar.gz"
     with tarfile.open(a.tarball) as t:
         assert t.getnames() == ["recsys-v3.mar"]
         assert t.extractfile("recsys-v3.mar").read() == (out_with_archives / "model-store/recsys-v3.mar").read_bytes()
-    key = P.s3_key("recsys", "recsys-prod", a)
-    first = P.upload(a, c.s3, BUCKET, key)
+    key = package.s3_key("recsys", "recsys-prod", a)
+    first = package.upload(a, c.s3, BUCKET, key)
     stamp = c.s3.head_object(Bucket=BUCKET, Key=key)["LastModified"]
-    again = P.upload(b, c.s3, BUCKET, key)
+    again = package.upload(b, c.s3, BUCKET, key)
     assert first.s3_uri == again.s3_uri == f"s3://{BUCKET}/{key}"
     assert c.s3.head_object(Bucket=BUCKET, Key=key)["LastModified"] == stamp  # not uploaded twice
     assert c.s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]["sha256"] == a.sha256
     with pytest.raises(FileNotFoundError, match="python -m archives build"):
-        P.package(out_with_archives, "9")
+        package.package(out_with_archives, "9")
 
 
 def test_deploy_shift_rollback_invoke_delete(moto_aws, out_with_archives):
@@ -83,7 +83,7 @@ def test_deploy_shift_rollback_invoke_delete(moto_aws, out_with_archives):
         version = name[1:]
         assert key.startswith(f"recsys/recsys-prod/v{version}/")
         assert c.s3.head_object(Bucket=bucket, Key=key)["Metadata"]["sha256"] == \
-            P.package(out_with_archives, version).sha256
+            package.package(out_with_archives, version).sha256
     assert cfg["DataCaptureConfig"]["DestinationS3Uri"] == f"s3://{BUCKET}/capture"
     assert cfg["DataCaptureConfig"]["InitialSamplingPercentage"] == 20
 
@@ -170,11 +170,11 @@ def test_weights_and_names_are_validated():
 
 @pytest.mark.parametrize("cmd", ["package", "deploy", "status", "shift", "rollback", "invoke", "delete"])
 def test_cli_help_from_the_repo_root(cmd):
-    """`python -m recsys_sagemaker` resolves from the repo root (make venv's .pth for sagemaker/,
-    or pytest's pythonpath here); the folder itself is no package shadowing the AWS SDK."""
+    """`python -m recsys_sagemaker` resolves from the repo root like every other stage; no
+    package of ours is named `sagemaker` (it would shadow the AWS SDK)."""
     import os
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "sagemaker")])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "recsys_sagemaker", cmd, "--help"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and f"python -m recsys_sagemaker {cmd}" in r.stdout, r.stderr
-    assert not (REPO / "sagemaker" / "__init__.py").exists()
+    assert not (REPO / "sagemaker").exists()

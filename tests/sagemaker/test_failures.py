@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from recsys_sagemaker import control as C
+from recsys_sagemaker import control
 from recsys_sagemaker.config import AutoScaling, Deployment, Variant
 from recsys_sagemaker.control import Clients, ControlPlane, DeployError
 
@@ -23,7 +23,7 @@ OLD_CONFIG = "recsys-prod-1780000000000"
 
 @pytest.fixture
 def stubbed(aws_env, monkeypatch):
-    monkeypatch.setattr(C.time, "time", lambda: 1790000000.0)  # the new config's name
+    monkeypatch.setattr(control.time, "time", lambda: 1790000000.0)  # the new config's name
     s = boto3.session.Session(region_name=REGION)
     c = Clients(s.client("sagemaker"), s.client("application-autoscaling"), s.client("s3"))
     with Stubber(c.sagemaker) as sm, Stubber(c.autoscaling) as aas:
@@ -50,7 +50,7 @@ def endpoint(status, config, variants=(("v3", 1.0),), reason=None) -> dict:
 
 
 def model_exists(sm, version):
-    name = C.model_name("recsys-prod", IMAGE, dep((version, 1)).variants[0], ROLE)
+    name = control.model_name("recsys-prod", IMAGE, dep((version, 1)).variants[0], ROLE)
     sm.add_response("describe_model", {"ModelName": name, "ModelArn": f"{ARN}:model/{name}",
                                        "CreationTime": NOW, "ExecutionRoleArn": ROLE},
                     {"ModelName": name})
@@ -61,7 +61,7 @@ def no_scaling(aas, variant):
     aas.add_response("describe_scalable_targets", {"ScalableTargets": []},
                      {"ServiceNamespace": "sagemaker",
                       "ResourceIds": [f"endpoint/recsys-prod/variant/{variant}"],
-                      "ScalableDimension": C.SCALABLE_DIMENSION})
+                      "ScalableDimension": control.SCALABLE_DIMENSION})
 
 
 def test_update_endpoint_adds_a_canary_variant(stubbed):
@@ -77,20 +77,20 @@ def test_update_endpoint_adds_a_canary_variant(stubbed):
     # the old variant had auto scaling: it is removed before the variants change, added after
     aas.add_response("describe_scalable_targets", {"ScalableTargets": [{
         "ServiceNamespace": "sagemaker", "ResourceId": "endpoint/recsys-prod/variant/v3",
-        "ScalableDimension": C.SCALABLE_DIMENSION, "MinCapacity": 1, "MaxCapacity": 2,
+        "ScalableDimension": control.SCALABLE_DIMENSION, "MinCapacity": 1, "MaxCapacity": 2,
         "RoleARN": ROLE, "CreationTime": NOW}]}, None)
     aas.add_response("describe_scaling_policies", {"ScalingPolicies": [{
         "PolicyARN": "arn:aws:autoscaling:v3", "PolicyName": "recsys-prod-v3-invocations",
         "ServiceNamespace": "sagemaker", "ResourceId": "endpoint/recsys-prod/variant/v3",
-        "ScalableDimension": C.SCALABLE_DIMENSION, "PolicyType": "TargetTrackingScaling",
+        "ScalableDimension": control.SCALABLE_DIMENSION, "PolicyType": "TargetTrackingScaling",
         "TargetTrackingScalingPolicyConfiguration": {"TargetValue": 200.0},
         "CreationTime": NOW}]}, None)
     aas.add_response("delete_scaling_policy", {}, {
         "PolicyName": "recsys-prod-v3-invocations", "ServiceNamespace": "sagemaker",
-        "ResourceId": "endpoint/recsys-prod/variant/v3", "ScalableDimension": C.SCALABLE_DIMENSION})
+        "ResourceId": "endpoint/recsys-prod/variant/v3", "ScalableDimension": control.SCALABLE_DIMENSION})
     aas.add_response("deregister_scalable_target", {}, {
         "ServiceNamespace": "sagemaker", "ResourceId": "endpoint/recsys-prod/variant/v3",
-        "ScalableDimension": C.SCALABLE_DIMENSION})
+        "ScalableDimension": control.SCALABLE_DIMENSION})
     sm.add_response("update_endpoint", {"EndpointArn": f"{ARN}:endpoint/recsys-prod"},
                     {"EndpointName": "recsys-prod", "EndpointConfigName": NEW_CONFIG,
                      "RetainAllVariantProperties": False})

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from recsys_sagemaker import package as P
+from recsys_sagemaker import package
 from recsys_sagemaker.config import AutoScaling, Deployment, Variant
 from recsys_sagemaker.control import SCALABLE_DIMENSION, Clients, ControlPlane, DeployError
 
@@ -26,8 +26,8 @@ def clients() -> Clients:
 def deployment(out, c: Clients, endpoint: str, versions=("3",), **kw) -> Deployment:
     variants = []
     for v in versions:
-        pkg = P.package(out, v)
-        pkg = P.upload(pkg, c.s3, BUCKET, P.s3_key("recsys", endpoint, pkg))
+        pkg = package.package(out, v)
+        pkg = package.upload(pkg, c.s3, BUCKET, package.s3_key("recsys", endpoint, pkg))
         variants.append(Variant(version=v, weight=1.0, model_data=pkg.s3_uri))
     return Deployment(endpoint=endpoint, role_arn=ROLE, image_uri=IMAGE, variants=tuple(variants),
                       **kw)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from common.config import TrainConfig
+from training.config import TrainConfig
 from common.schema import EtlLayout
 from common.splits import SplitData, load_split
 

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from common.config import TrainConfig
+from training.config import TrainConfig
 from training.baselines import PopularityModel
 from training.evaluation import evaluate, split_cold_items
 from core.encoder import history_bags

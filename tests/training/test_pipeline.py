@@ -216,7 +216,7 @@ def test_added_items_study(pipeline_run):
     `archives add-items` runs, and all three scored on the same users (eval.json)."""
     from dataclasses import replace as dc_replace
 
-    from common.config import TrainConfig
+    from training.config import TrainConfig
     from training.added_items import held_out_items, study
     from common.splits import load_split
     from common.schema import EtlLayout

@@ -5,20 +5,17 @@ per model version, one production variant per version (the first is control), we
 in place for a canary and a rollback, invocations pinned to the user's variant by the gateway's
 assignment hash. Walkthrough: docs/sagemaker.md. AWS region and credentials: the usual AWS_*
 variables or --region.
-
-This package lives in ``sagemaker/recsys_sagemaker`` (the ``sagemaker/`` folder is not a package,
-so it never shadows the AWS SDK named ``sagemaker``); ``make venv`` puts ``sagemaker/`` on the
-venv's path, the image sets PYTHONPATH.
+The package is ``recsys_sagemaker``, never ``sagemaker``: that name is the AWS SDK's.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
-from recsys_sagemaker import package as P
+from common.cli import run_cli
+from recsys_sagemaker import package
 from recsys_sagemaker.config import (AutoScaling, DataCapture, Deployment, Variant, parse_weights,
                                      variant_name)
 from recsys_sagemaker.control import Clients, ControlPlane, DeployError
@@ -36,10 +33,10 @@ def _packages(a, versions: list[str]):
     clients = Clients.create(region=a.region) if a.bucket else None
     out = []
     for version in versions:
-        pkg = P.package(a.out, version, model_name=a.model_name, from_mlflow=a.from_mlflow,
+        pkg = package.package(a.out, version, model_name=a.model_name, from_mlflow=a.from_mlflow,
                         registered_model=a.registered_model, tracking_uri=a.tracking_uri)
         if clients:
-            pkg = P.upload(pkg, clients.s3, a.bucket, P.s3_key(a.prefix, a.endpoint or "recsys", pkg))
+            pkg = package.upload(pkg, clients.s3, a.bucket, package.s3_key(a.prefix, a.endpoint or "recsys", pkg))
         out.append(pkg)
     return out
 
@@ -130,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
     def source(sp):
         sp.add_argument("--out", required=True, help="run folder: OUT/model-store/<name>-v<N>.mar "
                                                      "(and OUT/mlflow.db with --from-mlflow)")
-        sp.add_argument("--model-name", default=P.DEFAULT_MODEL_NAME, help="TorchServe model name")
+        sp.add_argument("--model-name", default=package.DEFAULT_MODEL_NAME, help="TorchServe model name")
         sp.add_argument("--from-mlflow", action="store_true", help="build each version's archive "
                         "from the MLflow registry first (python -m archives build)")
         sp.add_argument("--registered-model", default=None, help="MLflow registered model "
@@ -203,14 +200,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)
-    a = parser().parse_args(argv)
-    try:
-        return a.fn(a)
-    except (DeployError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(parser(), argv, (DeployError, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

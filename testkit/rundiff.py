@@ -1,0 +1,155 @@
+"""Is a refactor behaviour-neutral? Compare two ``make demo`` outputs, file by file and answer by answer.
+
+    python -m testkit.rundiff BEFORE_OUT AFTER_OUT [--users 50] [--json report.json]
+
+Checks, each reported as a list of differences (empty = identical):
+* the serving artifacts (``model/*_artifact/``), byte for byte;
+* the files each archive ships besides code (``artifact/`` and the pack and index under
+  ``serving/``), byte for byte, unpacked from every ``model-store/*.mar``;
+* every figure of ``eval.json`` and ``parity.json``, except wall-clock times (keys named
+  ``seconds`` or ``fit_seconds``), which no two runs share;
+* the raw bytes TorchServe answers to the demo requests and to ``--users`` known users, their
+  histories as new users and their related items, for every version: each OUT's archives are
+  served in turn by a TorchServe on free ports, so the answers come from the handler code each
+  archive carries.
+
+Exit status 0 when everything is identical, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+TIMING_KEYS = frozenset({"seconds", "fit_seconds"})
+SHIPPED_PREFIXES = ("artifact/", "serving/")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): _sha256(p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _diff_maps(name: str, a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    out = [f"{name}: {k} only in BEFORE" for k in sorted(a.keys() - b.keys())]
+    out += [f"{name}: {k} only in AFTER" for k in sorted(b.keys() - a.keys())]
+    out += [f"{name}: {k} differs ({a[k]!r:.80} vs {b[k]!r:.80})"
+            for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+    return out
+
+
+def artifact_files(out: Path) -> dict[str, str]:
+    """sha256 of every file of every serving artifact folder under ``OUT/model``."""
+    found: dict[str, str] = {}
+    for folder in sorted((out / "model").glob("*_artifact")):
+        found.update({f"{folder.name}/{k}": v for k, v in _tree(folder).items()})
+    return found
+
+
+def shipped_files(out: Path) -> dict[str, str]:
+    """sha256 of the non-code files of every archive: the artifact, the pack and the index."""
+    found: dict[str, str] = {}
+    for mar in sorted((out / "model-store").glob("*.mar")):
+        with zipfile.ZipFile(mar) as z:
+            for n in sorted(z.namelist()):
+                if n.startswith(SHIPPED_PREFIXES) and not n.endswith("/"):
+                    found[f"{mar.name}/{n}"] = _sha256(z.read(n))
+    return found
+
+
+def figures(doc: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, leaf) of a JSON document, wall-clock times left out."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k not in TIMING_KEYS:
+                yield from figures(v, f"{path}/{k}")
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from figures(v, f"{path}[{i}]")
+    else:
+        yield path, doc
+
+
+def json_figures(out: Path, name: str) -> dict[str, Any]:
+    return dict(figures(json.loads((out / name).read_text())))
+
+
+def request_bodies(out: Path, users: int) -> list[dict]:
+    """The demo's requests plus, for ``users`` known users: top-k, their history as a new user,
+    and the items related to their first history item."""
+    from archives.demo import demo_requests
+
+    bodies = [body for _, body in demo_requests(out)]
+    artifact = out / "model" / "serving_artifact"
+    user_ids = (artifact / "user_ids.txt").read_text().split()[:users]
+    item_ids = (artifact / "item_ids.txt").read_text().split()
+    for i, user in enumerate(user_ids):
+        history = item_ids[i % len(item_ids):][:5]
+        bodies += [{"user_id": user, "k": 10},
+                   {"user_id": f"new-{user}", "history": history, "k": 10},
+                   {"similar_to": history[0], "k": 10}]
+    return bodies
+
+
+def answers(out: Path, bodies: list[dict], model: str = "recsys") -> dict[str, str]:
+    """sha256 of TorchServe's raw answer to each body, per version, with OUT's own archives."""
+    from archives.client import TorchServeClient
+    from archives.store import list_archives
+    from testkit.archives import running_server
+
+    versions = {a.version: a.path.name for a in list_archives(out) if a.model_name == model}
+    got: dict[str, str] = {}
+    for version, mar in sorted(versions.items()):
+        with running_server(out, config="dev", models={model: mar}) as state:
+            client = TorchServeClient(state)
+            for i, body in enumerate(bodies):
+                r = client.predict(model, body)
+                got[f"v{version} #{i} {json.dumps(body)[:60]}"] = f"{r.status_code} {_sha256(r.content)}"
+    return got
+
+
+def compare(before: Path, after: Path, users: int) -> dict[str, list[str]]:
+    report = {
+        "artifact_files": _diff_maps("artifact", artifact_files(before), artifact_files(after)),
+        "archive_files": _diff_maps("archive", shipped_files(before), shipped_files(after)),
+        "eval_json": _diff_maps("eval.json", json_figures(before, "eval.json"),
+                                json_figures(after, "eval.json")),
+        "parity_json": _diff_maps("parity.json", json_figures(before, "parity.json"),
+                                  json_figures(after, "parity.json")),
+    }
+    bodies = request_bodies(after, users)
+    report["answers"] = _diff_maps("answer", answers(before, bodies), answers(after, bodies))
+    report["counts"] = [f"{len(artifact_files(after))} artifact files, {len(shipped_files(after))} "
+                        f"archive files, {len(json_figures(after, 'eval.json'))} eval.json figures, "
+                        f"{len(bodies)} requests per version"]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m testkit.rundiff", description=__doc__.split("\n\n")[0])
+    p.add_argument("before", type=Path, help="OUT of the run before the change")
+    p.add_argument("after", type=Path, help="OUT of the run after the change")
+    p.add_argument("--users", type=int, default=50, help="known users to query (3 requests each)")
+    p.add_argument("--json", type=Path, help="also write the report here")
+    a = p.parse_args(argv)
+    report = compare(a.before.resolve(), a.after.resolve(), a.users)
+    for section, lines in report.items():
+        state = "" if section == "counts" else (" identical" if not lines else f" {len(lines)} differences")
+        print(f"{section}:{state}")
+        for line in lines[:20]:
+            print(f"  {line}")
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if not any(v for k, v in report.items() if k != "counts") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

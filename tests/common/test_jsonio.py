@@ -1,0 +1,26 @@
+"""One results writer: strict JSON, numpy numbers as numbers, the same bytes as before."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from common.jsonio import json_safe, write_json
+
+
+def test_json_safe_cleans_nan_numpy_and_objects():
+    obj = {"nan": math.nan, "inf": -math.inf, "f32": np.float32(0.5), "i64": np.int64(3),
+           "arr": np.arange(3), "path": Path("/x"), "nested": [{"t": (1, math.nan)}], 7: True}
+    assert json_safe(obj) == {"nan": None, "inf": None, "f32": 0.5, "i64": 3, "arr": [0, 1, 2],
+                              "path": "/x", "nested": [{"t": [1, None]}], "7": True}
+
+
+def test_write_json_format_is_the_results_format(tmp_path):
+    obj = {"b": 1, "a": [1.5, "x"], "c": {"d": None}}
+    path = write_json(tmp_path / "sub" / "r.json", obj)
+    assert path.read_text() == json.dumps(obj, indent=2) + "\n"     # what the writers wrote
+    write_json(path, obj, sort_keys=True)
+    assert path.read_text() == json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]     # no temporary file left
