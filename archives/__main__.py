@@ -13,6 +13,7 @@ from pathlib import Path
 from archives import build as B
 from archives import server as S
 from archives.client import TorchServeClient, curl_lines
+from archives.demo import demo_requests
 from archives.store import find_archive, list_archives, model_store
 from common.cli import run_cli
 from core.retrieval import VARIANTS
@@ -139,22 +140,10 @@ def cmd_status(a) -> int:
 # --------------------------------------------------------------------------------------------
 
 def demo_bodies(out, model: str) -> list[tuple[str, dict]]:
-    """Requests for a known user, a history-only user, an unknown user, related items and a
-    candidate list."""
+    """The demo's requests for the default version of ``model`` in the running TorchServe."""
     state = S.ServerState.load(out)
     version = TorchServeClient(state).default_version(model)
-    info = B.build_info(out, model, version).get("artifact", {}) if version else {}
-    users = info.get("example_users") or ["1"]
-    items = info.get("popular_items") or []
-    return [
-        ("known user", {"user_id": users[0], "k": 5}),
-        ("history only (new user)", {"user_id": "demo-new-user", "k": 5,
-                                     "history": items[:3] + ["no-such-item"]}),
-        ("unknown user, no history (popular fallback)", {"user_id": "demo-anonymous", "k": 5}),
-        ("related items", {"similar_to": items[0] if items else "1", "k": 5}),
-        ("candidate list for the known user, diversity 0.3",
-         {"user_id": users[0], "candidates": items[:6] + ["no-such-item"], "diversity": 0.3}),
-    ]
+    return demo_requests(B.build_info(out, model, version).get("artifact", {}) if version else {})
 
 
 def cmd_demo(a) -> int:

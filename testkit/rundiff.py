@@ -25,6 +25,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from common.cli import FAILED, OK, run_cli
+from common.jsonio import write_json
+
 TIMING_KEYS = frozenset({"seconds", "fit_seconds"})
 SHIPPED_PREFIXES = ("artifact/", "serving/")
 
@@ -82,12 +85,15 @@ def json_figures(out: Path, name: str) -> dict[str, Any]:
     return dict(figures(json.loads((out / name).read_text())))
 
 
-def request_bodies(out: Path, users: int) -> list[dict]:
+def request_bodies(out: Path, users: int, model: str = "recsys") -> list[dict]:
     """The demo's requests plus, for ``users`` known users: top-k, their history as a new user,
     and the items related to their first history item."""
+    from archives.build import build_info
     from archives.demo import demo_requests
+    from archives.store import list_archives
 
-    bodies = [body for _, body in demo_requests(out)]
+    newest = max((a for a in list_archives(out) if a.model_name == model), key=lambda a: int(a.version))
+    bodies = [body for _, body in demo_requests(build_info(out, model, newest.version).get("artifact", {}))]
     artifact = out / "model" / "serving_artifact"
     user_ids = (artifact / "user_ids.txt").read_text().split()[:users]
     item_ids = (artifact / "item_ids.txt").read_text().split()
@@ -133,13 +139,7 @@ def compare(before: Path, after: Path, users: int) -> dict[str, list[str]]:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m testkit.rundiff", description=__doc__.split("\n\n")[0])
-    p.add_argument("before", type=Path, help="OUT of the run before the change")
-    p.add_argument("after", type=Path, help="OUT of the run after the change")
-    p.add_argument("--users", type=int, default=50, help="known users to query (3 requests each)")
-    p.add_argument("--json", type=Path, help="also write the report here")
-    a = p.parse_args(argv)
+def cmd_rundiff(a: argparse.Namespace) -> int:
     report = compare(a.before.resolve(), a.after.resolve(), a.users)
     for section, lines in report.items():
         state = "" if section == "counts" else (" identical" if not lines else f" {len(lines)} differences")
@@ -147,8 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines[:20]:
             print(f"  {line}")
     if a.json:
-        a.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if not any(v for k, v in report.items() if k != "counts") else 1
+        write_json(a.json, report)
+    return OK if not any(v for k, v in report.items() if k != "counts") else FAILED
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m testkit.rundiff", description=__doc__.split("\n\n")[0])
+    p.add_argument("before", type=Path, help="OUT of the run before the change")
+    p.add_argument("after", type=Path, help="OUT of the run after the change")
+    p.add_argument("--users", type=int, default=50, help="known users to query (3 requests each)")
+    p.add_argument("--json", type=Path, help="also write the report here")
+    p.set_defaults(fn=cmd_rundiff)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(parser(), argv, (OSError, LookupError), logs=False)
 
 
 if __name__ == "__main__":
