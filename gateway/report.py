@@ -297,7 +297,7 @@ def plot(rep: dict, path: Path) -> None:
 def write(rep: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "report.png"}
-    write_json(paths["json"], rep)
+    write_json(paths["json"], rep, strict=True)
     paths["md"].write_text(markdown(rep))
     plot(rep, paths["png"])
     return paths

@@ -5,9 +5,15 @@
 Checks, each reported as a list of differences (empty = identical):
 * the serving artifacts (``model/*_artifact/``), byte for byte;
 * the files each archive ships besides code (``artifact/`` and the pack and index under
-  ``serving/``), byte for byte, unpacked from every ``model-store/*.mar``;
-* every figure of ``eval.json`` and ``parity.json``, except wall-clock times (keys named
-  ``seconds`` or ``fit_seconds``), which no two runs share;
+  ``serving/``), unpacked from every ``model-store/*.mar``;
+* every figure of ``eval.json`` and ``parity.json``;
+
+What no two runs of the same code share is left out, and said so: wall-clock times, creation
+times and MLflow run ids (:data:`VOLATILE_KEYS`) and the byte sizes of JSON files that hold them
+(``index_files``' ``*.json`` entries), the OUT folder in paths (read as ``OUT``), and
+the order of a safetensors header's ``__metadata__`` keys (the library writes them from a hash
+map, so two builds of one pack may differ there: a ``.safetensors`` file is compared by its
+parsed header and its tensor bytes). Every other byte counts:
 * the raw bytes TorchServe answers to the demo requests and to ``--users`` known users, their
   histories as new users and their related items, for every version: each OUT's archives are
   served in turn by a TorchServe on free ports, so the answers come from the handler code each
@@ -20,6 +26,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
+import struct
 import sys
 import zipfile
 from pathlib import Path
@@ -28,7 +36,8 @@ from typing import Any, Iterator
 from common.cli import FAILED, OK, run_cli
 from common.jsonio import write_json
 
-TIMING_KEYS = frozenset({"seconds", "fit_seconds"})
+VOLATILE_KEYS = frozenset({"seconds", "fit_seconds", "build_s", "index_build_s", "pack_build_s",
+                           "created_at", "built_at", "run_id"})
 SHIPPED_PREFIXES = ("artifact/", "serving/")
 
 
@@ -36,8 +45,29 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): _sha256(p.read_bytes())
+def _normal(doc: Any, out: str) -> Any:
+    """``doc`` without :data:`VOLATILE_KEYS`, with ``out`` read as ``OUT`` in strings."""
+    if isinstance(doc, dict):
+        return {k: _normal(v, out) for k, v in doc.items() if k not in VOLATILE_KEYS
+                and not (k.endswith(".json") and isinstance(v, int))}  # a size: it holds a time
+    if isinstance(doc, list):
+        return [_normal(v, out) for v in doc]
+    return doc.replace(out, "OUT") if isinstance(doc, str) else doc
+
+
+def content_digest(name: str, data: bytes, out: Path) -> str:
+    """sha256 of a file's content as defined above: JSON normalized, safetensors by header and
+    tensor bytes, anything else byte for byte."""
+    if name.endswith(".json"):
+        data = json.dumps(_normal(json.loads(data), str(out)), sort_keys=True).encode()
+    elif name.endswith(".safetensors"):
+        n = struct.unpack("<Q", data[:8])[0]
+        data = json.dumps(json.loads(data[8:8 + n]), sort_keys=True).encode() + data[8 + n:]
+    return _sha256(data)
+
+
+def _tree(root: Path, out: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): content_digest(p.name, p.read_bytes(), out)
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
@@ -53,7 +83,7 @@ def artifact_files(out: Path) -> dict[str, str]:
     """sha256 of every file of every serving artifact folder under ``OUT/model``."""
     found: dict[str, str] = {}
     for folder in sorted((out / "model").glob("*_artifact")):
-        found.update({f"{folder.name}/{k}": v for k, v in _tree(folder).items()})
+        found.update({f"{folder.name}/{k}": v for k, v in _tree(folder, out).items()})
     return found
 
 
@@ -64,25 +94,24 @@ def shipped_files(out: Path) -> dict[str, str]:
         with zipfile.ZipFile(mar) as z:
             for n in sorted(z.namelist()):
                 if n.startswith(SHIPPED_PREFIXES) and not n.endswith("/"):
-                    found[f"{mar.name}/{n}"] = _sha256(z.read(n))
+                    found[f"{mar.name}/{n}"] = content_digest(n, z.read(n), out)
     return found
 
 
 def figures(doc: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """(path, leaf) of a JSON document, wall-clock times left out."""
+    """(path, leaf) of a normalized JSON document; NaN as the string "NaN" (NaN != NaN)."""
     if isinstance(doc, dict):
         for k, v in doc.items():
-            if k not in TIMING_KEYS:
-                yield from figures(v, f"{path}/{k}")
+            yield from figures(v, f"{path}/{k}")
     elif isinstance(doc, list):
         for i, v in enumerate(doc):
             yield from figures(v, f"{path}[{i}]")
     else:
-        yield path, doc
+        yield path, "NaN" if isinstance(doc, float) and math.isnan(doc) else doc
 
 
 def json_figures(out: Path, name: str) -> dict[str, Any]:
-    return dict(figures(json.loads((out / name).read_text())))
+    return dict(figures(_normal(json.loads((out / name).read_text()), str(out))))
 
 
 def request_bodies(out: Path, users: int, model: str = "recsys") -> list[dict]:
@@ -132,10 +161,13 @@ def compare(before: Path, after: Path, users: int) -> dict[str, list[str]]:
                                   json_figures(after, "parity.json")),
     }
     bodies = request_bodies(after, users)
-    report["answers"] = _diff_maps("answer", answers(before, bodies), answers(after, bodies))
+    got = answers(after, bodies)
+    report["answers"] = _diff_maps("answer", answers(before, bodies), got)
+    statuses = sorted({v.split()[0] for v in got.values()})
     report["counts"] = [f"{len(artifact_files(after))} artifact files, {len(shipped_files(after))} "
                         f"archive files, {len(json_figures(after, 'eval.json'))} eval.json figures, "
-                        f"{len(bodies)} requests per version"]
+                        f"{len(got)} answers ({len(bodies)} requests per version; statuses "
+                        f"{', '.join(statuses)})"]
     return report
 
 

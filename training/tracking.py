@@ -172,7 +172,7 @@ def log_eval_table(eval_dict: Mapping[str, Any], run_id: str | None = None, *,
     client = get_client()
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / name
-        write_json(file, eval_dict, sort_keys=True)
+        write_json(file, eval_dict, sort_keys=True, strict=True)
         client.log_artifact(run_id, str(file))
     flat = log_metrics({k: v for k, v in eval_dict.items() if k != "split_hash"}, run_id=run_id)
     tags = {"eval.artifact": name}

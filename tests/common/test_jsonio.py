@@ -1,4 +1,4 @@
-"""One results writer: strict JSON, numpy numbers as numbers, the same bytes as before."""
+"""One results writer: numpy numbers as numbers, NaN kept unless strict, the same bytes as before."""
 from __future__ import annotations
 
 import json
@@ -24,3 +24,14 @@ def test_write_json_format_is_the_results_format(tmp_path):
     write_json(path, obj, sort_keys=True)
     assert path.read_text() == json.dumps(obj, indent=2, sort_keys=True) + "\n"
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]     # no temporary file left
+
+
+def test_a_missing_figure_stays_nan_unless_strict(tmp_path):
+    """eval.json's empty slices hold NaN, and the tables made from it print ``nan``: the default
+    keeps the figure as Python's json reads it back; strict files (read outside Python) get null."""
+    obj = {"recall": math.nan, "n": np.int64(0)}
+    path = write_json(tmp_path / "eval.json", obj)
+    assert path.read_text() == json.dumps({"recall": math.nan, "n": 0}, indent=2) + "\n"
+    assert math.isnan(json.loads(path.read_text())["recall"])
+    write_json(path, obj, strict=True)
+    assert json.loads(path.read_text()) == {"recall": None, "n": 0}
