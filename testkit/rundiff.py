@@ -10,10 +10,11 @@ Checks, each reported as a list of differences (empty = identical):
 
 What no two runs of the same code share is left out, and said so: wall-clock times, creation
 times and MLflow run ids (:data:`VOLATILE_KEYS`) and the byte sizes of JSON files that hold them
-(``index_files``' ``*.json`` entries), the OUT folder in paths (read as ``OUT``), and
-the order of a safetensors header's ``__metadata__`` keys (the library writes them from a hash
-map, so two builds of one pack may differ there: a ``.safetensors`` file is compared by its
-parsed header and its tensor bytes). Every other byte counts:
+(``index_files``' ``*.json`` entries), the OUT folder in paths (read as ``OUT``), and the order
+of a safetensors header's ``__metadata__`` keys (the library writes them from a hash map, so two
+writes of one file may differ there: a ``.safetensors`` file is compared by its parsed header
+and its tensor bytes, and the raw digest of one recorded in a JSON file is left out). Every
+other byte counts:
 * the raw bytes TorchServe answers to the demo requests and to ``--users`` known users, their
   histories as new users and their related items, for every version: each OUT's archives are
   served in turn by a TorchServe on free ports, so the answers come from the handler code each
@@ -49,7 +50,8 @@ def _normal(doc: Any, out: str) -> Any:
     """``doc`` without :data:`VOLATILE_KEYS`, with ``out`` read as ``OUT`` in strings."""
     if isinstance(doc, dict):
         return {k: _normal(v, out) for k, v in doc.items() if k not in VOLATILE_KEYS
-                and not (k.endswith(".json") and isinstance(v, int))}  # a size: it holds a time
+                and not (k.endswith(".json") and isinstance(v, int))      # a size: it holds a time
+                and not (k.endswith(".safetensors") and isinstance(v, str))}  # a raw digest
     if isinstance(doc, list):
         return [_normal(v, out) for v in doc]
     return doc.replace(out, "OUT") if isinstance(doc, str) else doc
