@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def test_make_stop_cleans_up_after_a_partial_start(java, tmp_path):
     out = build_versions(tmp_path, versions=(("1", 0),))
     env = _ports_env()
     # TorchServe came up, the gateway never did (e.g. its port was taken)
-    r = subprocess.run([".venv/bin/python", "-m", "archives", "serve", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "archives", "serve", "--out", str(out)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     pid = S.ServerState.load(out).pid
