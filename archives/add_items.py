@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 from core.artifact import load_artifact, with_new_items
 from core.config import ArchiveConfig
 from core.encoder import item_input_tensors

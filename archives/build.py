@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 from core.config import ArchiveConfig
 from core.storage import file_sha256
 

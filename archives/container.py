@@ -34,7 +34,7 @@ from archives import supervisor as SV
 from archives.properties import ADDRESS_KEYS, CONFIG_DIR, properties_dict
 from archives.store import ArchiveInfo, archives_in, model_store, version_key
 from common.cli import UsageError, run_cli, setup_logging
-from common.jsonio import write_json
+from core.jsonio import write_json
 from common.net import free_port, parse_port
 
 log = logging.getLogger("recsys.container")

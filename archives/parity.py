@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 from archives.client import TorchServeClient
 from archives.store import find_archive
 

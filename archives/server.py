@@ -37,7 +37,7 @@ import psutil
 from archives import probe
 from archives.properties import CONFIGS, address_host, properties_dict, render_config
 from archives.store import latest_archives, model_store
-from common.jsonio import write_json
+from core.jsonio import write_json
 from common.net import free_port, parse_port, port_in_use, wait_until
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

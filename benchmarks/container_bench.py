@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 
 from common.cli import run_cli
-from common.jsonio import write_json
+from core.jsonio import write_json
 from archives import build as B
 from testkit.archives import make_random_artifact
 from testkit.container_engine import engine, run_serve

@@ -64,7 +64,7 @@ import psutil
 from benchmarks.common import machine
 from common.cli import run_cli
 from common import loadgen
-from common.jsonio import write_json
+from core.jsonio import write_json
 from common.assignment import N_BUCKETS
 
 MODEL = "recsys"

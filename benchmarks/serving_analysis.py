@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.config import ServingBenchConfig
-from common.jsonio import write_json
+from core.jsonio import write_json
 from common.tables import table
 
 BASELINE = "fp32"

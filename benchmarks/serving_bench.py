@@ -37,7 +37,7 @@ from benchmarks.serving_analysis import (BASELINE, cdf_plots, headline, knob_sum
 from common import loadgen
 from common.cli import run_cli
 from common.dataclass_args import add_dataclass_args, from_args, to_dict
-from common.jsonio import write_json
+from core.jsonio import write_json
 from common.stats import PERCENTILE_METHOD, percentiles
 from core.config import ArchiveConfig
 from testkit.archives import running_server, worker_memory

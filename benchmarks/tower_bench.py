@@ -34,7 +34,7 @@ from benchmarks.serving_bench import (ExactReference, build_archive, make_catalo
 from common import loadgen
 from common.loadgen import percentiles
 from common.cli import run_cli
-from common.jsonio import write_json
+from core.jsonio import write_json
 from common.tables import table
 from testkit.archives import running_server
 from training.config import TrainConfig

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 from benchmarks.common import RESULTS, machine
 from training.config import TrainConfig
 from common.cli import run_cli

@@ -54,6 +54,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from core.jsonio import write_json
 from core.ids import InvalidId, check_id
 from core.storage import file_sha256
 
@@ -133,7 +134,7 @@ def save_artifact(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], conf
                "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
                            for k, v in sorted(clean.items())},
                "files": files}
-        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=False) + "\n")
+        write_json(tmp / CONFIG_FILE, cfg)
         tmp.chmod(0o755)  # mkdtemp makes 0700; serving may run as another user
         for f in tmp.iterdir():
             f.chmod(0o644)

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from core.jsonio import write_json
 from core.artifact import ITEMS_FILE, load_artifact, mmap_safetensors
 from core.config import ArchiveConfig
 from core.encoder import HistoryBagEncoder
@@ -118,7 +119,7 @@ def write_pack(artifact_dir: Path, dest: Path, variant: str = DEFAULT_VARIANT,
             "pack_bytes": dest.stat().st_size, "quality": quality,
             "similar": {"index_files": similar.get("files", {}), "index_build_s": similar.get("build_s"),
                         "quality": similar_quality}}
-    (dest.parent / SERVING_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    write_json(dest.parent / SERVING_JSON, info)
     return info
 
 

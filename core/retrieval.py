@@ -52,6 +52,7 @@ from typing import Any, Callable
 
 import torch
 
+from core.jsonio import write_json
 from core.quantization import SQ8, sq8_encode, torch_ao_int8_weights, torch_ao_linear_from_int8
 
 VARIANTS = ("fp32", "int8", "onnx_int8", "sq8", "faiss_sq8", "hnsw", "ivf")
@@ -224,10 +225,6 @@ def _augmented_queries(users: torch.Tensor, width: int | None = None) -> torch.T
     out[:, :d] = users
     out[:, d] = 1.0
     return out
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,8 +651,8 @@ def build_index(variant: str, item_vectors: torch.Tensor, item_bias: torch.Tenso
     paths = _BUILDERS[variant](items, bias, folder, p, threads)
     build_s = time.perf_counter() - t0
     meta = folder / f"{variant}.json"
-    _write_json(meta, {"variant": variant, "params": p, "n_items": n, "dim": d,
-                       "format_version": FORMAT_VERSION, "build_s": build_s})
+    write_json(meta, {"variant": variant, "params": p, "n_items": n, "dim": d,
+                      "format_version": FORMAT_VERSION, "build_s": build_s}, sort_keys=True)
     files = {q.name: q.stat().st_size for q in [*paths, meta]}
     return {"variant": variant, "params": p, "files": files, "build_s": build_s}
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 from gateway import experiment as E
 from gateway.admission import ByteBudget
 from gateway.auth import KeyStore, ensure_secret

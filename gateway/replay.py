@@ -19,7 +19,7 @@ from typing import Sequence
 
 import aiohttp
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 
 
 def test_users(out: str | Path, scheme: str = "temporal") -> list[tuple[str, set[str]]]:

@@ -29,7 +29,7 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 from gateway import experiment as E
 from gateway.logs import read_jsonl
 

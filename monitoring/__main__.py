@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from common.cli import run_cli
-from common.jsonio import write_json
+from core.jsonio import write_json
 from common.dataclass_args import add_dataclass_args, from_args
 from monitoring import config
 

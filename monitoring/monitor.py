@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 from archives.client import TorchServeClient
 from archives.server import ServerError, ServerState
 from common import loadgen

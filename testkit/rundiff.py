@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from common.cli import FAILED, OK, run_cli
-from common.jsonio import write_json
+from core.jsonio import write_json
 
 VOLATILE_KEYS = frozenset({"seconds", "fit_seconds", "build_s", "index_build_s", "pack_build_s",
                            "created_at", "built_at", "run_id"})

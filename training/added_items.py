@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 from core.artifact import load_artifact, with_new_items
 from core.config import ArchiveConfig
 from training.config import TrainConfig

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from common.cli import UsageError, run_cli
-from common.jsonio import write_json
+from core.jsonio import write_json
 from core.config import ArchiveConfig
 from common.dataclass_args import add_dataclass_args, from_args
 from training.config import TrainConfig

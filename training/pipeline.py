@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.jsonio import write_json
+from core.jsonio import write_json
 from core.config import ArchiveConfig
 from common import registry
 from common.registry import EXPERIMENT, MODEL_NAME, next_version

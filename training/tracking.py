@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from common.registry import (EVAL_ARTIFACT, EVAL_PRIMARY_TAG, SERVING_ARTIFACT_PATH,  # noqa: I001
                              SPLIT_HASH_TAG, configure, ensure_experiment, eval_section, flatten,
                              get_client, is_number, metric_key, numeric_leaves)
-from common.jsonio import json_safe, write_json
+from core.jsonio import json_safe, write_json
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 

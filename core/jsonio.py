@@ -1,9 +1,11 @@
-"""Results as JSON files: one cleaner, one writer, one format.
+"""JSON files: one cleaner, one writer, one format.
 
-Every results file (eval.json, parity.json, the benchmarks' results, run summaries) goes through
-:func:`write_json`: numpy and torch scalars as Python numbers, anything else JSON cannot hold
-(paths, dates) as its ``str``; indented by two, a trailing newline, written atomically (a reader
-never sees half a file). A figure that does not exist (an empty slice's recall) stays ``NaN``, as
+Every JSON file we write goes through :func:`write_json`: the artifact's config.json, the index
+metadata and serving.json of an archive (so it lives in the served core, which imports nothing
+of ours), eval.json, parity.json, the benchmarks' results and the run summaries. It writes
+numpy and torch scalars as Python numbers, anything else JSON cannot hold (paths, dates) as its
+``str``; indented by two, a trailing newline, written atomically (a reader never sees half a
+file). A figure that does not exist (an empty slice's recall) stays ``NaN``, as
 Python's json writes and reads it, so eval.json and the tables made from it keep their form;
 ``strict=True`` writes such values as ``null`` instead, for files read outside Python (the A/B
 report, the evaluation logged to MLflow).

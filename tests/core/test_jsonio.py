@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.jsonio import json_safe, write_json
+from core.jsonio import json_safe, write_json
 
 
 def test_json_safe_cleans_nan_numpy_and_objects():
