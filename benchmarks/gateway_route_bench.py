@@ -223,15 +223,20 @@ def _child(a: argparse.Namespace) -> dict:
     return res
 
 
-def _run_child(code: Path, a: argparse.Namespace, upstream: str) -> dict:
+def _run_child(code: Path, a: argparse.Namespace, upstream: str, rate: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--upstream", upstream,
            "--n", str(a.n), "--warmup", str(a.warmup), "--seed", str(a.seed),
-           "--rate", str(a.rate)]
-    env = {**os.environ, "PYTHONPATH": str(code)}
+           "--rate", str(rate)]
+    # numpy (the request mix) would start OpenBLAS threads: not the gateway's
+    env = {**os.environ, "PYTHONPATH": str(code), "OPENBLAS_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"child over {code} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _case(upstream: str, rate: float) -> str:
+    return f"{upstream}, " + (f"{rate:g} req/s" if rate > 0 else "back to back")
 
 
 def _median(xs: list[float]) -> float:
@@ -244,16 +249,17 @@ def _compare(a: argparse.Namespace) -> dict:
     codes = {"this": REPO}
     if a.compare:
         codes = {"before": Path(a.compare).resolve(), "after": REPO}
-    runs: dict = {u: {name: [] for name in codes} for u in a.upstreams}
+    cases = [(u, rate) for rate in a.rates for u in a.upstreams]
+    runs: dict = {_case(u, rate): {name: [] for name in codes} for u, rate in cases}
     for r in range(a.rounds):
-        for upstream in a.upstreams:
+        for upstream, rate in cases:
             order = list(codes) if r % 2 == 0 else list(reversed(codes))
             for name in order:
-                res = _run_child(codes[name], a, upstream)
-                runs[upstream][name].append(res)
-                print(f"round {r} {upstream:8s} {name:6s} {res['process_us']:7.1f} us/request "
-                      f"(main {res['main_thread_us']:.1f}, other threads "
-                      f"{res['other_threads_us']:.1f})", flush=True)
+                res = _run_child(codes[name], a, upstream, rate)
+                runs[_case(upstream, rate)][name].append(res)
+                print(f"round {r} {_case(upstream, rate):20s} {name:6s} "
+                      f"{res['process_us']:7.1f} us/request (main {res['main_thread_us']:.1f}, "
+                      f"other threads {res['other_threads_us']:.1f})", flush=True)
     summary: dict = {}
     for upstream, by in runs.items():
         summary[upstream] = {name: {k: round(_median([x[k] for x in rs]), 1)
@@ -266,19 +272,21 @@ def _compare(a: argparse.Namespace) -> dict:
                 for x, y in zip(by["before"], by["after"])]
     from benchmarks.common import machine
     return {"machine": machine(), "config": {"n": a.n, "warmup": a.warmup, "rounds": a.rounds,
-                                             "upstreams": a.upstreams, "compare": a.compare},
+                                             "upstreams": a.upstreams, "rates": a.rates,
+                                             "compare": a.compare},
             "runs": runs, "summary": summary}
 
 
 def markdown(res: dict) -> str:
     c = res["config"]
     lines = ["# Gateway route, in process (benchmarks/gateway_route_bench.py)", "",
-             f"`/v1/recommendations` called {c['n']} times in a row per round (after "
+             f"`/v1/recommendations` called {c['n']} times per round (back to back, or paced "
+             "at a rate: colder caches and the background loops' share, as when served; after "
              f"{c['warmup']} warm-up calls), {c['rounds']} rounds; the gateway composed as "
              "gateway/app.py composes it; process CPU (every thread: route, log writers, "
              "shipper) per request until every exposure is written. Load average at start "
              f"{res['machine']['load_avg_at_start'][0]}. Medians over the rounds.", "",
-             "| upstream | code | process CPU us/request | main thread | other threads |",
+             "| upstream, pace | code | process CPU us/request | main thread | other threads |",
              "|---|---|---|---|---|"]
     for upstream, by in res["summary"].items():
         for name, s in by.items():
@@ -347,6 +355,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="", help="cProfile the measured requests to this file")
     p.add_argument("--upstream", default="fake", choices=("fake", "loopback"))
     p.add_argument("--upstreams", default="fake", help="comma list for the parent run")
+    p.add_argument("--rates", default="0", help="comma list of --rate values for the parent run")
     p.add_argument("--compare", default="", help="another checkout, measured as 'before'")
     p.add_argument("--dump", default="", help="write answers, exposures, metrics here")
     p.add_argument("--check-same", nargs=2, metavar=("A", "B"), default=None)
@@ -364,6 +373,7 @@ def main(argv=None) -> int:
         print(json.dumps(_child(a)))
         return 0
     a.upstreams = [u.strip() for u in a.upstreams.split(",") if u.strip()]
+    a.rates = [float(x) for x in a.rates.split(",") if x.strip()]
     res = _compare(a)
     md = markdown(res)
     print(md)
