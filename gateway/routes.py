@@ -66,7 +66,7 @@ def splice(body: bytes, experiment: str, variant: str, fallback: bool, rid: str)
     before = end[-2:-1]
     sep = b"," if before not in b"{ \t\r\n" else \
         b"" if end[:-1].rstrip().endswith(b"{") else b","
-    return b"".join((memoryview(end)[:-1], sep, _spliced_fields(experiment, variant, fallback),
+    return b"".join((end[:-1], sep, _spliced_fields(experiment, variant, fallback),
                      orjson.dumps(rid), b"}"))
 
 
