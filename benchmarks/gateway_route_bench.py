@@ -44,7 +44,6 @@ from pathlib import Path
 # runnable by path over another checkout (PYTHONPATH=<checkout>): no package-relative imports
 REPO = Path(__file__).resolve().parents[1]
 PATH = "/v1/recommendations"
-UPSTREAM_PATH = "/predictions/recsys/1"
 # the handler's answer for k=10 (core/engine.py: user_id, model_version, strategy, items,
 # ignored_history), as TorchServe sends it
 ANSWER = (b'{"user_id":"42","model_version":"1","strategy":"personalized","items":['
@@ -73,22 +72,11 @@ class FakeClient:
         return 200, ANSWER
 
 
-async def _serve_stub(port_file: Path) -> None:
-    from gateway.fastserver import start_fast
-    from gateway.http import Request, Response, ServerLimits
-
-    async def answer(req: Request) -> Response:
-        return Response(200, ANSWER)
-    limits = ServerLimits(8 << 20, lambda n: Response(413), lambda: Response(503))
-    srv = await start_fast({("POST", UPSTREAM_PATH): answer}, "127.0.0.1", 0, limits)
-    port_file.write_text(str(srv.port))
-    await asyncio.Event().wait()
-
-
 def _start_stub(tmp: Path) -> tuple[subprocess.Popen, str]:
     port_file = tmp / "stub.port"
+    # the stub is not measured: it runs this checkout's code whatever checkout is measured
     p = subprocess.Popen([sys.executable, __file__, "--stub", str(port_file)],
-                         env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
     for _ in range(300):
         if port_file.exists() and port_file.read_text():
             return p, f"http://127.0.0.1:{port_file.read_text()}"
@@ -365,7 +353,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.stub:
         import uvloop
-        uvloop.run(_serve_stub(Path(a.stub)))
+
+        from benchmarks.http_stack_bench import _serve_stub
+        uvloop.run(_serve_stub(Path(a.stub), ANSWER))
         return 0
     if a.check_same:
         return _check_same(Path(a.check_same[0]), Path(a.check_same[1]))
