@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
+import hashlib
 import hmac
 import logging
 import os
@@ -54,9 +55,7 @@ class Pseudonymizer:
     def __call__(self, user: str | None) -> str | None:
         if user is None:
             return None
-        # hmac.digest: OpenSSL's one-shot HMAC, the same bytes as hmac.new(...).digest()
-        # without building an HMAC object per record
-        return hmac.digest(self.secret, user.encode("utf-8"), "sha256").hex()[:32]
+        return hmac.new(self.secret, user.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
 # ---- sizes ------------------------------------------------------------------------------------

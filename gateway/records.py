@@ -51,9 +51,9 @@ def exposure_dict(r: ExposureRecord, pseudo: Callable[[str | None], str | None])
     items, scores, strategy, unknown = [], [], None, 0
     if r.status == 200 and r.answer:
         d = orjson.loads(r.answer) if isinstance(r.answer, (bytes, bytearray)) else r.answer
-        answered = d.get("items") or ()
-        items = [it.get("item_id") for it in answered]
-        scores = [it.get("score") for it in answered]
+        for it in d.get("items") or []:
+            items.append(it.get("item_id"))
+            scores.append(it.get("score"))
         strategy = d.get("strategy")
         unknown = len(d.get("ignored_history") or [])
     return {"ts": r.ts, "request_id": r.request_id, "experiment": r.experiment,

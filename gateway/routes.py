@@ -13,7 +13,6 @@ the composed :class:`gateway.app.Gateway`'s.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
@@ -45,29 +44,18 @@ def _json(status: int, value: Any, headers: dict | None = None) -> Response:
     return Response(status, orjson.dumps(value), headers or {})
 
 
-@functools.lru_cache(maxsize=1024)
-def _spliced_fields(experiment: str, variant: str, fallback: bool) -> bytes:
-    """The gateway's fields but the request id's value, encoded once per (experiment,
-    variant, fallback) instead of per answer."""
-    return b"".join((b'"experiment":', orjson.dumps(experiment), b',"variant":',
-                     orjson.dumps(variant), b',"fallback":', b"true" if fallback else b"false",
-                     b',"request_id":'))
-
-
 def splice(body: bytes, experiment: str, variant: str, fallback: bool, rid: str) -> bytes:
     """The handler's JSON object with the gateway's fields appended before its closing brace
     (no re-encoding of the handler's body)."""
-    end = body if body[-1:] == b"}" else body.rstrip()
+    end = body.rstrip()
     if not end.endswith(b"}"):
         d = orjson.loads(body)
         return orjson.dumps({**d, "experiment": experiment, "variant": variant,
                              "fallback": fallback, "request_id": rid})
-    # an empty object takes no comma; the handler's answers end in "]}" or a value
-    before = end[-2:-1]
-    sep = b"," if before not in b"{ \t\r\n" else \
-        b"" if end[:-1].rstrip().endswith(b"{") else b","
-    return b"".join((end[:-1], sep, _spliced_fields(experiment, variant, fallback),
-                     orjson.dumps(rid), b"}"))
+    sep = b"" if end[:-1].rstrip().endswith(b"{") else b","
+    return b"".join((end[:-1], sep, b'"experiment":', orjson.dumps(experiment), b',"variant":',
+                     orjson.dumps(variant), b',"fallback":', b"true" if fallback else b"false",
+                     b',"request_id":', orjson.dumps(rid), b"}"))
 
 
 _RID_PREFIX = secrets.token_hex(8)
