@@ -30,6 +30,7 @@ help:
 	@echo "make lock                                              re-resolve requirements.lock"
 	@echo "make bench-gateway                                     gateway overhead (benchmarks/results/gateway.json)"
 	@echo "make bench-http-stack                                  aiohttp vs fastserver/FastClient CPU per request (benchmarks/results/http_stack.json)"
+	@echo "make bench-gateway-route                               the gateway's own per-request CPU in process (benchmarks/results/gateway_route.json)"
 	@echo "make faults OUT=<dir> [FAULTS_ARGS=--quick]            faults injected under load through the gateway"
 	@echo "                                                       (own TorchServe + gateway over OUT's archives): OUT/faults.json"
 	@echo "make bench-tower                                       P99 at d = 256 vs today's TrainConfig.dim (benchmarks/results/tower.json)"
@@ -212,6 +213,11 @@ bench-gateway: venv java
 .PHONY: bench-http-stack
 bench-http-stack: venv
 	$(PY) -m benchmarks.http_stack_bench $(BENCH_ARGS)
+
+# BENCH_ARGS="--compare DIR" measures another checkout side by side ("before")
+.PHONY: bench-gateway-route
+bench-gateway-route: venv
+	$(PY) -m benchmarks.gateway_route_bench --upstreams fake,loopback --rates 0,200 $(BENCH_ARGS)
 
 # The fault suite (benchmarks/faults.py, docs/gateway.md "Fault suite"): its own TorchServe and
 # gateway on free ports over OUT's archives (OUT from make demo), open-loop load, one fault at a

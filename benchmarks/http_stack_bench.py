@@ -58,12 +58,14 @@ def _unauthorized() -> tuple[int, bytes]:
 
 # --------------------------------------------------------------------------- processes
 
-async def _serve_stub(port_file: Path) -> None:
+async def _serve_stub(port_file: Path, body: bytes = STUB_ANSWER) -> None:
+    """The upstream stub: every POST to UPSTREAM_PATH answers 200 ``body`` (also
+    benchmarks/gateway_route_bench.py's loopback upstream)."""
     from gateway.fastserver import start_fast
     from gateway.http import Request, Response, ServerLimits
 
     async def answer(req: Request) -> Response:
-        return Response(200, STUB_ANSWER)
+        return Response(200, body)
     limits = ServerLimits(8 << 20, lambda n: Response(413), lambda: Response(503))
     srv = await start_fast({("POST", UPSTREAM_PATH): answer}, "127.0.0.1", 0, limits)
     port_file.write_text(str(srv.port))

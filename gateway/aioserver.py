@@ -75,8 +75,9 @@ class AiohttpServer:
             return _to_aiohttp(limits.too_large(declared))
         release = None
         headers = {k.lower(): v for k, v in request.headers.items()}
+        gated = Request(request.method, request.path, headers)
         if limits.gate is not None and request.path in limits.shed_paths:
-            refusal = limits.gate(Request(request.method, request.path, headers))
+            refusal = limits.gate(gated)
             if refusal is not None:  # e.g. no API key: never admitted, its body never read
                 resp = _to_aiohttp(refusal)
                 resp.force_close()
@@ -100,7 +101,8 @@ class AiohttpServer:
                 resp = _to_aiohttp(limits.too_large(None))
                 resp.force_close()
                 return resp
-            answer = await route(Request(request.method, request.path, headers, body))
+            gated.body = body
+            answer = await route(gated)
             del body
             resp = _to_aiohttp(answer)
             if release is not None:

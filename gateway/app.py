@@ -85,8 +85,12 @@ class Gateway:
                                  per_version=cfg.per_version_concurrency, tokens=self.tokens,
                                  **upstream_client(cfg.upstream_client, inference,
                                                    cfg.upstream_connections))
-        self.budget = (ByteBudget(cfg.inflight_bytes_budget, m.inflight_bytes.set)
+        self.budget = (ByteBudget(cfg.inflight_bytes_budget)
                        if cfg.inflight_bytes_budget > 0 else None)
+        if self.budget is not None:
+            # read at scrape time, not set twice per request (a locked write each)
+            budget = self.budget
+            m.inflight_bytes.set_function(lambda: budget.in_flight)
         self.popularity = Popularity(paths.popularity)
         self.experiment: E.Experiment | None = None
         self.file_digest: str | None = None

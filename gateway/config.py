@@ -161,6 +161,10 @@ class GatewayConfig:
     """A record's JSON line is cut to this size (list fields shortened, ``truncated: true``)."""
     log_rotate_bytes: int = 64 * 1024 * 1024
     log_rotate_s: float = 3600.0
+    log_batch_s: float = 0.05
+    """The log writer takes its queue every this often (at most ~2x this of records wait in
+    memory, the SIGKILL loss window's queue part). A longer tick costs less CPU per record at
+    a steady rate (the writer's code is cold at every wake): docs/gateway.md, "Performance"."""
     log_fsync_s: float = 1.0
     """fsync the open log file at most this often (0 = after every batch): the records written
     since the last fsync are what a node crash can lose (docs/gateway.md, loss windows)."""
@@ -259,6 +263,8 @@ class GatewayConfig:
             raise ValueError("log_max_record_bytes must be >= 4096 (a record's fixed fields)")
         if self.log_rotate_bytes < 1 or self.log_rotate_s <= 0:
             raise ValueError("log_rotate_bytes must be >= 1 and log_rotate_s > 0")
+        if not 0 < self.log_batch_s <= 10:
+            raise ValueError("log_batch_s must be > 0 and <= 10 (seconds between writer wakes)")
         if self.log_fsync_s < 0:
             raise ValueError("log_fsync_s must be >= 0 (0 = fsync every batch)")
         if self.log_ship_uri:
@@ -301,6 +307,7 @@ SERVE_OPTIONS: dict[str, str] = {
     "log_queue_bytes": "estimated bytes the write queue may hold per log (a full queue drops)",
     "log_max_record_bytes": "cap of one log record's JSON line (longer ones are truncated)",
     "log_fsync_s": "fsync the open log file this often, 0 = every batch (GATEWAY_LOG_FSYNC_S)",
+    "log_batch_s": "the log writer takes its queue this often (seconds)",
     "log_ship_uri": "ship rotated logs to s3://bucket/prefix (GATEWAY_LOG_SHIP_URI)",
     "log_retain_bytes": "cap on local log bytes; oldest rotated files go first, 0 = none "
                         "(GATEWAY_LOG_RETAIN_BYTES)",

@@ -11,6 +11,7 @@ Assignment is imported from ``common/assignment.py`` (the contract's hash and ra
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -48,11 +49,13 @@ class Experiment:
     digest: str                      # sha256 of the canonical JSON (reload detection)
     description: str = ""
 
-    @property
+    # computed once per experiment, not per request (the experiment is immutable); do not
+    # mutate the returned dict
+    @functools.cached_property
     def by_name(self) -> dict[str, Variant]:
         return {v.name: v for v in self.variants}
 
-    @property
+    @functools.cached_property
     def control_variant(self) -> Variant:
         return self.by_name[self.control]
 

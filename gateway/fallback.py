@@ -89,13 +89,17 @@ def view_of(doc: dict) -> RequestView:
                        similar_to=doc.get("similar_to"))
 
 
+def mode_of(req) -> str:
+    """The mode of a validated request (``core.validation.RecRequest``)."""
+    return "similar" if req.similar_to is not None else \
+        "rerank" if req.candidates is not None else "user"
+
+
 def view_from(doc: dict, req) -> RequestView:
     """The view of a request the handler's validation accepted (``core.validation.RecRequest``:
     canonical ids, the mode's defaults applied). A fallback answer echoes the canonical user id,
     as the handler does."""
-    mode = "similar" if req.similar_to is not None else \
-        "rerank" if req.candidates is not None else "user"
-    return RequestView(user=req.user_id, raw_user=req.user_id, mode=mode, k=req.k,
+    return RequestView(user=req.user_id, raw_user=req.user_id, mode=mode_of(req), k=req.k,
                        history=list(req.history), exclude_seen=req.exclude_seen,
                        exclude=list(req.exclude),
                        include_categories=(list(req.include_categories)
@@ -241,4 +245,4 @@ class Popularity:
         return not set(map(str, v.exclude_categories)) & set(cats)
 
 
-__all__ = ["RequestView", "view_of", "view_from", "Popularity", "BadRequest"]
+__all__ = ["RequestView", "view_of", "view_from", "mode_of", "Popularity", "BadRequest"]

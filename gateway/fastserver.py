@@ -245,6 +245,7 @@ class _Connection(asyncio.Protocol):
         has_body = n > 0 or chunked
         expect = has_body and headers.get("expect", "").lower() == "100-continue"
         route = srv.routes.get((method, path))
+        request = None  # the gated request object, handed on to the route
         if route is None and method == "HEAD":
             route = srv.routes.get(("GET", path))
             item.head_only = True
@@ -255,7 +256,7 @@ class _Connection(asyncio.Protocol):
             if allowed:
                 item.answer.headers["Allow"] = ", ".join(sorted(allowed))
         elif limits.gate is not None and path in limits.shed_paths and \
-                (refusal := limits.gate(Request(method, path, headers))) is not None:
+                (refusal := limits.gate(request := Request(method, path, headers))) is not None:
             item.answer = refusal  # e.g. no API key: never admitted, its body never read
         elif limits.admission is not None and path in limits.shed_paths:
             release = limits.admission.admit(limits.max_body_bytes if chunked else n)
@@ -273,7 +274,7 @@ class _Connection(asyncio.Protocol):
             self._enqueue(item)
         else:
             item.route = route
-            item.request = Request(method, path, headers)
+            item.request = request if request is not None else Request(method, path, headers)
             if expect and not self.queue and self.task is None:
                 self.transport.write(_CONTINUE)
         self.deadline = self.loop.time() + srv.cfg.body_timeout_s if has_body else 0.0

@@ -8,7 +8,7 @@ budget) happen in the server *before* the body is read, through :class:`ServerLi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 JSON = "application/json"
 
@@ -21,6 +21,9 @@ class Request:
     path: str
     headers: Mapping[str, str]
     body: bytes = b""
+    key: Any = None
+    """The API key's entry when ``ServerLimits.gate`` identified it from these headers (the
+    server hands the route the request object it gated), so auth does not hash the key twice."""
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)

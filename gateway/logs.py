@@ -216,7 +216,12 @@ class JsonlLog:
         # The writer wakes every batch_s (or once wake_at records wait), not for each record:
         # waking a thread per answer costs more CPU than formatting the record (a futex wake
         # and a GIL hand-over per request); records wait at most ~2 x batch_s in the queue.
+        # A log that stayed empty for a whole tick stops ticking (an idle events log would
+        # otherwise wake 20 times a second for nothing): the writer sleeps until a record
+        # arrives (submit wakes it: ``_idle``) or an fsync or rotation is due, and writes that
+        # record at once.
         self.batch_s, self.wake_at = batch_s, max(1, wake_at)
+        self._idle = False
         if opener is not None:
             self.opener = opener  # type: ignore[assignment]
         self.on_drop, self.on_write, self.on_error = on_drop, on_write, on_error
@@ -257,7 +262,8 @@ class JsonlLog:
                 ok = True
                 self._q.append((item, n))
                 self.queued_bytes += n
-                if len(self._q) == self.wake_at:
+                if self._idle or len(self._q) == self.wake_at:
+                    self._idle = False
                     self._cv.notify()
         if not ok and self.on_drop:
             self.on_drop()
@@ -398,6 +404,7 @@ class JsonlLog:
         while True:
             with self._cv:
                 taken_by = time.monotonic() + self.batch_s  # the queued records' latest pick-up
+                empty_ticks = 0
                 while not self._closing and len(self._q) < self.wake_at:
                     now = time.monotonic()
                     if self._q and now >= taken_by:
@@ -407,8 +414,17 @@ class JsonlLog:
                         break
                     if self._q:
                         tick = taken_by - now
+                    elif empty_ticks:
+                        # a whole tick without a record: sleep until submit wakes us (then
+                        # taken_by has passed, so that record is written at once) or until
+                        # an fsync or a rotation is due
+                        self._idle = True
+                        self._cv.wait(wait)
+                        self._idle = False
+                        continue
                     else:
                         taken_by, tick = now + self.batch_s, self.batch_s
+                        empty_ticks += 1
                     self._cv.wait(tick if wait is None else min(wait, tick))
                 batch = []
                 while self._q and len(batch) < 2000:

@@ -46,18 +46,24 @@ def identify(keys: KeyStore, metrics, request: Request) -> KeyEntry | Response:
 def key_gate(keys: KeyStore, metrics) -> Callable[[Request], Response | None]:
     """``ServerLimits.gate``: the 401 of a request without a known key, from its headers,
     before its body is admitted to the in-flight budget (rights and rate limits are checked
-    by the route, once)."""
+    by the route, once). A known key's entry is kept on the request (``request.key``): the
+    route's :func:`check_key` does not identify it again."""
     def gate(request: Request) -> Response | None:
         entry = identify(keys, metrics, request)
-        return entry if isinstance(entry, Response) else None
+        if isinstance(entry, Response):
+            return entry
+        request.key = entry
+        return None
     return gate
 
 
 def check_key(keys: KeyStore, metrics, request: Request, right: str) -> KeyEntry | Response:
     """The key's entry, or the refusal (401, 403, 429)."""
-    entry = identify(keys, metrics, request)
-    if isinstance(entry, Response):
-        return entry
+    entry = request.key  # identified by the server's gate from these headers
+    if entry is None:
+        entry = identify(keys, metrics, request)
+        if isinstance(entry, Response):
+            return entry
     if right not in entry.rights:
         metrics.client_errors.labels("forbidden").inc()
         return error(403, "forbidden", f"this key lacks the {right!r} right")

@@ -25,7 +25,7 @@ import orjson
 
 from core.ids import try_canonical_id
 from gateway import experiment as E
-from gateway.fallback import BadRequest, RequestView, view_from
+from gateway.fallback import BadRequest, mode_of, view_from
 from gateway.http import Request, Response, Route
 from gateway.middleware import authorized, error
 from gateway.records import EventRecord, ExposureRecord
@@ -76,6 +76,7 @@ class Routes:
         self.gw = gw
         self.cfg = gw.cfg
         self.metrics = gw.metrics
+        self._override = gw.cfg.override_header.lower()
 
     def table(self) -> dict[tuple[str, str], Route]:
         keys, m = self.gw.keys, self.metrics
@@ -99,9 +100,9 @@ class Routes:
             m.client_errors.labels(e.reason).inc()
             # byte for byte the handler's own refusal (handlers/recommender.py: json.dumps)
             return Response(e.status, json.dumps(e.to_dict()).encode())
-        view = view_from(doc, req)
+        user = req.user_id
         exp = gw.experiment
-        override = request.headers.get(cfg.override_header.lower())
+        override = request.headers.get(self._override)
         if override is not None:
             if "admin" not in entry.rights:
                 m.client_errors.labels("forbidden").inc()
@@ -111,8 +112,8 @@ class Routes:
                 return error(400, "unknown_variant", f"{cfg.override_header}: {override!r} "
                              f"is not a variant of {exp.name!r} ({list(exp.by_name)})")
             m.overrides.labels(exp.name, variant.name).inc()
-        elif view.user is not None:
-            variant = exp.assign(view.user)
+        elif user is not None:
+            variant = exp.assign(user)
             m.assigned(exp.name, variant.name)
         else:
             variant = exp.control_variant
@@ -123,7 +124,7 @@ class Routes:
         deadline = t0 + cfg.deadline_ms / 1000.0
 
         status, out, version, cause, source, upstream_s = await self._serve(
-            exp, variant, request.body, view, deadline)
+            exp, variant, request.body, doc, req, deadline)
         fallback = cause is not None
         if status == 200 and isinstance(out, (bytes, bytearray)):
             payload = splice(out, exp.name, variant.name, fallback, rid)
@@ -139,7 +140,7 @@ class Routes:
         # one exposure per answer with a handler status; TorchServe's own 413 (a body over
         # its max_request_size) is a refusal like the gateway's, so it gets none
         record = None if status == 413 else ExposureRecord(
-            time.time(), rid, exp.name, variant.name, version, view.user, view.mode, answer,
+            time.time(), rid, exp.name, variant.name, version, user, mode_of(req), answer,
             fallback, cause, source, len(req.history), tail, status, override is not None,
             (len(payload) if answer is not None else 0) + sum(len(h) for h in tail))
         if record is not None:
@@ -153,7 +154,7 @@ class Routes:
         return Response(status, payload, headers)
 
     async def _serve(self, exp: E.Experiment, variant: E.Variant, body: bytes,
-                     view: RequestView, deadline: float):
+                     doc: Any, req, deadline: float):
         """(status, body bytes or dict, served version, fallback cause, source, upstream s)."""
         gw, m = self.gw, self.metrics
         chain = [variant]
@@ -179,6 +180,7 @@ class Routes:
                     v.model_version, None, None, upstream_s
             m.upstream_errors.labels(v.name, a.kind).inc()
             cause = cause or a.kind
+        view = view_from(doc, req)  # only a fallback needs it
         answer = gw.popularity.answer(view)
         if answer is None:
             return 503, {"code": 503, "type": "ServiceUnavailable", "reason": "unavailable",

@@ -314,6 +314,7 @@ def open_logs(cfg, metrics, exposure_fmt: Callable[[Any], dict],
                         on_write=metrics.log_written.labels(name).inc,
                         queue_bytes=cfg.log_queue_bytes,
                         max_record_bytes=cfg.log_max_record_bytes, fsync_s=cfg.log_fsync_s,
+                        batch_s=cfg.log_batch_s,
                         on_error=metrics.log_write_errors.labels(name).inc,
                         on_truncate=metrics.log_truncated.labels(name).inc,
                         on_rotate=shipper.wake)

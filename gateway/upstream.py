@@ -236,6 +236,9 @@ class Upstream:
         self.tokens = tokens
         self.client = client if client is not None else AiohttpClient(self.url, connections)
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._paths: dict[str, str] = {}
+        self._headers: dict[str, str] = {}
+        self._headers_key: str | None = ""   # the inference key _headers was built for
 
     async def start(self) -> None:
         await self.client.start()
@@ -293,11 +296,16 @@ class Upstream:
     async def _post(self, version: str, body: bytes, timeout_s: float) -> Attempt:
         if timeout_s <= 0:
             return Attempt("timeout")
-        headers = {"Content-Type": "application/json", **self.tokens.header()}
+        key = self.tokens.key
+        if key != self._headers_key:  # built once per inference key, not per request
+            self._headers = {"Content-Type": "application/json", **self.tokens.header()}
+            self._headers_key = key
+        path = self._paths.get(version)
+        if path is None:
+            path = self._paths[version] = f"/predictions/{self.model}/{version}"
         try:
-            status, data = await self.client.request(
-                "POST", f"/predictions/{self.model}/{version}", body, headers,
-                timeout_s=timeout_s)
+            status, data = await self.client.request("POST", path, body, self._headers,
+                                                     timeout_s=timeout_s)
         except asyncio.TimeoutError:
             return Attempt("timeout")
         except OSError as e:

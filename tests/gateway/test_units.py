@@ -197,3 +197,47 @@ def test_config_from_env(monkeypatch, tmp_path):
 
 def test_orjson_round_trip_of_unicode_ids():
     assert orjson.loads(orjson.dumps({"user_id": "用户42"}))["user_id"] == "用户42"
+
+
+def test_the_gate_identifies_the_key_once_and_the_route_reuses_it(tmp_path):
+    """The server's gate hashes the key before admitting the body; the route's auth takes the
+    entry from the request it is handed instead of hashing again. A request that was not
+    gated is identified by the route."""
+    from gateway.http import Request
+    from gateway.metrics import Metrics
+    from gateway.middleware import check_key, key_gate
+
+    paths = GatewayPaths.under(tmp_path)
+    auth.init_keys(paths)
+    store = auth.KeyStore.load(paths.key_hashes)
+    calls = []
+    identify = store.identify
+    store.identify = lambda key: calls.append(key) or identify(key)
+    m = Metrics()
+    headers = {"authorization": f"Bearer {auth.read_key(paths.client_key)}"}
+    req = Request("POST", "/v1/recommendations", headers)
+    assert key_gate(store, m)(req) is None and req.key.id == "client"
+    assert check_key(store, m, req, "recommend") is req.key and len(calls) == 1
+    fresh = Request("POST", "/v1/recommendations", headers)
+    assert check_key(store, m, fresh, "recommend").id == "client" and len(calls) == 2
+    refused = Request("POST", "/v1/recommendations", {"authorization": "Bearer nope"})
+    assert key_gate(store, m)(refused).status == 401 and refused.key is None
+
+
+def test_an_idle_log_sleeps_until_a_record_arrives_and_writes_it_at_once(tmp_path):
+    """An idle events log does not tick 20 times a second: after one empty tick the writer
+    sleeps until submit wakes it, then writes the record."""
+    log = JsonlLog(tmp_path, "events", lambda r: r, batch_s=0.05)
+    try:
+        deadline = time.monotonic() + 5
+        while not log._idle and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log._idle  # one empty tick, then no more ticking
+        t0 = time.monotonic()
+        assert log.submit({"n": 1})
+        while log.written < 1 and time.monotonic() - t0 < 5:
+            time.sleep(0.002)
+        assert log.written == 1
+    finally:
+        assert log.close(5)
+    assert [r["n"] for r in read_jsonl([tmp_path])] == [1]
