@@ -38,7 +38,7 @@ from archives import probe
 from archives.properties import CONFIGS, address_host, properties_dict, render_config
 from archives.store import latest_archives, model_store
 from core.jsonio import write_json
-from common.net import free_port, parse_port, port_in_use, wait_until
+from common.net import free_port, log_tail, parse_port, port_in_use, wait_until
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 METRICS_YAML = PACKAGE_DIR / "metrics.yaml"
@@ -153,13 +153,10 @@ class ServerState:
 
 
 def _log_tail(rd: Path, n: int = 40) -> str:
-    parts = []
-    for name in ("logs/ts_log.log", "logs/model_log.log", "console.log"):
-        p = rd / name
-        if p.exists():
-            lines = p.read_text(errors="replace").splitlines()[-n:]
-            parts.append(f"--- {p} (last {len(lines)} lines)\n" + "\n".join(lines))
-    return "\n".join(parts)
+    """The end of each of TorchServe's logs under the run folder ``rd`` that exists."""
+    return "\n".join(f"--- {p} (last {n} lines)\n" + log_tail(p, n)
+                     for p in (rd / "logs/ts_log.log", rd / "logs/model_log.log", rd / "console.log")
+                     if p.exists())
 
 
 def launcher_env(rd: Path) -> dict[str, str]:

@@ -35,6 +35,7 @@ import asyncio
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,16 +74,19 @@ class FakeClient:
 
 
 def _start_stub(tmp: Path) -> tuple[subprocess.Popen, str]:
+    from common.net import WaitError, wait_until
+
     port_file = tmp / "stub.port"
     # the stub is not measured: it runs this checkout's code whatever checkout is measured
     p = subprocess.Popen([sys.executable, __file__, "--stub", str(port_file)],
                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    for _ in range(300):
-        if port_file.exists() and port_file.read_text():
-            return p, f"http://127.0.0.1:{port_file.read_text()}"
-        time.sleep(0.05)
-    p.kill()
-    raise RuntimeError("the stub upstream did not start")
+    try:
+        port = wait_until(lambda: port_file.exists() and port_file.read_text(), timeout=15,
+                          interval=0.05, proc=p, what="the stub upstream")
+    except WaitError:
+        p.kill()
+        raise
+    return p, f"http://127.0.0.1:{port}"
 
 
 async def _measure(out: Path, upstream_url: str, fake: bool, n: int, warmup: int, seed: int,
@@ -227,12 +231,6 @@ def _case(upstream: str, rate: float) -> str:
     return f"{upstream}, " + (f"{rate:g} req/s" if rate > 0 else "back to back")
 
 
-def _median(xs: list[float]) -> float:
-    s = sorted(xs)
-    k = len(s) // 2
-    return s[k] if len(s) % 2 else (s[k - 1] + s[k]) / 2
-
-
 def _compare(a: argparse.Namespace) -> dict:
     codes = {"this": REPO}
     if a.compare:
@@ -250,7 +248,7 @@ def _compare(a: argparse.Namespace) -> dict:
                       f"other threads {res['other_threads_us']:.1f})", flush=True)
     summary: dict = {}
     for upstream, by in runs.items():
-        summary[upstream] = {name: {k: round(_median([x[k] for x in rs]), 1)
+        summary[upstream] = {name: {k: round(statistics.median([x[k] for x in rs]), 1)
                                     for k in ("process_us", "main_thread_us",
                                               "other_threads_us", "wall_us")}
                              for name, rs in by.items()}
@@ -354,8 +352,8 @@ def main(argv=None) -> int:
     if a.stub:
         import uvloop
 
-        from benchmarks.http_stack_bench import _serve_stub
-        uvloop.run(_serve_stub(Path(a.stub), ANSWER))
+        from benchmarks.http_stack_bench import serve_stub
+        uvloop.run(serve_stub(Path(a.stub), ANSWER))
         return 0
     if a.check_same:
         return _check_same(Path(a.check_same[0]), Path(a.check_same[1]))

@@ -35,6 +35,7 @@ import psutil
 from benchmarks.common import RESULTS, machine, write_results
 from common.cli import run_cli
 from common import loadgen
+from common.net import wait_until
 
 STACKS = ("aiohttp", "fast")
 KEY = "bench-key"
@@ -58,7 +59,7 @@ def _unauthorized() -> tuple[int, bytes]:
 
 # --------------------------------------------------------------------------- processes
 
-async def _serve_stub(port_file: Path, body: bytes = STUB_ANSWER) -> None:
+async def serve_stub(port_file: Path, body: bytes = STUB_ANSWER) -> None:
     """The upstream stub: every POST to UPSTREAM_PATH answers 200 ``body`` (also
     benchmarks/gateway_route_bench.py's loopback upstream)."""
     from gateway.fastserver import start_fast
@@ -131,7 +132,7 @@ def _child(argv: list[str]) -> None:
 
     kind, port_file = argv[0], Path(argv[1])
     if kind == "stub":
-        uvloop.run(_serve_stub(port_file))
+        uvloop.run(serve_stub(port_file))
     elif kind == "aiohttp":
         uvloop.run(_serve_aiohttp(argv[2], port_file))
     elif kind == "fast":
@@ -148,12 +149,9 @@ class Child:
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.http_stack_bench",
                                       "--child", kind, str(self.port_file), *args],
                                      cwd=Path(__file__).resolve().parents[1])
-        deadline = time.time() + 60
-        while not (self.port_file.exists() and self.port_file.read_text()):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"{kind} did not start")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port_file.read_text()}"
+        port = wait_until(lambda: self.port_file.exists() and self.port_file.read_text(),
+                          timeout=60, interval=0.05, proc=self.proc, what=kind)
+        self.url = f"http://127.0.0.1:{port}"
         self.ps = psutil.Process(self.proc.pid)
 
     def cpu(self) -> tuple[float, float]:
