@@ -64,6 +64,7 @@ import psutil
 from benchmarks.common import machine
 from common.cli import run_cli
 from common import loadgen
+from common.net import WaitError, wait_for_http, wait_until
 from core.jsonio import write_json
 from common.assignment import N_BUCKETS
 
@@ -741,7 +742,6 @@ class Suite:
     def _settle(self, timeout: float = 30.0) -> float | None:
         """Seconds until the gateway answers /healthz within a second again (None: never), so
         one fault's aftermath does not spill into the next fault's figures."""
-        from common.net import WaitError, wait_for_http
         t0 = time.monotonic()
         try:
             wait_for_http(self.gws.url + "/healthz", timeout=timeout, request_timeout=1)
@@ -767,6 +767,16 @@ class Suite:
             time.sleep(0.5)
         return None
 
+    def _reloaded_since(self, before: float, timeout: float, interval: float = 0.2) -> bool:
+        """Whether the gateway counts a successful config reload beyond ``before`` in time."""
+        try:
+            wait_until(lambda: (self.gws.metric("recsys_gateway_config_reloads_total",
+                                                result="ok") or 0) > before,
+                       timeout=timeout, interval=interval, what="the gateway's reload")
+        except WaitError:
+            return False
+        return True
+
     def upstream_hang(self) -> None:
         hang = self.cfg.hang_s
         self.run_fault("upstream_hang", [(self.at(), lambda: self.ts.pause(hang))],
@@ -781,11 +791,8 @@ class Suite:
         before = self.gws.metric("recsys_gateway_config_reloads_total", result="ok") or 0
         self._write_experiment([self.ids["control"], self.ids["slow"]], "faults-slow")
         self.gws.gw.signal(signal.SIGHUP)
-        t0 = time.monotonic()
-        while (self.gws.metric("recsys_gateway_config_reloads_total", result="ok") or 0) <= before:
-            if time.monotonic() - t0 > 30:
-                raise SuiteError("the gateway did not load the slow experiment")
-            time.sleep(0.2)
+        if not self._reloaded_since(before, timeout=30):
+            raise SuiteError("the gateway did not load the slow experiment")
         time.sleep(2 * self.cfg.slow_latency_ms / 1000)   # the gateway's warm-up of the version
         self.run_fault("slow_version")
         self.faults["slow_version"]["register_s"] = register_s
@@ -812,11 +819,8 @@ class Suite:
             self._write_experiment([ids["control"], ids["treatment"], ids["added"]],
                                    "faults-added", [rest, rest, c.added_weight],
                                    ["control", "treatment", ADDED_VARIANT])
-            while (self.gws.metric("recsys_gateway_config_reloads_total", result="ok")
-                   or 0) <= before:
-                if time.perf_counter() - box["t_write"] > c.added_switch_timeout_s:
-                    return {}
-                time.sleep(0.1)
+            if not self._reloaded_since(before, timeout=c.added_switch_timeout_s, interval=0.1):
+                return {}
             box["switch_after_s"] = round(time.perf_counter() - box["t_write"], 2)
             time.sleep(c.added_after_s)
             return {}
