@@ -154,20 +154,19 @@ def answers(out: Path, bodies: list[dict], model: str = "recsys") -> dict[str, s
 
 
 def compare(before: Path, after: Path, users: int) -> dict[str, list[str]]:
-    report = {
-        "artifact_files": _diff_maps("artifact", artifact_files(before), artifact_files(after)),
-        "archive_files": _diff_maps("archive", shipped_files(before), shipped_files(after)),
-        "eval_json": _diff_maps("eval.json", json_figures(before, "eval.json"),
-                                json_figures(after, "eval.json")),
-        "parity_json": _diff_maps("parity.json", json_figures(before, "parity.json"),
-                                  json_figures(after, "parity.json")),
-    }
+    checks = (("artifact_files", "artifact", artifact_files),
+              ("archive_files", "archive", shipped_files),
+              ("eval_json", "eval.json", lambda out: json_figures(out, "eval.json")),
+              ("parity_json", "parity.json", lambda out: json_figures(out, "parity.json")))
+    found = {key: (read(before), read(after)) for key, _, read in checks}  # each file read once
+    report = {key: _diff_maps(label, *found[key]) for key, label, _ in checks}
     bodies = request_bodies(after, users)
     got = answers(after, bodies)
     report["answers"] = _diff_maps("answer", answers(before, bodies), got)
     statuses = sorted({v.split()[0] for v in got.values()})
-    report["counts"] = [f"{len(artifact_files(after))} artifact files, {len(shipped_files(after))} "
-                        f"archive files, {len(json_figures(after, 'eval.json'))} eval.json figures, "
+    report["counts"] = [f"{len(found['artifact_files'][1])} artifact files, "
+                        f"{len(found['archive_files'][1])} archive files, "
+                        f"{len(found['eval_json'][1])} eval.json figures, "
                         f"{len(got)} answers ({len(bodies)} requests per version; statuses "
                         f"{', '.join(statuses)})"]
     return report
