@@ -264,6 +264,8 @@ def _compare(a: argparse.Namespace) -> dict:
 
 
 def markdown(res: dict) -> str:
+    from common.tables import table
+
     c = res["config"]
     lines = ["# Gateway route, in process (benchmarks/gateway_route_bench.py)", "",
              f"`/v1/recommendations` called {c['n']} times per round (back to back, or paced "
@@ -272,14 +274,12 @@ def markdown(res: dict) -> str:
              "gateway/app.py composes it; process CPU (every thread: route, log writers, "
              "shipper) per request until every exposure is written. Load average at start "
              f"{res['machine']['load_avg_at_start'][0]}. Medians over the rounds.", "",
-             "| upstream, pace | code | process CPU us/request | main thread | other threads |",
-             "|---|---|---|---|---|"]
-    for upstream, by in res["summary"].items():
-        for name, s in by.items():
-            if name == "ratio_after_before":
-                continue
-            lines.append(f"| {upstream} | {name} | {s['process_us']:.1f} | "
-                         f"{s['main_thread_us']:.1f} | {s['other_threads_us']:.1f} |")
+             table(["upstream, pace", "code", "process CPU us/request", "main thread",
+                    "other threads"],
+                   [[upstream, name, f"{s['process_us']:.1f}", f"{s['main_thread_us']:.1f}",
+                     f"{s['other_threads_us']:.1f}"]
+                    for upstream, by in res["summary"].items() for name, s in by.items()
+                    if name != "ratio_after_before"], right=(), pad=False)]
     for upstream, by in res["summary"].items():
         if "ratio_after_before" in by:
             rs = by["ratio_after_before"]

@@ -44,7 +44,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
 
 def replace_block(text: str, name: str, content: str) -> str:
     """``text`` with the lines between ``<!-- name -->`` and ``<!-- /name -->`` replaced by
-    ``content``: README tables are generated from results files, never typed by hand."""
+    ``content``: the tables of docs/results.md are generated from results files, never typed by hand."""
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     a, b = text.find(start), text.find(end)
     if a < 0 or b < a:
