@@ -37,9 +37,9 @@ ARG INPUTS_HASH=unknown
 RUN --mount=type=bind,target=/ctx \
     echo "inputs ${INPUTS_HASH}" \
  && for target in serving training; do mkdir -p "/app/$target"; done \
- && for d in core common archives handlers gateway recsys_sagemaker; do \
+ && for d in core common archives handlers realtime gateway recsys_sagemaker; do \
       if [ -d "/ctx/$d" ]; then cp -a "/ctx/$d" /app/serving/; fi; done \
- && for d in core common archives handlers gateway recsys_sagemaker etl training monitoring; do \
+ && for d in core common archives handlers realtime gateway recsys_sagemaker etl training monitoring; do \
       if [ -d "/ctx/$d" ]; then cp -a "/ctx/$d" /app/training/; fi; done \
  && find /app -name __pycache__ -prune -exec rm -rf {} +
 

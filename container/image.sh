@@ -31,9 +31,9 @@ else
   BUILD_FLAGS=()
 fi
 if [ "$TARGET" = serving ]; then
-  REQS=requirements-serving.txt; TAG=latest; DIRS="core common archives handlers gateway recsys_sagemaker"
+  REQS=requirements-serving.txt; TAG=latest; DIRS="core common archives handlers realtime gateway recsys_sagemaker"
 else
-  REQS=requirements.txt; TAG=training; DIRS="core common archives handlers gateway recsys_sagemaker etl training monitoring"
+  REQS=requirements.txt; TAG=training; DIRS="core common archives handlers realtime gateway recsys_sagemaker etl training monitoring"
 fi
 
 hash_files() { # sha256 over the names and contents of the given files, in a stable order
