@@ -36,4 +36,42 @@ def metric_value(text: str, name: str, **labels: str) -> float:
                and all(s.labels.get(k) == str(v) for k, v in labels.items()))
 
 
-__all__ = ["Sample", "samples", "metric_value"]
+def buckets(text: str, name: str, **labels: str) -> list[tuple[float, float]]:
+    """Histogram ``name``'s cumulative buckets ``[(le, count), ...]`` in ``le`` order (``+Inf``
+    last), summed over the series whose labels include ``labels``."""
+    total: dict[float, float] = {}
+    for s in samples(text):
+        if s.name == f"{name}_bucket" and all(s.labels.get(k) == str(v)
+                                                for k, v in labels.items()):
+            le = float(s.labels["le"])
+            total[le] = total.get(le, 0.0) + s.value
+    return sorted(total.items())
+
+
+def bucket_delta(after: list[tuple[float, float]],
+                 before: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The buckets of what was observed between two scrapes (one round of a benchmark)."""
+    prior = dict(before)
+    return [(le, n - prior.get(le, 0.0)) for le, n in after]
+
+
+def quantile(cumulative: list[tuple[float, float]], q: float) -> float | None:
+    """Prometheus' ``histogram_quantile``: linear interpolation inside the bucket that holds the
+    rank (the lowest bucket from 0); the highest finite bound when the rank falls in ``+Inf``;
+    None without observations. Its resolution is the bucket layout's."""
+    if not cumulative or cumulative[-1][1] <= 0:
+        return None
+    rank = q * cumulative[-1][1]
+    lower_le, lower_n = 0.0, 0.0
+    for le, n in cumulative:
+        if n >= rank:
+            if le == float("inf"):
+                return lower_le
+            if n == lower_n:
+                return le
+            return lower_le + (le - lower_le) * (rank - lower_n) / (n - lower_n)
+        lower_le, lower_n = le, n
+    return lower_le
+
+
+__all__ = ["Sample", "samples", "metric_value", "buckets", "bucket_delta", "quantile"]

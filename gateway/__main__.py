@@ -29,12 +29,19 @@ def _serve_overrides(a) -> dict:
     return {name: getattr(a, name) for name in SERVE_OPTIONS}
 
 
+def _realtime_overrides(a) -> dict:
+    """RealtimeConfig fields from ``--realtime on|off`` and ``--redis-url`` (None: env/default)."""
+    return {"enabled": None if a.realtime is None else a.realtime == "on",
+            "redis_url": a.redis_url}
+
+
 def cmd_serve(a) -> int:
     from gateway import process
     paths = GatewayPaths.under(a.out)
     if a.detach:
         argv = ["--out", str(Path(a.out).resolve())]
         for name, value in (("port", a.port), ("metrics_port", a.metrics_port),
+                            ("realtime", a.realtime), ("redis_url", a.redis_url),
                             *_serve_overrides(a).items()):
             if value is not None:
                 argv += ["--" + name.replace("_", "-"), str(value)]
@@ -46,7 +53,7 @@ def cmd_serve(a) -> int:
         print_started(st, paths)
         return 0
     cfg = GatewayConfig.from_env(a.out, port=a.port, metrics_port=a.metrics_port,
-                                 **_serve_overrides(a))
+                                 realtime=_realtime_overrides(a), **_serve_overrides(a))
     setup_logging(server=True)
     from gateway.app import run
     if not cfg.keys_path.exists():
@@ -205,6 +212,13 @@ def _add_serve_options(sp) -> None:
             conv = Path
         g.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, default=None,
                        help=f"{help_text} (default {getattr(defaults, name)!s})")
+    r = sp.add_argument_group("real-time events (realtime/config.py, docs/realtime.md)")
+    r.add_argument("--realtime", choices=("on", "off"), default=None,
+                   help="read each user's recent events from the store on every request "
+                        "(default $GATEWAY_REALTIME or on)")
+    r.add_argument("--redis-url", default=None,
+                   help="the store: redis://host:port/db (default $REDIS_URL; unset: the "
+                        "embedded in-process store)")
 
 
 def parser() -> argparse.ArgumentParser:

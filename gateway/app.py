@@ -37,7 +37,10 @@ from gateway.logs import Pseudonymizer
 from gateway.shipping import open_logs
 from gateway.metrics import Metrics
 from gateway.middleware import error, key_gate
-from gateway.records import event_dict, exposure_dict
+from gateway.catalog import Catalogs
+from gateway.intake import Intake
+from gateway.recent import RecentEvents
+from gateway.records import event_dict, exposure_dict, training_event_dict
 from gateway.routes import Routes, splice as _splice
 from gateway.upstream import TokenKeeper, Upstream
 
@@ -94,8 +97,12 @@ class Gateway:
         self.popularity = Popularity(paths.popularity)
         self.experiment: E.Experiment | None = None
         self.file_digest: str | None = None
-        self.logs = open_logs(cfg, m, self._exposure_record, self._event_record)
+        self.logs = open_logs(cfg, m, self._exposure_record, self._event_record,
+                              training_event_dict)
         self.exposures, self.events = self.logs.exposures, self.logs.events
+        self.recent = RecentEvents(cfg.realtime, m)
+        self.catalogs = Catalogs()
+        self.intake = Intake(self.recent, self.events, self.logs.training, m)
         self._tasks: list[asyncio.Task] = []
         self._apply_lock = asyncio.Lock()
         self.ready = False
@@ -183,6 +190,8 @@ class Gateway:
         if old is not None:
             if old.control_variant.model_version != new.control_variant.model_version:
                 self._spawn(self.refresh_popularity())
+            if set(old.versions) != set(new.versions):
+                self._spawn(self.refresh_catalog())
         return moved
 
     # =========================================================================== records
@@ -278,6 +287,13 @@ class Gateway:
                 await asyncio.gather(*(self.upstream.predict(version, body(i), 30.0)
                                        for i in range(rounds)))
 
+    async def refresh_catalog(self) -> None:
+        """The served versions' catalogs (items added with add-items included), for the
+        events route: an item none of them knows is logged, not stored."""
+        catalog = await self.catalogs.refresh(self.upstream, list(self.experiment.versions))
+        self.recent.catalog = catalog
+        self.metrics.rt_catalog_items.set(len(catalog) if catalog is not None else 0)
+
     async def _popularity_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.popularity_refresh_s if len(self.popularity) else 2.0)
@@ -285,6 +301,10 @@ class Gateway:
                 await self.refresh_popularity()
             except Exception:  # noqa: BLE001 - the loop must survive
                 log.exception("popularity refresh")
+            try:
+                await self.refresh_catalog()
+            except Exception:  # noqa: BLE001
+                log.exception("catalog refresh")
 
     async def _reload_loop(self) -> None:
         while True:
@@ -325,6 +345,10 @@ class Gateway:
             log.warning("serving the saved popularity list of v%s until TorchServe answers",
                         self.popularity.version)
         self.metrics.popularity_items.set(len(self.popularity))
+        await self.refresh_catalog()
+        if self.recent.enabled and not await self.recent.store.ping():
+            log.warning("the recent-event store (%s) does not answer; answering without recent "
+                        "events until it does", self.recent.store.name)
         await self.warm_up(self.experiment)
         self._spawn(self._popularity_loop())
         self._spawn(self._reload_loop())
@@ -340,6 +364,7 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.upstream.close()
+        await self.recent.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.logs.close, deadline)
 
@@ -383,11 +408,13 @@ async def serve(cfg: GatewayConfig, started=None) -> None:
              "metrics_url": f"http://{_client_host(cfg.host)}:{mport}/metrics",
              "upstream": gw.upstream.url, "token_auth": gw.tokens.enabled,
              "http_server": cfg.http_server,
+             "realtime": {"enabled": gw.recent.enabled, "store": gw.recent.store.name},
              "experiment": gw.experiment.name, "started_at": time.time()}
     write_json(cfg.paths.state, state)
-    log.info("gateway on %s (metrics %s), upstream %s, token auth %s, server %s", state["url"],
-             state["metrics_url"], gw.upstream.url, "on" if gw.tokens.enabled else "off",
-             cfg.http_server)
+    log.info("gateway on %s (metrics %s), upstream %s, token auth %s, server %s, real-time %s",
+             state["url"], state["metrics_url"], gw.upstream.url,
+             "on" if gw.tokens.enabled else "off", cfg.http_server,
+             f"on ({gw.recent.store.name} store)" if gw.recent.enabled else "off")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -412,9 +439,11 @@ async def serve(cfg: GatewayConfig, started=None) -> None:
                 cfg.paths.state.unlink()
         except (OSError, ValueError):
             pass
-        log.info("gateway stopped (%d exposures, %d events written; %d dropped)",
-                 gw.exposures.written, gw.events.written,
-                 gw.exposures.dropped + gw.events.dropped)
+        training = gw.logs.training
+        log.info("gateway stopped (%d exposures, %d events, %d training events written; "
+                 "%d dropped)", gw.exposures.written, gw.events.written,
+                 training.written if training else 0,
+                 sum(lg.dropped for lg in gw.logs.all))
 
 
 def _tune_gc() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from common.net import parse_port
 from core.validation import MAX_BODY_BYTES
+from realtime.config import RealtimeConfig
 
 DEFAULT_PORT = 8090
 DEFAULT_METRICS_PORT = 8091
@@ -76,6 +77,12 @@ class GatewayPaths:
     @property
     def log(self) -> Path:
         return self.root / "gateway.log"
+
+    @property
+    def training_events(self) -> Path:
+        """The training-event log's default folder: raw user ids, so not under gateway/ with
+        the pseudonymized experiment logs (its own access, retention and S3 prefix)."""
+        return self.out / "training-events"
 
     @property
     def torchserve_dir(self) -> Path:
@@ -184,6 +191,21 @@ class GatewayConfig:
     final rotation, last uploads) end within this; keep it below the pod's
     terminationGracePeriodSeconds. Records not written by then are counted as dropped."""
     history_logged: int = 50
+    # --- real-time events (docs/realtime.md) ---------------------------------------------------
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    """The recent-event store: on by default with the embedded store; ``REDIS_URL`` names a
+    Redis, ``GATEWAY_REALTIME=off`` (or ``--realtime off``) turns reading it off."""
+    training_log: bool = True
+    """Write the training-event log (raw user ids, the ETL's raw events format)."""
+    training_log_dir: Path | None = None
+    """None = OUT/training-events (GATEWAY_TRAINING_LOG_DIR). Folder 0700, files 0600."""
+    training_log_ship_uri: str = ""
+    """``s3://bucket/prefix`` of the training-event log, apart from the experiment logs'
+    (GATEWAY_TRAINING_LOG_SHIP_URI); '' = kept locally."""
+    training_log_retention_days: float = 30.0
+    """Rotated training-event files older than this are deleted locally, shipped or not
+    (GATEWAY_TRAINING_LOG_RETENTION_DAYS; the S3 copy's retention is the bucket's lifecycle
+    rule). 0 = kept."""
     # --- security ------------------------------------------------------------------------------
     keys_file: Path | None = None
     """The key hashes (keys.json); None = OUT/gateway/keys.json. Kubernetes mounts a Secret."""
@@ -203,6 +225,11 @@ class GatewayConfig:
         return Path(self.keys_file) if self.keys_file else self.paths.key_hashes
 
     @property
+    def training_log_path(self) -> Path:
+        return Path(self.training_log_dir) if self.training_log_dir else \
+            self.paths.training_events
+
+    @property
     def experiment_path(self) -> Path:
         return Path(self.experiment_file) if self.experiment_file else self.paths.experiment
 
@@ -220,7 +247,11 @@ class GatewayConfig:
                               ("log_ship_uri", "GATEWAY_LOG_SHIP_URI", str),
                               ("log_retain_bytes", "GATEWAY_LOG_RETAIN_BYTES", int),
                               ("log_fsync_s", "GATEWAY_LOG_FSYNC_S", float),
-                              ("shutdown_grace_s", "GATEWAY_SHUTDOWN_GRACE_S", float)):
+                              ("shutdown_grace_s", "GATEWAY_SHUTDOWN_GRACE_S", float),
+                              ("training_log_dir", "GATEWAY_TRAINING_LOG_DIR", Path),
+                              ("training_log_ship_uri", "GATEWAY_TRAINING_LOG_SHIP_URI", str),
+                              ("training_log_retention_days",
+                               "GATEWAY_TRAINING_LOG_RETENTION_DAYS", float)):
             if os.environ.get(var):
                 try:
                     env[key] = typ(os.environ[var])
@@ -230,6 +261,9 @@ class GatewayConfig:
         bad = set(overrides) - names
         if bad:
             raise ValueError(f"unknown gateway settings: {sorted(bad)}")
+        rt = overrides.pop("realtime", None)
+        env["realtime"] = rt if isinstance(rt, RealtimeConfig) else \
+            RealtimeConfig.from_env(**(rt or {}))
         cfg = cls(out=Path(out).expanduser().resolve(), **env)
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         cfg.check()
@@ -281,6 +315,16 @@ class GatewayConfig:
             raise ValueError("log_ship_interval_s must be > 0 and <= log_ship_backoff_max_s")
         if self.shutdown_grace_s <= 0:
             raise ValueError("shutdown_grace_s must be > 0")
+        if self.training_log_ship_uri and (not self.training_log_ship_uri.startswith("s3://")
+                                           or not self.training_log_ship_uri[5:].split("/")[0]):
+            raise ValueError(f"training_log_ship_uri {self.training_log_ship_uri!r} is not "
+                             "s3://bucket[/prefix]")
+        if self.training_log_ship_uri and self.training_log_ship_uri.rstrip("/") == \
+                self.log_ship_uri.rstrip("/"):
+            raise ValueError("training_log_ship_uri must differ from log_ship_uri: the raw-id "
+                             "log gets its own prefix (and its own access policy)")
+        if self.training_log_retention_days < 0:
+            raise ValueError("training_log_retention_days must be >= 0 (0 = kept)")
 
 
 # Fields exposed as serve options (name -> help); the rest keep their defaults.
@@ -312,6 +356,12 @@ SERVE_OPTIONS: dict[str, str] = {
     "log_retain_bytes": "cap on local log bytes; oldest rotated files go first, 0 = none "
                         "(GATEWAY_LOG_RETAIN_BYTES)",
     "shutdown_grace_s": "drain + log close budget on SIGTERM (GATEWAY_SHUTDOWN_GRACE_S)",
+    "training_log_dir": "training-event log folder (default OUT/training-events; "
+                        "GATEWAY_TRAINING_LOG_DIR)",
+    "training_log_ship_uri": "ship the training-event log to s3://bucket/prefix "
+                             "(GATEWAY_TRAINING_LOG_SHIP_URI)",
+    "training_log_retention_days": "delete rotated training-event files after this many days "
+                                   "(GATEWAY_TRAINING_LOG_RETENTION_DAYS)",
     "keys_file": "key hashes (default OUT/gateway/keys.json; e.g. a mounted Secret)",
     "pseudonym_secret_file": "pseudonym secret, must exist (default OUT/gateway/pseudonym_secret, "
                              "created on first use)",

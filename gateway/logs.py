@@ -187,6 +187,13 @@ def _open_append(path: Path) -> BinaryIO:
     return open(path, "ab", buffering=0)
 
 
+def open_private(path: Path) -> BinaryIO:
+    """An opener for logs that hold raw user ids (the training-event log): mode 0600 from the
+    first byte (created so, not chmod-ed after)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "ab", buffering=0)
+
+
 # ---- the log ----------------------------------------------------------------------------------
 
 class JsonlLog:
@@ -232,6 +239,8 @@ class JsonlLog:
         self.errors = 0      # write errors (one per failed batch), not records
         self.truncated = 0
         self.queued_bytes = 0
+        self._reserved_n = 0        # room held by reserve() and not yet filled or released
+        self._reserved_bytes = 0
         self._q: collections.deque = collections.deque()
         self._cv = threading.Condition(threading.Lock())
         self._closing = False
@@ -254,8 +263,8 @@ class JsonlLog:
         n = self.sizer(item) if nbytes is None else nbytes
         with self._cv:
             self.submitted += 1
-            if self._closing or len(self._q) >= self.queue_size or \
-                    self.queued_bytes + n > self.queue_bytes:
+            if self._closing or len(self._q) + self._reserved_n >= self.queue_size or \
+                    self.queued_bytes + self._reserved_bytes + n > self.queue_bytes:
                 ok = False
                 self.dropped += 1
             else:
@@ -268,6 +277,37 @@ class JsonlLog:
         if not ok and self.on_drop:
             self.on_drop()
         return ok
+
+    def reserve(self, n: int, nbytes: int) -> bool:
+        """Hold room for ``n`` records of ``nbytes`` in all, or nothing (False): a batch of
+        events is queued whole or refused whole, so a refusal never half-logs a batch that the
+        client then sends again. Fill the room with :meth:`submit_reserved`, give back what
+        is not used with :meth:`release`."""
+        with self._cv:
+            if self._closing or len(self._q) + self._reserved_n + n > self.queue_size or \
+                    self.queued_bytes + self._reserved_bytes + nbytes > self.queue_bytes:
+                return False
+            self._reserved_n += n
+            self._reserved_bytes += nbytes
+            return True
+
+    def release(self, n: int, nbytes: int) -> None:
+        with self._cv:
+            self._reserved_n -= n
+            self._reserved_bytes -= nbytes
+
+    def submit_reserved(self, item: Any, nbytes: int) -> None:
+        """Queue one record into room held by :meth:`reserve` (never refused, even while
+        closing: the close writes what was promised)."""
+        with self._cv:
+            self._reserved_n -= 1
+            self._reserved_bytes -= nbytes
+            self.submitted += 1
+            self._q.append((item, nbytes))
+            self.queued_bytes += nbytes
+            if self._idle or len(self._q) == self.wake_at:
+                self._idle = False
+                self._cv.notify()
 
     def _count_dropped(self, n: int) -> None:
         """Under the lock: ``n`` records are lost."""

@@ -14,6 +14,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 DURATION_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025,
                     0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
 
+# 50 us .. 50 ms: the store read's goal is a P99 under 1 ms, its deadline 5 ms.
+READ_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -99,6 +103,37 @@ class Metrics:
         self.inflight_bytes = Gauge("recsys_gateway_inflight_bytes",
                                     "Bytes of request bodies being handled (the in-flight budget's "
                                     "use)", registry=r)
+        # ---- real-time events (gateway/recent.py, gateway/intake.py; docs/realtime.md) -----
+        self.rt_read = Histogram("recsys_gateway_realtime_read_seconds",
+                                 "Recent-event store read per request that asked the store",
+                                 buckets=READ_BUCKETS, registry=r)
+        self.rt_reads = Counter("recsys_gateway_realtime_reads_total",
+                                "Store reads by result: hit (recent events used), empty, error, "
+                                "timeout (over the read deadline), skipped (store marked down)",
+                                ["result"], registry=r)
+        self.rt_store_errors = Counter("recsys_gateway_realtime_store_errors_total",
+                                       "Recent-event store errors", ["op"], registry=r)
+        self.rt_history = Histogram("recsys_gateway_realtime_history_length",
+                                    "Recent events merged into a request's history",
+                                    buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200), registry=r)
+        self.rt_freshness = Histogram("recsys_gateway_realtime_freshness_seconds",
+                                      "From an event's timestamp to the first answer on this "
+                                      "replica that used it", buckets=FRESHNESS_BUCKETS,
+                                      registry=r)
+        self.events = Counter("recsys_gateway_events_total",
+                              "Posted events by result (stored, duplicate, logged: valid but "
+                              "not stored, refused) and reason", ["result", "reason"],
+                              registry=r)
+        self.rt_enabled = Gauge("recsys_gateway_realtime_enabled",
+                                "1 when answers read the recent-event store", registry=r)
+        self.rt_store_up = Gauge("recsys_gateway_realtime_store_up",
+                                 "0 while the store is marked down after an error", registry=r)
+        self.rt_catalog_items = Gauge("recsys_gateway_realtime_catalog_items",
+                                      "Items of the served versions' catalogs (events on other "
+                                      "items are logged, not stored); 0 while unknown",
+                                      registry=r)
+        self.rt_read_results = {k: self.rt_reads.labels(k)
+                          for k in ("hit", "empty", "error", "timeout", "skipped")}
         self._dur: dict[tuple, object] = {}
         self._asg: dict[tuple, object] = {}
 
@@ -156,4 +191,4 @@ class _LogQueues:
         yield qb
 
 
-__all__ = ["Metrics", "DURATION_BUCKETS"]
+__all__ = ["Metrics", "DURATION_BUCKETS", "READ_BUCKETS", "FRESHNESS_BUCKETS"]

@@ -35,6 +35,8 @@ class ExposureRecord:
     override: bool
     nbytes: int = 0
     """Bytes this record holds (answer + history): for a queue bounded by bytes."""
+    realtime_events: int = 0
+    """Recent events from the store merged into this answer's history (docs/realtime.md)."""
 
 
 @dataclass(slots=True)
@@ -45,6 +47,18 @@ class EventRecord:
     item_id: str
     type: str
     nbytes: int = 0
+    event_id: str | None = None
+
+
+@dataclass(slots=True)
+class TrainingEvent:
+    """One interaction for the training-event log: the raw (canonical) user id, since training
+    must join it to the users it knows (CONTRACTS.md's one exception to pseudonyms)."""
+
+    user: str
+    item_id: str
+    type: str
+    ts: float
 
 
 def exposure_dict(r: ExposureRecord, pseudo: Callable[[str | None], str | None]) -> dict:
@@ -62,12 +76,20 @@ def exposure_dict(r: ExposureRecord, pseudo: Callable[[str | None], str | None])
             "fallback": r.fallback, "fallback_cause": r.fallback_cause,
             "fallback_source": r.fallback_source, "history_len": r.history_len,
             "history_items": list(r.history_items), "unknown_history": unknown,
-            "status": r.status, "override": r.override}
+            "status": r.status, "override": r.override, "realtime_events": r.realtime_events}
 
 
 def event_dict(r: EventRecord, pseudo: Callable[[str | None], str | None]) -> dict:
     return {"ts": r.ts, "request_id": r.request_id, "user": pseudo(r.user), "item_id": r.item_id,
-            "type": r.type}
+            "type": r.type, "event_id": r.event_id}
 
 
-__all__ = ["ExposureRecord", "EventRecord", "exposure_dict", "event_dict"]
+def training_event_dict(r: TrainingEvent) -> dict:
+    """The ETL's raw events format (common.schema.RAW_EVENT_COLUMNS): ``python -m etl`` reads
+    these JSON lines as raw events (implicit, so no rating; epoch seconds)."""
+    return {"user_id": r.user, "item_id": r.item_id, "event_type": r.type, "rating": None,
+            "timestamp": int(r.ts)}
+
+
+__all__ = ["ExposureRecord", "EventRecord", "TrainingEvent", "exposure_dict", "event_dict",
+           "training_event_dict"]

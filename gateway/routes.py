@@ -1,9 +1,12 @@
 """The gateway's routes: plain ``async (Request) -> Response`` functions, no HTTP stack types.
 
 * ``POST /v1/recommendations`` (right ``recommend``): checked with the handler's own validation
-  (``gateway/validation.py``), forwarded unchanged to the user's variant, the handler's answer
-  with ``experiment``, ``variant``, ``fallback``, ``request_id`` spliced in;
-* ``POST /v1/events`` (right ``events``);
+  (``gateway/validation.py``), the user's recent events appended to its history
+  (:func:`with_recent`; the body is forwarded unchanged when there are none), sent to the
+  user's variant, the handler's answer with ``experiment``, ``variant``, ``fallback``,
+  ``request_id`` spliced in;
+* ``POST /v1/events`` (right ``events``): :mod:`gateway.intake` (checked whole, stored in the
+  recent-event store, logged);
 * ``GET|PUT /v1/admin/experiment`` (right ``admin``);
 * ``GET /healthz``, ``GET /readyz``; ``GET /metrics`` on the metrics port.
 
@@ -14,29 +17,30 @@ the composed :class:`gateway.app.Gateway`'s.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
-import time
-import itertools
 import secrets
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from core.ids import try_canonical_id
+from core.validation import RecRequest
 from gateway import experiment as E
 from gateway.fallback import BadRequest, mode_of, view_from
 from gateway.http import Request, Response, Route
 from gateway.middleware import authorized, error
-from gateway.records import EventRecord, ExposureRecord
+from gateway.records import ExposureRecord
 from gateway.upstream import Attempt
 from gateway.validation import InvalidRequest, check
+from realtime.merge import merge_history
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -56,6 +60,20 @@ def splice(body: bytes, experiment: str, variant: str, fallback: bool, rid: str)
     return b"".join((end[:-1], sep, b'"experiment":', orjson.dumps(experiment), b',"variant":',
                      orjson.dumps(variant), b',"fallback":', b"true" if fallback else b"false",
                      b',"request_id":', orjson.dumps(rid), b"}"))
+
+
+def with_recent(doc: dict, req: RecRequest, recent: tuple[str, ...],
+                limit: int) -> tuple[dict, RecRequest, bytes]:
+    """The request with the user's recent events appended to its history by the one merge rule
+    (:func:`realtime.merge.merge_history`), and the body TorchServe gets instead of the
+    client's."""
+    merged = merge_history(req.history, recent, limit)
+    doc = {**doc, "history": merged}
+    try:
+        body = orjson.dumps(doc)
+    except TypeError:  # an id beyond 64 bits, which orjson cannot write (the stdlib can)
+        body = json.dumps(doc, ensure_ascii=False).encode()
+    return doc, replace(req, history=tuple(merged)), body
 
 
 _RID_PREFIX = secrets.token_hex(8)
@@ -122,9 +140,19 @@ class Routes:
         if rid is None or not _RID.match(rid):
             rid = new_request_id()
         deadline = t0 + cfg.deadline_ms / 1000.0
+        body, n_recent = request.body, 0
+        if user is not None:
+            rt = gw.recent
+            rt.remember(rid, user)  # joins a later event that carries only this request id
+            if rt.enabled and req.similar_to is None:
+                recent = await rt.read(user)
+                if recent.items:
+                    doc, req, body = with_recent(doc, req, recent.items, rt.cfg.max_history)
+                    n_recent = len(recent.items)
+                m.rt_history.observe(n_recent)
 
         status, out, version, cause, source, upstream_s = await self._serve(
-            exp, variant, request.body, doc, req, deadline)
+            exp, variant, body, doc, req, deadline)
         fallback = cause is not None
         if status == 200 and isinstance(out, (bytes, bytearray)):
             payload = splice(out, exp.name, variant.name, fallback, rid)
@@ -142,7 +170,7 @@ class Routes:
         record = None if status == 413 else ExposureRecord(
             time.time(), rid, exp.name, variant.name, version, user, mode_of(req), answer,
             fallback, cause, source, len(req.history), tail, status, override is not None,
-            (len(payload) if answer is not None else 0) + sum(len(h) for h in tail))
+            (len(payload) if answer is not None else 0) + sum(len(h) for h in tail), n_recent)
         if record is not None:
             gw.exposures.submit(record, record.nbytes + 256)  # + the record's fixed fields
         total = time.perf_counter() - t0
@@ -191,20 +219,7 @@ class Routes:
 
     # ======================================================================= events
     async def event(self, request: Request, entry) -> Response:
-        try:
-            doc = self._decode(request.body)
-            docs = doc if isinstance(doc, list) else [doc]
-            if len(docs) > 1000:
-                raise BadRequest("too_many", "at most 1000 events per request")
-            records = [self._event_of(d) for d in docs]
-        except BadRequest as e:
-            self.metrics.client_errors.labels(e.reason).inc()
-            return _json(e.status, e.to_dict())
-        accepted = sum(self.gw.events.submit(r) for r in records)
-        if accepted < len(records):
-            return error(503, "log_full", f"{len(records) - accepted} of {len(records)} events "
-                         "dropped: the write queue is full; send them again", {"Retry-After": "1"})
-        return _json(202, {"accepted": accepted})
+        return await self.gw.intake.handle(request.body)
 
     @staticmethod
     def _decode(body: bytes) -> Any:
@@ -212,34 +227,6 @@ class Routes:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise BadRequest("not_json", "the body is not valid JSON") from None
-
-    @staticmethod
-    def _event_of(d) -> EventRecord:
-        if not isinstance(d, dict):
-            raise BadRequest("not_object", "an event must be a JSON object")
-        unknown = set(d) - {"type", "item_id", "request_id", "user_id", "ts"}
-        if unknown:
-            raise BadRequest("unknown_field", f"unknown event fields {sorted(unknown)}")
-        kind = d.get("type")
-        if not isinstance(kind, str) or not _EVENT_TYPE.match(kind):
-            raise BadRequest("bad_type", "type must be a short lower-case word (click, purchase, "
-                                         "...)")
-        item = try_canonical_id(d.get("item_id"))
-        if item is None:
-            raise BadRequest("bad_item_id", "item_id must be a valid id")
-        rid, user = d.get("request_id"), d.get("user_id")
-        if rid is not None and (not isinstance(rid, str) or not _RID.match(rid)):
-            raise BadRequest("bad_request_id", "request_id must be the id the gateway answered")
-        cuser = try_canonical_id(user) if user is not None else None
-        if user is not None and cuser is None:
-            raise BadRequest("bad_user_id", "user_id must be a valid id")
-        if rid is None and cuser is None:
-            raise BadRequest("missing_subject", "an event needs request_id or user_id")
-        ts = d.get("ts")
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
-            raise BadRequest("bad_ts", "ts must be epoch seconds")
-        return EventRecord(float(ts) if ts is not None else time.time(), rid, cuser, item, kind,
-                           len(item) + len(cuser or "") + len(rid or ""))
 
     # ======================================================================= admin
     async def get_experiment(self, request: Request, entry) -> Response:

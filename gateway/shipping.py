@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gateway.logs import JsonlLog
+from gateway.logs import JsonlLog, open_private
 
 log = logging.getLogger("gateway.shipping")
 _YOUNG_EMPTY_S = 60.0  # an empty file this young may be one a writer is just opening
@@ -63,11 +63,14 @@ class LogShipper:
 
     def __init__(self, dirs: dict[str, Path], *, uri: str = "", retain_bytes: int = 0,
                  interval_s: float = 10.0, backoff_max_s: float = 300.0, metrics: Any = None,
-                 hostname: str | None = None, client: Any = None):
+                 hostname: str | None = None, client: Any = None, max_age_s: float = 0.0):
         self.dirs = {name: Path(d) for name, d in dirs.items()}
         self.uri = uri
         self.bucket, self.prefix = parse_s3_uri(uri) if uri else ("", "")
         self.retain_bytes = retain_bytes
+        self.max_age_s = max_age_s
+        """Rotated files older than this (by mtime) are deleted, shipped or not (0 = kept): the
+        retention of a log whose records must not outlive it (the training-event log)."""
         self.interval_s, self.backoff_max_s = interval_s, backoff_max_s
         self.metrics = metrics
         self.hostname = hostname or socket.gethostname()
@@ -165,11 +168,38 @@ class LogShipper:
                     totals[f.log] -= f.size
                     self._delay, self._next_try = self.interval_s, 0.0
                 closed = [f for f in closed if f.path.exists()]
+            if self.max_age_s > 0:
+                closed = self._expire(closed, totals)
             if self.retain_bytes > 0:
                 self._retain(closed, totals)
             if self.metrics is not None:
                 for name, n in totals.items():
                     self.metrics.log_pending_bytes.labels(name).set(max(0, n))
+
+    def _expire(self, closed: list[LocalFile], totals: dict[str, int]) -> list[LocalFile]:
+        """Delete the rotated files past ``max_age_s``; the rest."""
+        horizon, kept = time.time() - self.max_age_s, []
+        for f in closed:
+            if f.mtime >= horizon:
+                kept.append(f)
+                continue
+            try:
+                f.path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.error("retention could not delete %s: %s", f.path, e)
+                kept.append(f)
+                continue
+            totals[f.log] -= f.size
+            self.deleted_files += 1
+            self.deleted_bytes += f.size
+            if self.metrics is not None:
+                self.metrics.log_deleted_files.labels(f.log).inc()
+                self.metrics.log_deleted_bytes.labels(f.log).inc(f.size)
+            log.info("retention: deleted %s, older than %.0f days", f.path.name,
+                     self.max_age_s / 86400)
+        return kept
 
     def _retain(self, closed: list[LocalFile], totals: dict[str, int]) -> None:
         total = sum(totals.values())
@@ -286,29 +316,43 @@ class GatewayLogs:
     exposures: JsonlLog
     events: JsonlLog
     shipper: LogShipper
+    training: JsonlLog | None = None
+    """The training-event log (raw user ids; its own folder, mode, S3 prefix and retention)."""
+    training_shipper: LogShipper | None = None
+
+    @property
+    def all(self) -> list[JsonlLog]:
+        return [lg for lg in (self.exposures, self.events, self.training) if lg is not None]
 
     def close(self, deadline: float) -> bool:
-        """Within ``deadline`` (``time.monotonic()``): write what is queued and close both
-        files (their last rotation), then ship what remains. Records not written in time are
+        """Within ``deadline`` (``time.monotonic()``): write what is queued and close every
+        file (its last rotation), then ship what remains. Records not written in time are
         counted as dropped. True when everything finished in time."""
         ok = True
-        for lg in (self.exposures, self.events):
-            lg.stop_accepting()          # both writers finish in parallel
-        for lg in (self.exposures, self.events):
+        for lg in self.all:
+            lg.stop_accepting()          # the writers finish in parallel
+        for lg in self.all:
             ok = lg.close(deadline - time.monotonic()) and ok
+        if self.training_shipper is not None:
+            ok = self.training_shipper.close(deadline) and ok
         return self.shipper.close(deadline) and ok
 
 
 def open_logs(cfg, metrics, exposure_fmt: Callable[[Any], dict],
-              event_fmt: Callable[[Any], dict]) -> GatewayLogs:
-    """Both logs of ``cfg`` (a GatewayConfig) wired to ``metrics``, and their shipper started."""
+              event_fmt: Callable[[Any], dict],
+              training_fmt: Callable[[Any], dict] | None = None) -> GatewayLogs:
+    """The logs of ``cfg`` (a GatewayConfig) wired to ``metrics``, and their shippers started:
+    the experiment logs (exposures, events: pseudonyms) and, with ``training_fmt`` and
+    ``cfg.training_log``, the training-event log (raw ids: folder 0700, files 0600, its own
+    S3 URI and an age limit)."""
     paths = cfg.paths
     shipper = LogShipper({"exposures": paths.exposures, "events": paths.events},
                          uri=cfg.log_ship_uri, retain_bytes=cfg.log_retain_bytes,
                          interval_s=cfg.log_ship_interval_s,
                          backoff_max_s=cfg.log_ship_backoff_max_s, metrics=metrics)
 
-    def one(name: str, directory: Path, fmt: Callable[[Any], dict]) -> JsonlLog:
+    def one(name: str, directory: Path, fmt: Callable[[Any], dict], wake: Callable,
+            **kw: Any) -> JsonlLog:
         return JsonlLog(directory, name, fmt, cfg.log_queue_size, cfg.log_rotate_bytes,
                         cfg.log_rotate_s, on_drop=metrics.log_dropped.labels(name).inc,
                         on_write=metrics.log_written.labels(name).inc,
@@ -317,15 +361,32 @@ def open_logs(cfg, metrics, exposure_fmt: Callable[[Any], dict],
                         batch_s=cfg.log_batch_s,
                         on_error=metrics.log_write_errors.labels(name).inc,
                         on_truncate=metrics.log_truncated.labels(name).inc,
-                        on_rotate=shipper.wake)
+                        on_rotate=wake, **kw)
 
-    logs = GatewayLogs(one("exposures", paths.exposures, exposure_fmt),
-                       one("events", paths.events, event_fmt), shipper)
-    metrics.watch_logs({"exposures": logs.exposures, "events": logs.events})
+    logs = GatewayLogs(one("exposures", paths.exposures, exposure_fmt, shipper.wake),
+                       one("events", paths.events, event_fmt, shipper.wake), shipper)
+    watched = {"exposures": logs.exposures, "events": logs.events}
+    if training_fmt is not None and cfg.training_log:
+        tdir = cfg.training_log_path
+        tdir.mkdir(parents=True, exist_ok=True)
+        tdir.chmod(0o700)
+        logs.training_shipper = LogShipper(
+            {TRAINING_LOG: tdir}, uri=cfg.training_log_ship_uri,
+            interval_s=cfg.log_ship_interval_s, backoff_max_s=cfg.log_ship_backoff_max_s,
+            metrics=metrics, max_age_s=cfg.training_log_retention_days * 86400.0)
+        logs.training = one(TRAINING_LOG, tdir, training_fmt, logs.training_shipper.wake,
+                            opener=open_private)
+        watched[TRAINING_LOG] = logs.training
+        logs.training_shipper.start()
+    metrics.watch_logs(watched)
     metrics.log_retain_bytes.set(cfg.log_retain_bytes)
     metrics.log_shipping_enabled.set(1 if cfg.log_ship_uri else 0)
     shipper.start()
     return logs
 
 
-__all__ = ["LogShipper", "GatewayLogs", "open_logs", "parse_s3_uri", "LocalFile"]
+TRAINING_LOG = "training-events"
+"""The training-event log's name: its file prefix, metric label and S3 key part."""
+
+
+__all__ = ["LogShipper", "GatewayLogs", "open_logs", "parse_s3_uri", "LocalFile", "TRAINING_LOG"]

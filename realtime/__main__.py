@@ -2,6 +2,8 @@
 
 * ``evaluate``: the offline replay of the P1 test period with and without recent events
   (``OUT/realtime.json``'s offline part; :mod:`realtime.evaluate`);
+* ``measure``: freshness and store read latency through a running gateway
+  (``OUT/realtime.json``'s live part; :mod:`realtime.live`);
 * ``redis start|stop|status``: a local ``redis-server`` for ``make serve`` and the tests
   (:mod:`realtime.redis_server`).
 """
@@ -14,7 +16,7 @@ from typing import Sequence
 
 from common.cli import run_cli
 
-COMMANDS = ("evaluate", "redis_server")
+COMMANDS = ("evaluate", "live", "redis_server")
 """Modules that each add their subcommand with ``add_parser(sub)``."""
 
 

@@ -69,7 +69,8 @@ CATEGORIES = ("Comedy", "Drama", "Horror", "Action", "Romance")
 
 def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 500, dim: int = 16,
                          hidden: int = 32, seed: int = 0, model_version: str = "1",
-                         recency_boost: float = 2.0, recency_tau: float = 3.0) -> Path:
+                         recency_boost: float = 2.0, recency_tau: float = 3.0,
+                         category_signal: float = 0.0) -> Path:
     """A small, valid serving artifact from random tensors (core.artifact.save_artifact).
 
     Users ``"1".."n_users"`` each have 3-12 training items in a random time order (stored oldest
@@ -77,6 +78,11 @@ def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 
     weights on, as a trained model's do. Items ``"10", "20", ...`` have category
     ``CATEGORIES[i % 5]`` (and every 7th item also ``"Comedy"``); popularity decreases with the
     item index, so the popularity fallback ranks ``"10", "20", "30", ...`` first.
+
+    ``category_signal`` > 0 plants structure a test can see through the served path: each
+    item's encoder row leans towards its category's prototype by that much, and item vectors
+    are the tower's encoding of the item alone (plus noise), so a history of one category's
+    items ranks that category first. 0 keeps the purely random tensors.
     """
     import torch
 
@@ -97,11 +103,22 @@ def make_random_artifact(path: str | Path, *, n_users: int = 60, n_items: int = 
                "encoder.in.bias": torch.randn(hidden, generator=g) * 0.1,
                "encoder.layers.0.weight": torch.randn(dim, hidden, generator=g) * 0.3,
                "encoder.layers.0.bias": torch.zeros(dim)}
+    if category_signal > 0:
+        protos = torch.randn(len(CATEGORIES), hidden, generator=g)
+        primary = torch.tensor([i % len(CATEGORIES) for i in range(n_items)])
+        encoder["encoder.in.weight"] = category_signal * protos[primary] + \
+            0.3 * torch.randn(n_items, hidden, generator=g)
     tower = HistoryBagEncoder.from_tensors(encoder, {"n_layers": 1, "recency_boost": recency_boost,
                                                      "recency_tau": recency_tau})
+    if category_signal > 0:
+        alone = tower.encode([torch.tensor([i]) for i in range(n_items)])
+        item_vectors = alone / alone.norm(dim=1, keepdim=True).clamp_min(1e-6) + \
+            0.05 * torch.randn(n_items, dim, generator=g)
+    else:
+        item_vectors = torch.randn(n_items, dim, generator=g)
     n_text = 8
     tensors = {
-        "item_vectors": torch.randn(n_items, dim, generator=g),
+        "item_vectors": item_vectors,
         "item_bias": torch.randn(n_items, generator=g) * 0.1,
         "user_vectors": tower.encode(hist),
         "popularity": torch.arange(n_items, 0, -1, dtype=torch.float32),

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from common.net import wait_until
+from common.schema import RAW_EVENT_COLUMNS
 from common.promtext import metric_value
 from testkit.archives import running_server
 from testkit.gateway import GatewayProc
@@ -37,6 +38,7 @@ def test_gateway_ships_rotated_logs_and_everything_left_on_sigterm(java, tmp_pat
         for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                      "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
                      "GATEWAY_LOG_SHIP_URI": f"s3://{BUCKET}/prod",
+                     "GATEWAY_TRAINING_LOG_SHIP_URI": f"s3://{BUCKET}/training",
                      "GATEWAY_LOG_RETAIN_BYTES": str(1 << 30), "GATEWAY_LOG_FSYNC_S": "0",
                      "GATEWAY_SHUTDOWN_GRACE_S": "20"}.items():
             monkeypatch.setenv(k, v)
@@ -80,6 +82,17 @@ def test_gateway_ships_rotated_logs_and_everything_left_on_sigterm(java, tmp_pat
                     rows += [orjson.loads(line) for line in body.splitlines()]
             assert len(rows) == n and len({r["request_id"] for r in rows if name == "exposures"}) \
                 == (n if name == "exposures" else 0)
+        # the training-event log: its own prefix, raw user ids, the ETL's raw events format
+        rows = []
+        for page in s3.get_paginator("list_objects_v2").paginate(
+                Bucket=BUCKET, Prefix="training/training-events/"):
+            for o in page.get("Contents", []):
+                rows += [orjson.loads(line) for line in
+                         s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read().splitlines()]
+        assert sorted((r["user_id"], r["item_id"], r["event_type"]) for r in rows) == \
+            sorted((str(i % 30), "5", "click") for i in range(60))
+        assert all(set(r) == set(RAW_EVENT_COLUMNS) for r in rows)
+        assert list(gw.paths.out.joinpath("training-events").glob("*.jsonl")) == []
         assert "0 dropped" in gw.log()
     finally:
         server.stop()
