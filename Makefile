@@ -8,7 +8,7 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock java demo etl train promote serve stop ab-demo test test-fast test-integration bench bench-etl bench-gateway bench-training bench-tower clean lint \
+.PHONY: help venv lock java demo etl train promote serve stop ab-demo realtime-demo test test-fast test-integration bench bench-etl bench-gateway bench-training bench-tower clean lint \
 	monitor monitoring-files drift chart-files image serve-container stop-container faults
 
 help:
@@ -18,9 +18,12 @@ help:
 	@echo "make test-integration                                  only the tests that do (TorchServe, Spark, image...)"
 	@echo "make lint                                              ruff over the tree (settings: pyproject.toml)"
 	@echo "make serve OUT=<dir> / make stop OUT=<dir>             TorchServe + the A/B gateway (every version of"
-	@echo "                                                       OUT/gateway/experiment.yaml; else the challenger)"
+	@echo "                                                       OUT/gateway/experiment.yaml; else the challenger);"
+	@echo "                                                       a local Redis for real-time events when installed"
 	@echo "make ab-demo OUT=<dir>                                 50/50 test of the two newest archives: serve,"
 	@echo "                                                       replay held-out users, report, stop"
+	@echo "make realtime-demo OUT=<dir>                           real-time events: freshness, store reads, offline"
+	@echo "                                                       lift with/without recent events: OUT/realtime.json"
 	@echo "make promote OUT=<dir>                                 gate: challenger -> champion"
 	@echo "make bench                                             serving benchmark (benchmarks/results/serving.json)"
 	@echo "make bench-etl                                         ETL throughput benchmark"
@@ -85,26 +88,48 @@ demo: venv java
 	$(PY) -m archives serve --out $(OUT)
 	$(PY) -m archives demo-requests --out $(OUT) && $(PY) -m archives parity --out $(OUT); rc=$$?; \
 	  $(PY) -m archives stop --out $(OUT); [ $$rc -eq 0 ] || exit $$rc
+	$(MAKE) --no-print-directory realtime-demo OUT=$(OUT)
 	$(MAKE) --no-print-directory ab-demo OUT=$(OUT)
-	@echo "demo done: $(OUT)/eval.json, $(OUT)/parity.json, $(OUT)/experiment/report.md"
+	@echo "demo done: $(OUT)/eval.json, $(OUT)/parity.json, $(OUT)/realtime.json, $(OUT)/experiment/report.md"
+
+# What real-time events are worth (docs/realtime.md): the challenger alone behind the gateway
+# with the embedded store; freshness and store read latency measured live, then the offline
+# replay of the P1 test period with and without recent events: OUT/realtime.json.
+realtime-demo: REALTIME_STORE = memory
+realtime-demo: venv java
+	$(PY) -m gateway experiment write --out $(OUT) --newest 1 --name realtime-demo --force
+	@$(SERVE_BOTH)
+	$(PY) -m realtime measure --out $(OUT); rc=$$?; $(STOP_BOTH); [ $$rc -eq 0 ] || exit $$rc
+	$(PY) -m realtime evaluate --out $(OUT)
 
 # TorchServe (python -m archives serve, the TorchServe-only command) and then the gateway in front
 # of it. Ports: TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, GATEWAY_PORT,
 # GATEWAY_METRICS_PORT. TS_CONFIG=prod turns TorchServe's token auth on (the gateway holds and
 # renews its keys). Without OUT/gateway/experiment.yaml the challenger archive is built and
 # served alone. A failed start stops whatever did start.
+# Real-time events (docs/realtime.md): the gateway reads each user's recent events from a store.
+# REALTIME_STORE=auto: $$REDIS_URL when set, else a local redis-server (OUT/redis, port
+# $$REDIS_PORT or 6379) when one is installed, else the embedded in-process store;
+# REALTIME_STORE=memory: always the embedded store.
 TS_CONFIG ?= dev
 GATEWAY_ARGS ?=
+REALTIME_STORE ?= auto
 define STOP_BOTH
-$(PY) -m gateway stop --out $(OUT); $(PY) -m archives stop --out $(OUT)
+$(PY) -m gateway stop --out $(OUT); $(PY) -m archives stop --out $(OUT); \
+$(PY) -m realtime redis stop --out $(OUT) >/dev/null
 endef
 define SERVE_BOTH
 if [ ! -f $(OUT)/gateway/experiment.yaml ]; then \
   $(PY) -m archives build --out $(OUT) --model-uri $(MODEL_URI) || exit 1; fi; \
+store_args=""; \
+if [ "$(REALTIME_STORE)" = memory ]; then store_args="--redis-url="; \
+elif [ -z "$$REDIS_URL" ] && command -v redis-server >/dev/null 2>&1; then \
+  url=$$($(PY) -m realtime redis start --out $(OUT) --url-only) || exit 1; \
+  store_args="--redis-url $$url"; fi; \
 $(PY) -m gateway keys init --out $(OUT) && \
 $(PY) -m archives serve --out $(OUT) --config $(TS_CONFIG) && \
 $(PY) -m gateway prepare --out $(OUT) && \
-$(PY) -m gateway serve --out $(OUT) --detach $(GATEWAY_ARGS) \
+$(PY) -m gateway serve --out $(OUT) --detach $$store_args $(GATEWAY_ARGS) \
   || { echo "start failed: stopping what did start"; $(STOP_BOTH); exit 1; }
 endef
 
@@ -122,7 +147,8 @@ stop: venv
 # The replay measures the models, not latency: a generous deadline keeps a busy machine's slow
 # answers from turning into fallbacks that dilute the comparison (fallbacks are still reported).
 AB_NAME ?= ab-demo
-ab-demo: GATEWAY_ARGS += --deadline-ms 2000
+ab-demo: GATEWAY_ARGS += --deadline-ms 2000 --realtime off
+ab-demo: REALTIME_STORE = memory
 ab-demo: venv java
 	$(PY) -m gateway experiment write --out $(OUT) --newest 2 --weights 50,50 --name $(AB_NAME) --force
 	@if [ -d $(OUT)/gateway/exposures ] || [ -d $(OUT)/gateway/events ]; then \
