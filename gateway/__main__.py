@@ -65,8 +65,11 @@ def cmd_serve(a) -> int:
 
 
 def print_started(st: dict, paths: GatewayPaths) -> None:
+    rt = st.get("realtime") or {}
+    realtime = f"on ({rt.get('store')} store)" if rt.get("enabled") else "off"
     print(f"Gateway is up (pid {st['pid']}, experiment {st['experiment']!r}, upstream "
-          f"{st['upstream']}, TorchServe token auth {'on' if st['token_auth'] else 'off'})")
+          f"{st['upstream']}, TorchServe token auth {'on' if st['token_auth'] else 'off'}, "
+          f"real-time {realtime})")
     print(f"  api      {st['url']}\n  metrics  {st['metrics_url']}\n  log      {paths.log}")
     print(f"  client key file {paths.client_key}\n  admin key file  {paths.admin_key}")
     print("\nTry:")

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+import requests
 
 from archives import server as S
 from common.net import free_ports, port_in_use
 from common.schema import EtlLayout
 from gateway.config import GatewayPaths
-from tests.gateway.conftest import REPO, build_versions
+from tests.gateway.conftest import REPO, build_versions, write_experiment
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -89,6 +90,7 @@ def test_ab_demo_serves_both_versions_replays_and_reports(java, tmp_path):
         for key_file in (paths.client_key, paths.admin_key):
             assert key_file.read_text().strip() not in text
         assert "registered recsys-v1.mar" in text or "registered recsys-v2.mar" in text
+        assert "real-time off" in text  # ab-demo keeps its figures comparable
         # replay: every held-out user answered, both variants used
         replay = json.loads((out / "experiment" / "replay.json").read_text())
         assert replay["requests"] == len(test_items) == replay["ok"]
@@ -123,3 +125,36 @@ def test_make_stop_cleans_up_after_a_partial_start(java, tmp_path):
     assert "no gateway running" in r.stdout and "TorchServe stopped" in r.stdout
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not port_in_use("127.0.0.1", int(env["TS_INFERENCE_PORT"]))
+
+
+def test_make_serve_uses_a_local_redis_when_one_is_installed(java, tmp_path):
+    from realtime import redis_server
+
+    if not redis_server.available():
+        if os.environ.get("RECSYS_REQUIRE_REDIS") or os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed")
+    out = build_versions(tmp_path, versions=(("1", 0),))
+    write_experiment(out, versions=("1",), weights=(10000,))
+    env = _ports_env()
+    env.pop("REDIS_URL", None)
+    redis_port = free_ports(1)[0]
+    env["REDIS_PORT"] = str(redis_port)
+    r = make("serve", out, env)
+    text = r.stdout + r.stderr
+    try:
+        assert r.returncode == 0, text[-5000:]
+        assert "real-time on (redis store)" in text
+        assert port_in_use("127.0.0.1", redis_port)
+        key = GatewayPaths.under(out).client_key.read_text().strip()
+        url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+        auth = {"Authorization": f"Bearer {key}"}
+        e = requests.post(f"{url}/v1/events", headers=auth, timeout=10,
+                          json={"type": "click", "item_id": "10", "user_id": "new-1"})
+        assert e.status_code == 202 and e.json()["results"] == [{"status": "stored"}], e.text
+        a = requests.post(f"{url}/v1/recommendations", headers=auth, timeout=10,
+                          json={"user_id": "new-1", "k": 5}).json()
+        assert "10" not in {i["item_id"] for i in a["items"]}
+    finally:
+        make("stop", out, env)
+    assert not port_in_use("127.0.0.1", redis_port)
