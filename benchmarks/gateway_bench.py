@@ -18,6 +18,14 @@ One run (``python -m benchmarks.gateway_bench`` or ``make bench-gateway``):
 4. the gateway path is ramped as well (a rate with any fallback does not count as sustained:
    a fallback is an answer the model did not give).
 
+Real-time events (docs/realtime.md): a stack named ``<stack>+redis`` (default ``fast+redis``)
+is the same gateway with real-time on and a real Redis on loopback, whose users each hold
+``--events-per-user`` recent events (posted through ``POST /v1/events`` before the rounds), so
+every request reads the store and TorchServe gets the merged history. The other stacks run with
+real-time off, as before. Per round: the store read's P50/P99 from the gateway's own histogram
+(``recsys_gateway_realtime_read_seconds``, the goal: P99 <= 1 ms), and the end-to-end
+difference and CPU per request against the same stack with real-time off.
+
 Writes ``benchmarks/results/gateway.json`` and ``gateway.md``.
 """
 from __future__ import annotations
@@ -31,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import psutil
 import requests
 
@@ -38,7 +47,7 @@ from common.cli import run_cli
 from archives import build as B
 from benchmarks.common import RESULTS, machine, write_results
 from common import loadgen
-from common.promtext import metric_value
+from common.promtext import bucket_delta, buckets, metric_value, quantile
 from gateway import auth
 from gateway import experiment as E
 from gateway.config import GatewayPaths
@@ -46,6 +55,9 @@ from testkit.archives import make_random_artifact, running_server
 
 MODEL = "recsys"
 CPU_GOAL_US = 600.0  # issue 18: gateway CPU per request
+READ_GOAL_P99_MS = 1.0  # issue 20: the store read's P99 from its histogram
+READ_METRIC = "recsys_gateway_realtime_read_seconds"
+REDIS_SUFFIX = "+redis"
 
 
 class GatewayRun:
@@ -61,14 +73,27 @@ class GatewayRun:
         return {"cpu": t.user + t.system,
                 "own_sum": metric_value(m, "recsys_gateway_own_seconds_sum"),
                 "own_count": metric_value(m, "recsys_gateway_own_seconds_count"),
-                "fallbacks": metric_value(m, "recsys_gateway_fallbacks_total")}
+                "fallbacks": metric_value(m, "recsys_gateway_fallbacks_total"),
+                "reads": buckets(m, READ_METRIC),
+                "history_sum": metric_value(m, "recsys_gateway_realtime_history_length_sum"),
+                "history_count": metric_value(m, "recsys_gateway_realtime_history_length_count")}
 
     @staticmethod
     def delta(a: dict, b: dict) -> dict:
         n = b["own_count"] - a["own_count"]
-        return {"requests": int(n), "cpu_us_per_request": (b["cpu"] - a["cpu"]) / n * 1e6 if n else None,
-                "own_us_per_request": (b["own_sum"] - a["own_sum"]) / n * 1e6 if n else None,
-                "fallbacks": int(b["fallbacks"] - a["fallbacks"])}
+        out = {"requests": int(n),
+               "cpu_us_per_request": (b["cpu"] - a["cpu"]) / n * 1e6 if n else None,
+               "own_us_per_request": (b["own_sum"] - a["own_sum"]) / n * 1e6 if n else None,
+               "fallbacks": int(b["fallbacks"] - a["fallbacks"])}
+        reads = bucket_delta(b["reads"], a["reads"])
+        if reads and reads[-1][1] > 0:
+            hn = b["history_count"] - a["history_count"]
+            out["store_reads"] = {
+                "n": int(reads[-1][1]), "buckets": reads,
+                "p50_ms": quantile(reads, 0.5) * 1000, "p99_ms": quantile(reads, 0.99) * 1000,
+                "recent_events_per_request": (b["history_sum"] - a["history_sum"]) / hn
+                if hn else None}
+        return out
 
 
 def sustained(r: loadgen.RunResult, budget_ms: float) -> bool:
@@ -91,9 +116,12 @@ def main(argv=None) -> int:
     p.add_argument("--users", type=int, default=600)
     p.add_argument("--items", type=int, default=5000)
     p.add_argument("--out", help="keep the run folder here (default: a temporary one)")
-    p.add_argument("--stacks", default="fast,aiohttp",
+    p.add_argument("--stacks", default="fast,fast+redis,aiohttp",
                    help="HTTP stacks (gateway --http-server/--upstream-client), one gateway "
-                        "process each, alternating in every round; the first is the headline")
+                        "process each, alternating in every round; the first is the headline; "
+                        "'<stack>+redis': that stack with real-time on over a local Redis")
+    p.add_argument("--events-per-user", type=int, default=20,
+                   help="recent events posted per user before the rounds (+redis stacks)")
     p.set_defaults(fn=_run)
     return run_cli(p, argv, logs=False)
 
@@ -123,15 +151,24 @@ def _run(a: argparse.Namespace) -> int:
 
     result: dict = {"machine": machine(), "config": vars(a), "runs": {}}
     stacks = [x.strip() for x in a.stacks.split(",") if x.strip()]
+    redis_run = tmp / "redis"
     with running_server(out, config="dev", models={MODEL: f"{MODEL}-v1.mar"}) as ts:
         gws: dict[str, GatewayProc] = {}
         try:
             for stack in stacks:  # one gateway process per HTTP stack, same keys and experiment
                 gw_out = tmp / f"gw-{stack}"
                 shutil.copytree(paths.root, GatewayPaths.under(gw_out).root, dirs_exist_ok=True)
+                http = stack.removesuffix(REDIS_SUFFIX)
+                realtime = ["--realtime", "off"]
+                if stack.endswith(REDIS_SUFFIX):
+                    from realtime import redis_server
+                    url = redis_server.start(redis_run, 0).url
+                    realtime = ["--realtime", "on", "--redis-url", url]
                 gws[stack] = GatewayProc(gw_out, [
-                    "--upstream-url", ts.inference_url, "--http-server", stack,
-                    "--upstream-client", stack]).start()
+                    "--upstream-url", ts.inference_url, "--http-server", http,
+                    "--upstream-client", http, *realtime]).start()
+                if stack.endswith(REDIS_SUFFIX):
+                    post_events(gws[stack].url, key, users, items, a.events_per_user)
             meters = {s_: GatewayRun(g_.state) for s_, g_ in gws.items()}
             direct = ("direct", ts.inference_url, f"/predictions/{MODEL}/1", None)
             vias = [(f"gateway-{s_}", g_.url, "/v1/recommendations",
@@ -187,6 +224,9 @@ def _run(a: argparse.Namespace) -> int:
         finally:
             for g_ in gws.values():
                 g_.stop()
+            if redis_run.exists():
+                from realtime import redis_server
+                redis_server.stop(redis_run)
 
     pooled = {name: loadgen.percentiles(v) for name, v in lat.items()}
     d_rounds = [r for r in result["runs"]["rounds"] if r["path"] == "direct"]
@@ -206,12 +246,42 @@ def _run(a: argparse.Namespace) -> int:
             "cpu_us_per_round": [round(r["cpu_us_per_request"], 1) for r in g_rounds],
             "own_us_per_request": round(float(np.mean([r["own_us_per_request"]
                                                        for r in g_rounds])), 1)}
+        reads = [r["store_reads"] for r in g_rounds if r.get("store_reads")]
+        if reads:  # pooled over the rounds: the bucket counts add up
+            pooled_reads = [(le, sum(r["buckets"][i][1] for r in reads))
+                            for i, (le, _) in enumerate(reads[0]["buckets"])]
+            per_stack[stack]["store_read"] = {
+                "p50_ms": round(quantile(pooled_reads, 0.5) * 1000, 4),
+                "p99_ms": round(quantile(pooled_reads, 0.99) * 1000, 4),
+                "reads": int(pooled_reads[-1][1]),
+                "p99_ms_per_round": [round(r["p99_ms"], 4) for r in reads],
+                "recent_events_per_request": round(float(np.mean(
+                    [r["recent_events_per_request"] for r in reads])), 2),
+                "goal_p99_ms": READ_GOAL_P99_MS,
+                "met": bool(quantile(pooled_reads, 0.99) * 1000 <= READ_GOAL_P99_MS)}
+    realtime = {}
+    for stack in stacks:
+        base = stack.removesuffix(REDIS_SUFFIX)
+        if stack.endswith(REDIS_SUFFIX) and base in per_stack:
+            on, off = per_stack[stack], per_stack[base]
+            realtime[stack] = {
+                "store_read": on.get("store_read"),
+                "end_to_end_p50_ms_on_minus_off": round(on["gateway_p50_ms"]
+                                                        - off["gateway_p50_ms"], 3),
+                "end_to_end_p99_ms_on_minus_off": round(on["gateway_p99_ms"]
+                                                        - off["gateway_p99_ms"], 3),
+                "cpu_us_per_request_on": on["cpu_us_per_request"],
+                "cpu_us_per_request_off": off["cpu_us_per_request"],
+                "cpu_ratio_on_over_off": round(on["cpu_us_per_request"]
+                                               / off["cpu_us_per_request"], 3),
+                "cpu_goal_met": bool(on["cpu_us_per_request"] <= CPU_GOAL_US)}
     head = per_stack[stacks[0]]
     cpu, own = head["cpu_us_per_request"], head["own_us_per_request"]
     added_p50, added_p99 = head["added_p50_ms"], head["added_p99_ms"]
-    ratios = ({f"cpu_{s_}_over_{stacks[-1]}": round(per_stack[s_]["cpu_us_per_request"]
-                                                    / per_stack[stacks[-1]]["cpu_us_per_request"], 3)
-               for s_ in stacks[:-1]} if len(stacks) > 1 else {})
+    plain = [s_ for s_ in stacks if not s_.endswith(REDIS_SUFFIX)]
+    ratios = ({f"cpu_{s_}_over_{plain[-1]}": round(per_stack[s_]["cpu_us_per_request"]
+                                                   / per_stack[plain[-1]]["cpu_us_per_request"], 3)
+               for s_ in plain[:-1]} if len(plain) > 1 else {})
     result["headline"] = {
         "stack": stacks[0], "rate_rps": half, "torchserve_alone_max_rps": ts_max,
         "gateway_path_max_rps": gw_max,
@@ -221,7 +291,7 @@ def _run(a: argparse.Namespace) -> int:
         "added_p50_ms": added_p50, "added_p99_ms": added_p99,
         "added_per_round": head["added_per_round"],
         "gateway_cpu_us_per_request": cpu, "gateway_own_us_per_request": own,
-        "stacks": per_stack, "ratios": ratios,
+        "stacks": per_stack, "ratios": ratios, "realtime": realtime,
         "goal": {"cpu_us_per_request": CPU_GOAL_US, "cpu_met": bool(cpu <= CPU_GOAL_US),
                  "added_p50_ms": 1.0, "added_p99_ms": 3.0,
                  "met": bool(added_p50 <= 1.0 and added_p99 <= 3.0)},
@@ -297,9 +367,46 @@ def markdown(res: dict) -> str:
              f"Gateway CPU time per request: {h['gateway_cpu_us_per_request']:.0f} us "
              f"(goal <= {CPU_GOAL_US:.0f}); its own "
              f"time outside the upstream call: {h['gateway_own_us_per_request']:.0f} us.", "",
-             *_stack_table(h),
+             *_stack_table(h), *_realtime_table(h),
              res["dominant"], ""]
     return "\n".join(lines)
+
+
+def _realtime_table(h: dict) -> list[str]:
+    """Real-time on (Redis on loopback) against the same stack with it off."""
+    rows = []
+    for stack, r in (h.get("realtime") or {}).items():
+        sr = r.get("store_read") or {}
+        if not rows:
+            rows = ["Real-time events, same rounds (docs/realtime.md): the store read from the "
+                    "gateway's histogram, and what the whole request costs with it on.", "",
+                    "| stack | store read P50 / P99 ms (goal P99 <= 1) | recent events per "
+                    "request | end to end on - off, P50 / P99 ms | CPU us/request on / off |",
+                    "|---|---|---|---|---|"]
+        rows.append(f"| {stack} | {sr.get('p50_ms', float('nan')):.3f} / "
+                    f"{sr.get('p99_ms', float('nan')):.3f} | "
+                    f"{sr.get('recent_events_per_request', float('nan')):.1f} | "
+                    f"{r['end_to_end_p50_ms_on_minus_off']:+.2f} / "
+                    f"{r['end_to_end_p99_ms_on_minus_off']:+.2f} | "
+                    f"{r['cpu_us_per_request_on']:.0f} / {r['cpu_us_per_request_off']:.0f} |")
+    return rows + [""] if rows else []
+
+
+def post_events(url: str, key: str, users: list[str], items: list[str], per_user: int,
+                seed: int = 7) -> int:
+    """``per_user`` click events for every user, through ``POST /v1/events`` (batches of
+    1,000); every one must be stored."""
+    rng = np.random.default_rng(seed)
+    now = time.time()
+    events = [{"type": "click", "item_id": items[int(i)], "user_id": u, "ts": now - 60 + j}
+              for u in users for j, i in enumerate(rng.integers(0, len(items), per_user))]
+    for k in range(0, len(events), 1000):
+        r = requests.post(f"{url}/v1/events", data=orjson.dumps(events[k:k + 1000]),
+                          headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        r.raise_for_status()
+        if r.json()["accepted"] != len(events[k:k + 1000]):
+            raise RuntimeError(f"events not accepted: {r.text[:300]}")
+    return len(events)
 
 
 def _stack_table(h: dict) -> list[str]:
