@@ -355,7 +355,8 @@ class TorchServe:
 
 
 _FINAL_LINE = (re.compile(r"exposures[^\n]*?dropped[\"'=: ]+(\d+)"),
-               re.compile(r"gateway stopped \(\d+ exposures, \d+ events written; (\d+) dropped\)"))
+               re.compile(r"gateway stopped \(\d+ exposures, \d+ events(?:, \d+ training events)? "
+                          r"written; (\d+) dropped\)"))
 
 
 class GatewayRuns:
