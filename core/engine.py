@@ -33,6 +33,7 @@ sent), ``history`` (unknown user, scored from the known items of the history sen
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,8 +42,8 @@ import torch
 from core.validation import UNKNOWN_ITEM, InvalidRequest, RecRequest
 
 PERSONALIZED, HISTORY, POPULAR = "personalized", "history", "popular"
-SIMILAR, RERANK = "similar", "rerank"
-STRATEGIES = (PERSONALIZED, HISTORY, POPULAR, SIMILAR, RERANK)
+SIMILAR, RERANK, CATALOG = "similar", "rerank", "catalog"
+STRATEGIES = (PERSONALIZED, HISTORY, POPULAR, SIMILAR, RERANK, CATALOG)
 # MMR's pool: the top max(k, min(MAX, max(PER_K * k, MIN))) candidates are re-ranked
 MMR_POOL_MIN, MMR_POOL_PER_K, MMR_POOL_MAX = 100, 10, 1000
 RELEVANCE, SIMILARITY = "relevance", "similarity"  # the ServingData fields of the two spaces
@@ -185,6 +186,7 @@ class Recommender:
             end = int(ends[c])
             self._cat_items[name] = cat_of_item[order[start:end]]
             start = end
+        self._catalog_digest: str | None = None
         # the popularity fallback's ranking, computed once (ties: lower index first)
         self._popular_order = torch.sort(data.popularity.to(torch.float32), descending=True,
                                          stable=True).indices
@@ -447,9 +449,38 @@ class Recommender:
             body["ignored_candidates"] = plan.ignored_candidates
         return Outcome(body, plan.strategy, len(plan.ignored))
 
-    @torch.inference_mode()
+    def catalog_page(self, offset: int, limit: int) -> Outcome:
+        """A page of the item ids in index order, the total and a digest of the whole list
+        (the gateway pages it only when the digest changed; items added with add-items are a
+        new version, hence a new digest)."""
+        d = self.data
+        if self._catalog_digest is None:
+            h = hashlib.sha256()
+            for i in range(d.n_items):
+                h.update(d.item_ids[i].encode("utf-8"))
+                h.update(b"\n")
+            self._catalog_digest = h.hexdigest()[:32]
+        body = {"model_version": d.model_version, "strategy": CATALOG, "total": d.n_items,
+                "offset": offset,
+                "items": [d.item_ids[i] for i in range(offset, min(offset + limit, d.n_items))],
+                "digest": self._catalog_digest}
+        return Outcome(body, CATALOG, 0)
+
     def recommend(self, reqs: Sequence[RecRequest]) -> list[Outcome]:
-        """Responses for a batch of validated requests, scored together (see the module doc)."""
+        """Responses for a batch of validated requests, scored together (see the module doc);
+        catalog pages are answered apart (nothing to score)."""
+        if not any(r.catalog is not None for r in reqs):
+            return self._recommend(reqs)
+        out: list[Outcome | None] = [self.catalog_page(*r.catalog) if r.catalog is not None
+                                     else None for r in reqs]
+        rest = [i for i, r in enumerate(reqs) if r.catalog is None]
+        if rest:
+            for i, o in zip(rest, self._recommend([reqs[i] for i in rest])):
+                out[i] = o
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _recommend(self, reqs: Sequence[RecRequest]) -> list[Outcome]:
         plans = [self._plan(req) for req in reqs]
         vectors = self._vectors(plans)
         found = self._diversify(reqs, self._rank(reqs, plans, vectors))
@@ -459,4 +490,4 @@ class Recommender:
 
 
 __all__ = ["Recommender", "ServingData", "Space", "Outcome", "BatchState", "mmr", "STRATEGIES",
-           "PERSONALIZED", "HISTORY", "POPULAR", "SIMILAR", "RERANK"]
+           "PERSONALIZED", "HISTORY", "POPULAR", "SIMILAR", "RERANK", "CATALOG"]

@@ -46,7 +46,12 @@ ID_RULE = (f"ids are strings of 1-{MAX_ID_CHARS} characters without control char
 MAX_DEPTH = 3
 
 FIELDS = ("user_id", "k", "history", "exclude_seen", "filters", "exclude", "similar_to",
-          "candidates", "diversity")
+          "candidates", "diversity", "catalog")
+# The catalog mode pages the model's item ids (the gateway learns what it may store). A page
+# must stay under TorchServe's max_response_size (6,553,500 bytes, archives/config): an id of
+# 256 characters is at most 256 x 6 = 1,536 bytes as JSON (\uXXXX escapes) plus 4 for quotes
+# and comma, so 4,000 ids are at most 6.16 MB; typical ids are a few bytes.
+MAX_CATALOG_PAGE = 4000
 FILTER_FIELDS = ("include_categories", "exclude_categories")
 
 # Reasons (metric label values).
@@ -65,11 +70,12 @@ BAD_EXCLUDE = "bad_exclude"
 BAD_SIMILAR_TO = "bad_similar_to"
 BAD_CANDIDATES = "bad_candidates"
 BAD_DIVERSITY = "bad_diversity"
+BAD_CATALOG = "bad_catalog"
 CONFLICTING_FIELDS = "conflicting_fields"
 UNKNOWN_ITEM = "unknown_item"  # 404 from the engine: a similar_to item the model does not know
 REASONS = (TOO_LARGE, TOO_DEEP, NOT_JSON, NOT_OBJECT, UNKNOWN_FIELD, MISSING_USER_ID, BAD_USER_ID, BAD_K,
            BAD_HISTORY, BAD_EXCLUDE_SEEN, BAD_FILTERS, BAD_EXCLUDE, BAD_SIMILAR_TO, BAD_CANDIDATES,
-           BAD_DIVERSITY, CONFLICTING_FIELDS, UNKNOWN_ITEM)
+           BAD_DIVERSITY, BAD_CATALOG, CONFLICTING_FIELDS, UNKNOWN_ITEM)
 
 
 class InvalidRequest(ValueError):
@@ -102,6 +108,7 @@ class RecRequest:
     similar_to: str | None = None
     candidates: tuple[str, ...] | None = None  # None: rank the catalog
     diversity: float = 0.0                     # 0: plain ranking; > 0: maximal marginal relevance
+    catalog: tuple[int, int] | None = None     # (offset, limit): a page of the item ids
 
     def __post_init__(self) -> None:
         """The mode-dependent defaults, in one place: a candidate list is answered whole and
@@ -339,6 +346,8 @@ def validate_request(obj: Any) -> RecRequest:
     if unknown:
         raise InvalidRequest(UNKNOWN_FIELD, f"unknown field(s) {', '.join(map(repr, unknown))}; "
                                             f"allowed: {', '.join(FIELDS)}")
+    if "catalog" in obj:
+        return RecRequest(user_id=None, catalog=_catalog_page(obj))
     similar_to = None
     if obj.get("similar_to") is not None:
         similar_to = _id(obj["similar_to"], "similar_to", BAD_SIMILAR_TO)
@@ -401,6 +410,29 @@ def validate_request(obj: Any) -> RecRequest:
                       diversity=_diversity(obj.get("diversity")))
 
 
+def _catalog_page(obj: Mapping[str, Any]) -> tuple[int, int]:
+    """``{"catalog": {"offset": o, "limit": n}}``, alone: (offset, limit)."""
+    others = sorted(str(k) for k in obj if k != "catalog")
+    if others:
+        raise InvalidRequest(BAD_CATALOG, f"catalog is a mode of its own: send it alone, without "
+                                          f"{', '.join(map(repr, others))}")
+    page = obj["catalog"]
+    if page is None:
+        page = {}
+    if not isinstance(page, Mapping) or set(page) - {"offset", "limit"}:
+        raise InvalidRequest(BAD_CATALOG, 'catalog must be an object like {"offset": 0, '
+                                          f'"limit": {MAX_CATALOG_PAGE}}}, got {_short(page)}')
+    offset = _as_int(page.get("offset", 0))
+    limit = _as_int(page.get("limit", MAX_CATALOG_PAGE))
+    if offset is None or offset < 0:
+        raise InvalidRequest(BAD_CATALOG, f"catalog.offset must be an integer >= 0, got "
+                                          f"{_short(page.get('offset'))}")
+    if limit is None or not 1 <= limit <= MAX_CATALOG_PAGE:
+        raise InvalidRequest(BAD_CATALOG, f"catalog.limit must be an integer from 1 to "
+                                          f"{MAX_CATALOG_PAGE}, got {_short(page.get('limit'))}")
+    return offset, limit
+
+
 def _diversity(value: Any) -> float:
     if value is None:
         return 0.0
@@ -434,5 +466,5 @@ def body_of(row: Mapping[str, Any]) -> tuple[Any, str | None]:
 
 __all__ = ["InvalidRequest", "RecRequest", "check_depth", "check_value_depth", "decode_body", "validate_request", "parse_request",
            "body_of", "is_json_content_type", "REASONS", "MAX_BODY_BYTES", "MAX_DEPTH", "TOO_DEEP",
-           "DEFAULT_K", "MIN_K", "MAX_K", "MAX_HISTORY", "MAX_EXCLUDE", "MAX_CATEGORIES",
+           "DEFAULT_K", "MIN_K", "MAX_K", "MAX_CATALOG_PAGE", "MAX_HISTORY", "MAX_EXCLUDE", "MAX_CATEGORIES",
            "MAX_CANDIDATES", "ID_RULE"]

@@ -14,8 +14,10 @@ import logging
 
 import orjson
 
+from core.validation import MAX_CATALOG_PAGE
+
 log = logging.getLogger("gateway.catalog")
-PAGE = 20_000
+PAGE = MAX_CATALOG_PAGE
 
 
 class CatalogUnavailable(RuntimeError):

@@ -118,6 +118,10 @@ class Routes:
             m.client_errors.labels(e.reason).inc()
             # byte for byte the handler's own refusal (handlers/recommender.py: json.dumps)
             return Response(e.status, json.dumps(e.to_dict()).encode())
+        if req.catalog is not None:  # the gateway's own probe of TorchServe, not a client's
+            m.client_errors.labels("bad_catalog").inc()
+            return error(400, "bad_catalog", "the catalog mode is for the gateway's own requests "
+                         "to TorchServe; clients ask for recommendations")
         user = req.user_id
         exp = gw.experiment
         override = request.headers.get(self._override)

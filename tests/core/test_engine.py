@@ -345,3 +345,22 @@ def test_variant_pack(artifact, tmp_path, variant):
     assert type(served.data.user_index).__name__ == "IdTable" and served.data.user_index.get("1") == 0
     with pytest.raises(FileNotFoundError):  # a variant the pack was not built for
         load_recommender(root / "art", scoring="faiss_sq8", pack_path=tmp_path / "pack.safetensors")
+
+
+def test_catalog_pages_cover_every_item_once_beside_scored_requests(engine):
+    from core.engine import CATALOG
+    n = engine.data.n_items
+    pages, offset = [], 0
+    while True:
+        out = engine.recommend([RecRequest(None, catalog=(offset, 3)), RecRequest("u1", k=2)])
+        page, scored = out[0].body, out[1]
+        assert page["strategy"] == out[0].strategy == CATALOG and page["total"] == n
+        assert scored.body["strategy"] in (PERSONALIZED, POPULAR) and len(scored.body["items"]) == 2
+        if not page["items"]:
+            break
+        pages.append(page)
+        offset += len(page["items"])
+    ids_ = [i for p in pages for i in p["items"]]
+    assert ids_ == [engine.data.item_ids[i] for i in range(n)]
+    assert len({p["digest"] for p in pages}) == 1 and len(pages[0]["digest"]) == 32
+    assert pages[0]["model_version"] == engine.data.model_version

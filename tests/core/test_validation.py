@@ -254,6 +254,9 @@ CROSS_CHECK = [
     {"user_id": "u", "diversity": 0}, {"user_id": "u", "diversity": 1}, {"user_id": "u", "diversity": 0.3},
     {"user_id": "u", "diversity": 1.5}, {"user_id": "u", "diversity": "0.3"},
     {"user_id": "u", "diversity": None}, {"history": ["1"]}, {"similar_to": "1", "history": ["2"]},
+    {"catalog": {}}, {"catalog": None}, {"catalog": {"offset": 3, "limit": 4000}},
+    {"catalog": {"limit": 4001}}, {"catalog": {"offset": -1}}, {"catalog": {}, "user_id": "u"},
+    {"catalog": {"page": 2}}, {"catalog": 5},
 ]
 
 
@@ -383,3 +386,17 @@ def test_check_depth_on_random_json():
         except v.InvalidRequest:
             refused = True
         assert refused == (_depth(obj) > v.MAX_DEPTH), raw
+
+
+# ---- the catalog mode ------------------------------------------------------------------------
+
+def test_catalog_pages_are_a_mode_of_their_own():
+    assert parse({"catalog": {}}).catalog == (0, v.MAX_CATALOG_PAGE)
+    assert parse({"catalog": None}).catalog == (0, v.MAX_CATALOG_PAGE)
+    assert parse({"catalog": {"offset": 8000, "limit": 10}}).catalog == (8000, 10)
+    for bad in ({"catalog": {"offset": -1}}, {"catalog": {"limit": 0}},
+                {"catalog": {"limit": v.MAX_CATALOG_PAGE + 1}}, {"catalog": {"offset": "0"}},
+                {"catalog": {"page": 1}}, {"catalog": [0, 10]},
+                {"catalog": {}, "user_id": "u"}, {"catalog": {}, "k": 3}):
+        reject(bad, v.BAD_CATALOG)
+
