@@ -74,6 +74,28 @@ def promtool() -> Callable[..., subprocess.CompletedProcess]:
 
 
 @pytest.fixture(scope="session")
+def redis_bin() -> str:
+    """``redis-server`` (the recent-event store's production backend; a failure when missing,
+    so CI cannot pass by skipping the real-time suite)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed: apt-get install redis-server (.ci/run "
+                    "installs it)")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_bin, tmp_path_factory) -> str:
+    """One real Redis on a free loopback port for the session (``realtime.redis_server``)."""
+    from realtime import redis_server
+
+    run = tmp_path_factory.mktemp("redis")
+    inst = redis_server.start(run, 0)
+    yield inst.url
+    redis_server.stop(run)
+
+
+@pytest.fixture(scope="session")
 def spark(java):
     from etl.spark import get_spark
 

@@ -127,13 +127,7 @@ def test_make_stop_cleans_up_after_a_partial_start(java, tmp_path):
     assert not port_in_use("127.0.0.1", int(env["TS_INFERENCE_PORT"]))
 
 
-def test_make_serve_uses_a_local_redis_when_one_is_installed(java, tmp_path):
-    from realtime import redis_server
-
-    if not redis_server.available():
-        if os.environ.get("RECSYS_REQUIRE_REDIS") or os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
+def test_make_serve_uses_a_local_redis_when_one_is_installed(java, redis_bin, tmp_path):
     out = build_versions(tmp_path, versions=(("1", 0),))
     write_experiment(out, versions=("1",), weights=(10000,))
     env = _ports_env()

@@ -10,7 +10,6 @@ holds every accepted interaction, and a Redis that dies costs recent events, nev
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import threading
@@ -58,22 +57,6 @@ def served_signal(tmp_path_factory, java):
         yield root, ts
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    from realtime import redis_server
-
-    if not redis_server.available():
-        if os.environ.get("RECSYS_REQUIRE_REDIS") or os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
-    run = tmp_path_factory.mktemp("redis")
-    inst = redis_server.start(run, 0)
-    try:
-        yield inst.url, run, inst.port
-    finally:
-        redis_server.stop(run)
-
-
 class RT:
     """One gateway over the shared TorchServe, with its own OUT (keys, logs, training log)."""
 
@@ -108,8 +91,7 @@ def rt(request, served_signal):
     root, ts = served_signal
     args = ["--realtime", "on"]
     if request.param == "redis":
-        url, _, _ = request.getfixturevalue("redis_url")
-        args += ["--redis-url", url]
+        args += ["--redis-url", request.getfixturevalue("redis_url")]
     g = RT(root, ts, request.param, args)
     g.store = request.param
     try:
@@ -191,11 +173,14 @@ def test_items_no_served_version_knows_are_logged_not_stored(rt):
 
 # ---- Redis down and back ----------------------------------------------------------------------
 
-def test_redis_killed_mid_run_costs_recent_events_not_answers(served_signal, redis_url):
+def test_redis_killed_mid_run_costs_recent_events_not_answers(served_signal, redis_bin,
+                                                              tmp_path):
     from realtime import redis_server
 
     root, ts = served_signal
-    url, run, port = redis_url
+    run = tmp_path / "redis"
+    inst = redis_server.start(run, 0)
+    url, port = inst.url, inst.port
     g = RT(root, ts, "redis-kill", ["--realtime", "on", "--redis-url", url])
     statuses: list[int] = []
     stop = threading.Event()
@@ -237,6 +222,7 @@ def test_redis_killed_mid_run_costs_recent_events_not_answers(served_signal, red
         stop.set()
         worker.join(timeout=30)
         g.gw.stop()
+        redis_server.stop(run)
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
 
 
