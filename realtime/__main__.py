@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"realtime.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"realtime.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"realtime.{name}").add_parser(sub)
     return p
 
 

@@ -26,7 +26,7 @@ import requests
 
 from common import loadgen, stats
 from common.promtext import bucket_delta, buckets, metric_value, quantile
-from core.jsonio import write_json
+from realtime.results import merge_into
 
 log = logging.getLogger("realtime.live")
 READ_METRIC = "recsys_gateway_realtime_read_seconds"
@@ -114,14 +114,6 @@ def measure(out: Path, *, trials: int = 200, rate: float = 100.0, n: int = 2000)
                      "seconds": round(time.perf_counter() - t0, 1)}}
 
 
-def merge_into(path: Path, figures: dict) -> dict:
-    """``path`` (OUT/realtime.json) with ``figures``' keys replaced, the others kept."""
-    doc = json.loads(path.read_text()) if path.exists() else {}
-    doc.update(figures)
-    write_json(path, doc)
-    return doc
-
-
 def cmd_measure(a) -> int:
     out = Path(a.out)
     figures = measure(out, trials=a.trials, rate=a.rate, n=a.requests)
@@ -143,4 +135,4 @@ def add_parser(sub) -> None:
     p.set_defaults(fn=cmd_measure)
 
 
-__all__ = ["measure", "freshness", "store_reads_under_load", "merge_into", "gateway_of"]
+__all__ = ["measure", "freshness", "store_reads_under_load", "gateway_of"]
