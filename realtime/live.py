@@ -32,10 +32,11 @@ log = logging.getLogger("realtime.live")
 READ_METRIC = "recsys_gateway_realtime_read_seconds"
 
 
-def gateway_of(out: Path) -> tuple[str, str, str]:
-    """(API URL, metrics URL, client key) of the gateway ``make serve`` started for ``out``."""
+def gateway_of(out: Path) -> dict:
+    """``gateway.json`` of the gateway ``make serve`` started for ``out`` (URLs, real-time
+    store), with its client key under ``key``."""
     state = json.loads((out / "gateway" / "gateway.json").read_text())
-    return state["url"], state["metrics_url"], (out / "gateway" / "client_key").read_text().strip()
+    return {**state, "key": (out / "gateway" / "client_key").read_text().strip()}
 
 
 def freshness(url: str, key: str, trials: int, *, give_up_s: float = 5.0,
@@ -97,7 +98,12 @@ def store_reads_under_load(url: str, metrics_url: str, key: str, users: list[str
 
 
 def measure(out: Path, *, trials: int = 200, rate: float = 100.0, n: int = 2000) -> dict:
-    url, metrics_url, key = gateway_of(out)
+    gw = gateway_of(out)
+    url, metrics_url, key = gw["url"], gw["metrics_url"], gw["key"]
+    realtime = gw.get("realtime") or {}
+    if not realtime.get("enabled"):
+        raise RuntimeError(f"the gateway of {out} runs with real-time off; start it with "
+                           "--realtime on (make realtime-demo does)")
     t0 = time.perf_counter()
     seconds, failed, users = freshness(url, key, trials)
     if not seconds:
@@ -109,7 +115,7 @@ def measure(out: Path, *, trials: int = 200, rate: float = 100.0, n: int = 2000)
     return {"freshness_ms": {"p50": float(p50), "p99": float(p99), "trials": trials,
                              "failed": failed, "max": max(seconds) * 1000},
             "store_read_ms": {"p50": reads["p50"], "p99": reads["p99"], "reads": reads["reads"],
-                              "source": reads["source"]},
+                              "store": realtime.get("store"), "source": reads["source"]},
             "live": {"gateway": url, "load": reads["load"], "experiment": store.get("experiment"),
                      "seconds": round(time.perf_counter() - t0, 1)}}
 
@@ -121,7 +127,7 @@ def cmd_measure(a) -> int:
     f, r = figures["freshness_ms"], figures["store_read_ms"]
     print(f"freshness P50 {f['p50']:.1f} ms, P99 {f['p99']:.1f} ms ({f['trials']} trials, "
           f"{f['failed']} failed); store read P50 {r['p50']:.3f} ms, P99 {r['p99']:.3f} ms "
-          f"({r['reads']} reads) -> {out / 'realtime.json'}")
+          f"({r['reads']} reads, {r['store']} store) -> {out / 'realtime.json'}")
     return 0 if f["failed"] == 0 else 1
 
 

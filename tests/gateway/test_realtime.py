@@ -260,3 +260,14 @@ def test_the_training_event_log_holds_every_accepted_interaction(served_signal, 
     assert len(logged) == len(rows) and not {r["user"] for r in logged} & set(
         [f"t{u}" for u in range(5)])
     shutil.rmtree(folder)
+
+
+def test_the_live_measurement_sees_every_click_and_every_read(rt):
+    from realtime.live import measure
+
+    figures = measure(rt.out, trials=5, rate=50, n=100)
+    fresh, reads = figures["freshness_ms"], figures["store_read_ms"]
+    assert fresh["failed"] == 0 and fresh["trials"] == 5 and 0 < fresh["p50"] <= fresh["p99"] < 1000
+    assert reads["reads"] == 100 and reads["store"] == rt.store
+    assert 0 < reads["p50"] <= reads["p99"] <= 5.0   # under the read deadline
+    assert figures["live"]["load"]["errors"] == 0
