@@ -15,14 +15,14 @@ replica remembers to use them (docs/realtime.md).
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import time
 from typing import Sequence
 
 from realtime.config import RealtimeConfig
-from realtime.store import EMPTY, Event, EventStore, MemoryStore, Recent, StoreError, open_store
+from realtime.store import (EMPTY, Event, EventStore, MemoryStore, Recent, StoreError,
+                            StoreTimeout, open_store)
 
 log = logging.getLogger("gateway.recent")
 
@@ -55,9 +55,9 @@ class RecentEvents:
         try:
             if self._sync is not None:
                 rec = self._sync.recent_now(user)
-            else:
-                rec = await asyncio.wait_for(self.store.recent(user), self._deadline_s)
-        except asyncio.TimeoutError:
+            else:  # the deadline is a timer on the reply, not a task around the call
+                rec = await self.store.recent(user, timeout_s=self._deadline_s)
+        except StoreTimeout:
             self._reads["timeout"].inc()
             self.metrics.rt_read.observe(time.perf_counter() - t0)
             return EMPTY

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
@@ -32,6 +34,10 @@ STORED, DUPLICATE, EXPIRED = "stored", "duplicate", "expired"
 class StoreError(RuntimeError):
     """The store could not be reached or answered an error (a read then goes without recent
     events; a write is answered 503 and may be retried)."""
+
+
+class StoreTimeout(StoreError):
+    """A read that missed its deadline (one slow answer, not a store marked down)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +68,10 @@ class EventStore(Protocol):
         """Apply ``events``; per event ``stored``, ``duplicate`` or ``expired``. Raises
         :class:`StoreError` when the store cannot be written (nothing may be assumed applied)."""
 
-    async def recent(self, user: str, now: float | None = None) -> Recent:
-        """The user's recent items, oldest first. Raises :class:`StoreError`."""
+    async def recent(self, user: str, now: float | None = None,
+                     timeout_s: float | None = None) -> Recent:
+        """The user's recent items, oldest first, within ``timeout_s``. Raises
+        :class:`StoreError` (:class:`StoreTimeout` past the deadline)."""
 
     async def ping(self) -> bool: ...
 
@@ -120,7 +128,8 @@ class MemoryStore:
             for i in stale:
                 del items[i]
             if len(items) > cfg.history_cap:
-                for i, _ in sorted(items.items(), key=lambda kv: kv[1])[:len(items) - cfg.history_cap]:
+                # oldest first, ties by item id: the order of a read and of Redis' ranks
+                for _, i in sorted((ts, i) for i, ts in items.items())[:len(items) - cfg.history_cap]:
                     del items[i]
         while len(self._users) > cfg.memory_max_users:
             self._users.popitem(last=False)
@@ -147,7 +156,8 @@ class MemoryStore:
     async def append(self, events: Sequence[Event], now: float | None = None) -> list[str]:
         return self.append_now(events, now)
 
-    async def recent(self, user: str, now: float | None = None) -> Recent:
+    async def recent(self, user: str, now: float | None = None,
+                     timeout_s: float | None = None) -> Recent:
         return self.recent_now(user, now)
 
     async def ping(self) -> bool:
@@ -161,56 +171,55 @@ class MemoryStore:
 # ---- Redis ------------------------------------------------------------------------------------
 
 # KEYS[1] = the user's set, KEYS[2..] = dedup markers of the events that carry an id (in order).
-# ARGV = now, ttl, cap, dedup window, then per event: has-id (0/1), item, ts.
+# ARGV = horizon (now - ttl), ttl in ms, cap, dedup window in ms, then per event: has-id (0/1),
+# item, ts. Scores go to Redis as the strings Python wrote: a Lua number turned back into a
+# string keeps 14 digits (1.7e9 s to 0.1 ms), which would tie events a few microseconds apart.
 # Answers per event: 1 stored, 2 duplicate, 3 expired.
 _APPEND = """
-local now = tonumber(ARGV[1]); local ttl = tonumber(ARGV[2])
-local cap = tonumber(ARGV[3]); local window = tonumber(ARGV[4])
-local horizon = now - ttl
+local horizon = tonumber(ARGV[1]); local ttl_ms = ARGV[2]
+local cap = tonumber(ARGV[3]); local window_ms = ARGV[4]
 local out = {}; local k = 2; local added = false
 for i = 5, #ARGV, 3 do
   local state = 1
   if ARGV[i] == '1' then
-    if not redis.call('SET', KEYS[k], '1', 'NX', 'PX', window) then state = 2 end
+    if not redis.call('SET', KEYS[k], '1', 'NX', 'PX', window_ms) then state = 2 end
     k = k + 1
   end
-  local ts = tonumber(ARGV[i + 2])
-  if state == 1 and ts < horizon then state = 3 end
+  if state == 1 and tonumber(ARGV[i + 2]) < horizon then state = 3 end
   if state == 1 then
-    redis.call('ZADD', KEYS[1], 'GT', ts, ARGV[i + 1]); added = true
+    redis.call('ZADD', KEYS[1], 'GT', ARGV[i + 2], ARGV[i + 1]); added = true
   end
   out[#out + 1] = state
 end
 if added then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. horizon)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(cap + 1))
-  redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000))
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
 end
 return out
 """
+_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 _STATES = {1: STORED, 2: DUPLICATE, 3: EXPIRED}
 
 
 class RedisStore:
-    """The production store: a real Redis behind ``redis.asyncio`` (hiredis parser), one
-    connection pool per gateway. Socket timeouts are short (a read is abandoned by the gateway
-    at ``read_deadline_ms`` anyway); the client reconnects by itself, so a Redis that comes back
-    is used again without a restart."""
+    """The production store: a real Redis (``REDIS_URL``) over :class:`realtime.resp.RespClient`,
+    one pipelined connection per gateway process (why not ``redis.asyncio``: realtime/resp.py).
+    A read has the caller's deadline as a timer (:class:`StoreTimeout` past it); a write gets
+    ``write_timeout_s``. A lost connection is reopened by the next command, so a Redis that comes
+    back is used again without a restart."""
 
     name = "redis"
 
     def __init__(self, cfg: RealtimeConfig, clock: Callable[[], float] = time.time,
-                 socket_timeout_s: float = 1.0, max_connections: int = 64):
-        import redis.asyncio as aioredis  # the embedded store must not need the client
+                 write_timeout_s: float = 1.0, connect_timeout_s: float = 1.0):
+        from realtime.resp import RespClient, RespError
 
         self.cfg = cfg
         self.clock = clock
-        self._errors = (aioredis.RedisError, OSError, asyncio.TimeoutError)
-        self.client = aioredis.from_url(cfg.redis_url, socket_timeout=socket_timeout_s,
-                                        socket_connect_timeout=socket_timeout_s,
-                                        max_connections=max_connections,
-                                        decode_responses=True)
-        self._append = self.client.register_script(_APPEND)
+        self.write_timeout_s = write_timeout_s
+        self.client = RespClient(cfg.redis_url, connect_timeout_s=connect_timeout_s)
+        self._resp_error = RespError
 
     def user_key(self, user: str) -> str:
         return f"{self.cfg.key_prefix}u:{user}"
@@ -221,49 +230,70 @@ class RedisStore:
     async def append(self, events: Sequence[Event], now: float | None = None) -> list[str]:
         cfg = self.cfg
         now = self.clock() if now is None else now
+        out: list[str] = [""] * len(events)
+        # an id repeated within the batch is a duplicate of its first occurrence, in batch order
+        # (as in MemoryStore), whichever user's script would run first
+        first: set[str] = set()
         by_user: dict[str, list[int]] = {}
         for i, e in enumerate(events):
+            if e.event_id is not None:
+                if e.event_id in first:
+                    out[i] = DUPLICATE
+                    continue
+                first.add(e.event_id)
             by_user.setdefault(e.user, []).append(i)
-        out: list[str] = [""] * len(events)
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for user, idx in by_user.items():
-                    keys = [self.user_key(user)]
-                    argv: list = [repr(now), repr(cfg.ttl_s), cfg.history_cap,
-                                  int(cfg.dedup_window_s * 1000)]
-                    for i in idx:
-                        e = events[i]
-                        if e.event_id is not None:
-                            keys.append(self.event_key(e.event_id))
-                        argv += ["1" if e.event_id is not None else "0", e.item, repr(e.ts)]
-                    await self._append(keys=keys, args=argv, client=pipe)
-                answers = await pipe.execute()
-        except self._errors as e:
-            raise StoreError(f"redis write: {type(e).__name__}: {e}") from None
+        head = [repr(now - cfg.ttl_s), max(1, math.ceil(cfg.ttl_s * 1000)), cfg.history_cap,
+                max(1, math.ceil(cfg.dedup_window_s * 1000))]
+        calls = []
+        for user, idx in by_user.items():
+            keys, argv = [self.user_key(user)], list(head)
+            for i in idx:
+                e = events[i]
+                if e.event_id is not None:
+                    keys.append(self.event_key(e.event_id))
+                argv += ["1" if e.event_id is not None else "0", e.item, repr(e.ts)]
+            calls.append((keys, argv))
+        try:  # one script call per user, all written at once (pipelined on the connection)
+            answers = await asyncio.gather(*(self._eval(keys, argv) for keys, argv in calls))
+        except self._resp_error as e:
+            raise StoreError(f"redis write: {e}") from None
         for idx, states in zip(by_user.values(), answers):
-            for i, s in zip(idx, states):
-                out[i] = _STATES[int(s)]
+            for i, state in zip(idx, states):
+                out[i] = _STATES[int(state)]
         return out
 
-    async def recent(self, user: str, now: float | None = None) -> Recent:
+    async def _eval(self, keys: list[str], argv: list) -> list:
+        try:
+            return await self.client.call("EVALSHA", _APPEND_SHA, len(keys), *keys, *argv,
+                                          timeout_s=self.write_timeout_s)
+        except self._resp_error as e:
+            if not str(e).startswith("NOSCRIPT"):
+                raise
+        return await self.client.call("EVAL", _APPEND, len(keys), *keys, *argv,
+                                      timeout_s=self.write_timeout_s)
+
+    async def recent(self, user: str, now: float | None = None,
+                     timeout_s: float | None = None) -> Recent:
         now = self.clock() if now is None else now
         try:
-            rows = await self.client.zrangebyscore(self.user_key(user), now - self.cfg.ttl_s,
-                                                   "+inf", withscores=True)
-        except self._errors as e:
-            raise StoreError(f"redis read: {type(e).__name__}: {e}") from None
+            rows = await self.client.call("ZRANGEBYSCORE", self.user_key(user),
+                                          repr(now - self.cfg.ttl_s), "+inf", "WITHSCORES",
+                                          timeout_s=timeout_s or self.write_timeout_s)
+        except self._resp_error as e:
+            kind = StoreTimeout if str(e).startswith("no reply within") else StoreError
+            raise kind(f"redis read: {e}") from None
         if not rows:
             return EMPTY
-        return Recent(tuple(r[0] for r in rows), float(rows[-1][1]))
+        return Recent(tuple(rows[0::2]), float(rows[-1]))
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
-        except self._errors:
+            return await self.client.call("PING", timeout_s=self.write_timeout_s) == "PONG"
+        except self._resp_error:
             return False
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
 
 def open_store(cfg: RealtimeConfig) -> EventStore:
@@ -272,4 +302,5 @@ def open_store(cfg: RealtimeConfig) -> EventStore:
 
 
 __all__ = ["Event", "Recent", "EMPTY", "EventStore", "MemoryStore", "RedisStore", "StoreError",
+           "StoreTimeout",
            "open_store", "STORED", "DUPLICATE", "EXPIRED"]

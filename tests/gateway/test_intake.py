@@ -108,7 +108,7 @@ def test_a_full_queue_refuses_the_whole_batch_and_applies_nothing(tmp_path):
 def test_a_store_that_fails_refuses_the_batch_and_logs_nothing(tmp_path):
     port = free_ports(1)[0]  # nothing listens there
     cfg = RealtimeConfig(redis_url=f"redis://127.0.0.1:{port}/0", down_backoff_s=60)
-    intake, rt, events, training, m = make(tmp_path, store=RedisStore(cfg, socket_timeout_s=0.5),
+    intake, rt, events, training, m = make(tmp_path, store=RedisStore(cfg, connect_timeout_s=0.5),
                                            cfg=cfg)
     status, body = post(intake, {"type": "click", "item_id": "1", "user_id": "u1"})
     assert status == 503 and body["reason"] == "store_unavailable"
@@ -128,7 +128,7 @@ def test_reads_never_fail_an_answer_and_recover(tmp_path):
     port = free_ports(1)[0]
     cfg = RealtimeConfig(redis_url=f"redis://127.0.0.1:{port}/0", down_backoff_s=0.2)
     m = Metrics()
-    rt = RecentEvents(cfg, m, RedisStore(cfg, socket_timeout_s=0.5))
+    rt = RecentEvents(cfg, m, RedisStore(cfg, connect_timeout_s=0.5))
 
     async def scenario():
         assert (await rt.read("u")).items == ()          # error: counted, marked down
