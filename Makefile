@@ -8,7 +8,7 @@ DATASET ?=
 DATASET_ARG := $(if $(DATASET),--dataset $(DATASET),)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock java demo etl train promote serve stop ab-demo realtime-demo test test-fast test-integration bench bench-etl bench-gateway bench-training bench-tower clean lint \
+.PHONY: help venv lock java demo etl train promote serve stop ab-demo realtime-demo test test-fast test-integration bench bench-etl bench-gateway bench-store bench-training bench-tower clean lint \
 	monitor monitoring-files drift chart-files image serve-container stop-container faults
 
 help:
@@ -33,6 +33,7 @@ help:
 	@echo "make lock                                              re-resolve requirements.lock"
 	@echo "make bench-gateway                                     gateway overhead (benchmarks/results/gateway.json)"
 	@echo "make bench-http-stack                                  aiohttp vs fastserver/FastClient CPU per request (benchmarks/results/http_stack.json)"
+	@echo "make bench-store                                       the recent-event store's read, embedded vs Redis (store_read.json)"
 	@echo "make bench-gateway-route                               the gateway's own per-request CPU in process (benchmarks/results/gateway_route.json)"
 	@echo "make faults OUT=<dir> [FAULTS_ARGS=--quick]            faults injected under load through the gateway"
 	@echo "                                                       (own TorchServe + gateway over OUT's archives): OUT/faults.json"
@@ -242,6 +243,10 @@ bench-http-stack: venv
 
 # BENCH_ARGS="--compare DIR" measures another checkout side by side ("before")
 .PHONY: bench-gateway-route
+# The recent-event store's read alone (embedded and a local Redis): benchmarks/results/store_read.json
+bench-store: venv
+	$(PY) -m benchmarks.store_read_bench $(BENCH_ARGS)
+
 bench-gateway-route: venv
 	$(PY) -m benchmarks.gateway_route_bench --upstreams fake,loopback --rates 0,200 $(BENCH_ARGS)
 
