@@ -61,11 +61,12 @@ def _prepare(spark, args: argparse.Namespace, inputs_meta: dict) -> int:
     from etl.prepare import prepare
 
     layout = EtlLayout.under(args.out)
-    events = as_path(args.events) if args.events else layout.raw_events
+    events = ([as_path(p) for p in args.events.split(",") if p] if args.events
+              else [layout.raw_events])
     catalog = as_path(args.catalog) if args.catalog else layout.raw_catalog
     previous = EtlLayout(as_path(args.previous_maps)) if args.previous_maps else None
-    meta = {"events": str(events), "catalog": str(catalog), **inputs_meta}
-    local = [p for p in (events, catalog) if is_local(p) and p.exists()]
+    meta = {"events": ",".join(map(str, events)), "catalog": str(catalog), **inputs_meta}
+    local = [p for p in (*events, catalog) if is_local(p) and p.exists()]
     if local:
         meta["files"] = describe_inputs(*local)
     result = prepare(spark, events, catalog, layout, from_args(PrepareConfig, args), previous, meta)
@@ -119,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def prepare_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, help="run folder; writes OUT/etl/...")
-        p.add_argument("--events", help="raw events (CSV/JSON lines/Parquet); default OUT/etl/raw/events")
+        p.add_argument("--events", help="raw events (CSV/JSON lines/Parquet); several folders "
+                                        "comma-separated, e.g. the original events and the "
+                                        "gateway's training-event log; default OUT/etl/raw/events")
         p.add_argument("--catalog", help="raw catalog; default OUT/etl/raw/catalog")
         p.add_argument("--previous-maps", help="an earlier run's etl folder whose id maps to extend "
                                                "(default: the maps already under OUT/etl)")

@@ -11,6 +11,7 @@ Every input event ends in exactly one bucket, and the manifest proves it:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -62,7 +63,8 @@ def _reason_counts(quarantined: DataFrame) -> dict[str, int]:
     return {r["r"]: int(r["count"]) for r in sorted(rows, key=lambda r: r["r"])}
 
 
-def prepare(spark: SparkSession, events_path: AnyPath, catalog_path: AnyPath, layout: EtlLayout,
+def prepare(spark: SparkSession, events_path: "AnyPath | list[AnyPath]", catalog_path: AnyPath,
+            layout: EtlLayout,
             cfg: PrepareConfig, previous_maps: EtlLayout | None = None,
             inputs_meta: dict[str, Any] | None = None) -> PrepareResult:
     """Run the whole prepare job; outputs land under ``layout.root``."""
@@ -81,8 +83,12 @@ def prepare(spark: SparkSession, events_path: AnyPath, catalog_path: AnyPath, la
     _write(catalog_quarantine, layout.quarantine_catalog, files=1)
     n_catalog_quarantined = spark.read.parquet(str(layout.quarantine_catalog)).count()
 
-    log.info("reading events %s", events_path)
-    raw_events = read_raw(spark, events_path, RAW_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS)
+    # several inputs (e.g. the original log and the gateway's training-event log), each read by
+    # its own format, are one raw event table: the same validation, dedup and split apply
+    paths = list(events_path) if isinstance(events_path, (list, tuple)) else [events_path]
+    log.info("reading events %s", ", ".join(map(str, paths)))
+    raw_events = functools.reduce(DataFrame.unionByName, [
+        read_raw(spark, p, RAW_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS) for p in paths])
     valid, quarantined = validate_events(raw_events, cfg, catalog_valid.select("item_id"))
     _write(quarantined, layout.quarantine_events)
     quarantined = spark.read.parquet(str(layout.quarantine_events))
